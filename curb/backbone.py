@@ -1,0 +1,168 @@
+"""NextItNet-style causal dilated CNN (METHODS.md §3) with extension points for every method.
+
+Block k (dilation d), post-LN:   h1 = ReLU(LN1(conv_d(E)));  h2 = ReLU(LN2(conv_2d(h1)));  E' = E + h2
+
+Extension points, all passed per call through `Hooks` so one backbone serves every method:
+- `gates[k] = (g1, g2)`: multiply h1 / h2 after the ReLU (HAT, TERACON task masks); [f] or [B, f].
+- `conv_weight(i, W)`: effective kernel of conv i (0..2*blocks-1) (Piggyback, CONURE masks).
+- `conv_bias(i, b)`: effective bias of conv i (CONURE keeps biases at zero).
+- `patch(i, z, x)`: post-conv transform of conv i's output z given its input x (PeterRec patches).
+- `norms[k] = (ln1, ln2)`: replacement LayerNorm modules for block k (PeterRec's per-task LN2).
+
+The causal convolution is computed as ONE matmul over the three dilated time shifts
+([B, n, 3f] @ [3f, f]): no loops over positions, no transposes around the LayerNorms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    channels: int = 256
+    kernel: int = 3
+    dilations: tuple[int, ...] = (1, 4, 1, 4, 1, 4, 1, 4)
+    ln_eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.channels < 1 or self.kernel < 1 or not self.dilations or min(self.dilations) < 1:
+            raise ValueError(f"invalid backbone config {self}")
+
+    @property
+    def n_convs(self) -> int:
+        return 2 * len(self.dilations)
+
+    def receptive_field(self) -> int:
+        return 1 + (self.kernel - 1) * sum(d + 2 * d for d in self.dilations)
+
+
+@dataclass
+class Hooks:
+    gates: Sequence[tuple[Tensor | None, Tensor | None]] | None = None
+    conv_weight: Callable[[int, Tensor], Tensor] | None = None
+    conv_bias: Callable[[int, Tensor], Tensor] | None = None
+    patch: Callable[[int, Tensor, Tensor], Tensor] | None = None
+    norms: Sequence[tuple[nn.Module | None, nn.Module | None]] | None = None
+
+
+NO_HOOKS = Hooks()
+
+
+class CausalConv(nn.Module):
+    """1-D causal dilated convolution, kernel stored as [out, in, k] like nn.Conv1d."""
+
+    def __init__(self, channels: int, kernel: int, dilation: int):
+        super().__init__()
+        self.kernel, self.dilation = kernel, dilation
+        self.weight = nn.Parameter(torch.empty(channels, channels, kernel))
+        self.bias = nn.Parameter(torch.empty(channels))
+        # nn.Conv1d's default init, so results match a Conv1d-based implementation in law.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        bound = 1 / math.sqrt(channels * kernel)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """x: [B, n, f] -> [B, n, f]; output t sees inputs t, t-d, ..., t-(k-1)d only."""
+        n = x.shape[1]
+        pad = (self.kernel - 1) * self.dilation
+        xp = F.pad(x, (0, 0, pad, 0))
+        shifted = torch.cat([xp[:, j * self.dilation : j * self.dilation + n] for j in range(self.kernel)], dim=-1)
+        w = weight.permute(2, 1, 0).reshape(self.kernel * weight.shape[1], weight.shape[0])
+        return torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), w).view(x.shape[0], n, -1)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, cfg: BackboneConfig, dilation: int):
+        super().__init__()
+        f = cfg.channels
+        self.conv1 = CausalConv(f, cfg.kernel, dilation)
+        self.ln1 = nn.LayerNorm(f, eps=cfg.ln_eps)
+        self.conv2 = CausalConv(f, cfg.kernel, 2 * dilation)
+        self.ln2 = nn.LayerNorm(f, eps=cfg.ln_eps)
+
+
+class NextItNet(nn.Module):
+    """Item embedding + residual blocks; `forward` returns hidden states [B, n, f]."""
+
+    def __init__(self, n_items: int, cfg: BackboneConfig = BackboneConfig()):
+        super().__init__()
+        self.cfg = cfg
+        self.n_items = n_items
+        self.item_emb = nn.Embedding(n_items, cfg.channels)
+        bound = 1 / math.sqrt(n_items)
+        nn.init.uniform_(self.item_emb.weight, -bound, bound)
+        self.blocks = nn.ModuleList(ResidualBlock(cfg, d) for d in cfg.dilations)
+
+    def convs(self) -> list[CausalConv]:
+        """The convolutions in forward order (index i used by the hooks)."""
+        return [c for b in self.blocks for c in (b.conv1, b.conv2)]
+
+    def forward(self, x: Tensor, hooks: Hooks = NO_HOOKS) -> Tensor:
+        h = self.item_emb(x)
+        for k, block in enumerate(self.blocks):
+            inp = h
+            for r, (conv, ln) in enumerate(((block.conv1, block.ln1), (block.conv2, block.ln2))):
+                i = 2 * k + r
+                w = conv.weight if hooks.conv_weight is None else hooks.conv_weight(i, conv.weight)
+                b = conv.bias if hooks.conv_bias is None else hooks.conv_bias(i, conv.bias)
+                z = conv(inp, w, b)
+                if hooks.patch is not None:
+                    z = hooks.patch(i, z, inp)
+                if hooks.norms is not None and hooks.norms[k][r] is not None:
+                    ln = hooks.norms[k][r]
+                inp = F.relu(ln(z))
+                if hooks.gates is not None and hooks.gates[k][r] is not None:
+                    g = hooks.gates[k][r]
+                    inp = inp * (g.unsqueeze(1) if g.dim() == 2 else g)
+            h = h + inp
+        return h
+
+
+def make_head(channels: int, n_labels: int) -> nn.Linear:
+    """Task head G: Linear(f, |Y|), weight N(0, 0.01^2), bias 0.1 (METHODS.md §3.4)."""
+    head = nn.Linear(channels, n_labels)
+    nn.init.normal_(head.weight, 0.0, 0.01)
+    nn.init.constant_(head.bias, 0.1)
+    return head
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    backbone: BackboneConfig
+    note: str = ""
+
+
+PRESETS: dict[str, Preset] = {
+    "paper": Preset("paper", BackboneConfig(), "256 channels, 8 blocks (METHODS.md §3)"),
+    "small": Preset(
+        "small",
+        BackboneConfig(channels=64, dilations=(1, 4, 1, 4)),
+        "64 channels, 4 blocks: CPU-friendly; receptive field 61",
+    ),
+}
+
+
+class PlainModel(nn.Module):
+    """A backbone with one head per task: the plain NextItNet user model of SinMo and FineAll,
+    and the pre-trained T1 model other methods start from."""
+
+    def __init__(self, n_items: int, cfg: BackboneConfig = BackboneConfig()):
+        super().__init__()
+        self.backbone = NextItNet(n_items, cfg)
+        self.heads = nn.ModuleDict()
+
+    def add_head(self, task: str, n_labels: int) -> nn.Linear:
+        self.heads[task] = make_head(self.backbone.cfg.channels, n_labels).to(self.backbone.item_emb.weight.device)
+        return self.heads[task]
+
+    def logits(self, task: str, x: Tensor, hooks: Hooks = NO_HOOKS, all_positions: bool = False) -> Tensor:
+        h = self.backbone(x, hooks)
+        return self.heads[task](h if all_positions else h[:, -1])

@@ -1,0 +1,275 @@
+"""Cells: one (method, dataset, order, noise, seed, config) -> one result JSON.
+
+`run_cell` builds the stream, lets the method learn task after task, fills R[j][i] after each
+task j for every seen task i, checkpoints after each task (so a killed cell resumes at the next
+task) and writes the sealed result. A T1 model pre-trained for one method is cached under
+`<out>/.cache/t1/` and reused by every method that starts from the same pre-trained T1 model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .backbone import PlainModel
+from .config import RunConfig, resolve
+from .data import get_dataset
+from .evaluator import Evaluator, task_info
+from .method import Method, Setup, TaskData, TaskInfo, get_method
+from .metrics import transfer
+from .results import ResultError, atomic_write_bytes, canonical, load_result, save_result
+from .streams import StreamError, TaskStream
+from .training import FitLog, fit
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """Everything that determines a cell's numbers (data location and device excluded)."""
+
+    method: str
+    dataset: str
+    order: str = "default"  # default | reversed | comma list of task names or 1-based positions
+    noise: int | None = None  # insert the noise task at this 0-based index (after `noise` tasks)
+    seed: int = 0
+    preset: str | None = None
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["overrides"] = dict(self.overrides)
+        return d
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(canonical(self.as_dict()).encode()).hexdigest()[:12]
+
+    @property
+    def order_tag(self) -> str:
+        tag = self.order.replace(",", "-")
+        return tag + (f"+noise{self.noise}" if self.noise is not None else "")
+
+    def relpath(self) -> Path:
+        return Path(self.dataset) / self.method / self.order_tag / f"seed{self.seed}-{self.hash}.json"
+
+
+def build_stream(spec: CellSpec, data_dir: Path | None) -> TaskStream:
+    stream = get_dataset(spec.dataset).build(data_dir)
+    if spec.order == "reversed":
+        stream = stream.reversed()
+    elif spec.order != "default":
+        stream = stream.reorder([k.strip() for k in spec.order.split(",")])
+    if spec.noise is not None:
+        stream = stream.with_noise_task(spec.noise, seed=spec.seed)
+    return stream
+
+
+def resolve_config(spec: CellSpec) -> RunConfig:
+    cls = get_method(spec.method)
+    return resolve(cls.name, cls.Config(), get_dataset(spec.dataset).defaults, spec.preset, dict(spec.overrides))
+
+
+class Fitter:
+    """The fitting function handed to methods: the shared loop with this cell's protocol.
+
+    Methods call `fit(method, task, train, val)` (optionally `phase=`, `max_epochs=`,
+    `batch_size=`); every phase's log is kept for the result file.
+    """
+
+    def __init__(self, evaluator: Evaluator, cfg: RunConfig, echo: Callable[[str], None]):
+        self.validate = evaluator.validate
+        self.train_cfg = cfg.train
+        self.logs: list[dict] = []
+        self.echo = echo
+
+    def __call__(self, method: Method, task: TaskInfo, train: TaskData, val: TaskData, *, phase: str = "train",
+                 max_epochs: int | None = None, batch_size: int | None = None) -> FitLog:
+        t = self.train_cfg
+        t1 = task.kind == "next_item"
+        bar = _StepBar(f"{method.name} {task.name} {phase}")
+        log = fit(method, task, train, val, self.validate,
+                  max_epochs=max_epochs or (t.t1_epochs if t1 else t.epochs), patience=t.patience,
+                  batch_size=batch_size or (t.t1_batch if t1 else t.batch), phase=phase,
+                  progress=lambda msg: (bar.close(), self.echo(f"  [{method.name}] {msg}")), on_step=bar.update)
+        bar.close()
+        self.logs.append(log.as_dict())
+        return log
+
+
+class _StepBar:
+    """A tqdm bar over the steps of one epoch, shown only on an interactive terminal."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def update(self, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, leave=False, unit="step")
+        self.bar.update(done - self.bar.n)
+        if done == total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _t1_provider(stream: TaskStream, evaluator: Evaluator, cfg: RunConfig, seed: int, device: torch.device,
+                 cache_dir: Path, fitter: Fitter) -> Callable[[], PlainModel]:
+    """Returns a function giving the plain pre-trained T1 model (trained once, then cached)."""
+    t1 = stream.tasks[0]
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(stream.sequences).tobytes())
+    h.update(canonical({"n_items": stream.n_items, "task": t1.name, "split": dataclasses.asdict(cfg.split),
+                        "backbone": dataclasses.asdict(cfg.backbone), "seed": seed,
+                        "train": {k: v for k, v in dataclasses.asdict(cfg.train).items()
+                                  if k in ("t1_lr", "t1_batch", "t1_epochs", "patience", "ignore_pad")}}).encode())
+    path = cache_dir / f"t1-{h.hexdigest()[:16]}.pt"
+    info = task_info(t1)
+
+    def provide() -> PlainModel:
+        blob = None
+        if path.exists():
+            try:
+                blob = torch.load(path, map_location="cpu", weights_only=True)
+                fitter.logs.append({**blob["fit"], "phase": "pretrained (cached)"})
+            except Exception as e:  # a damaged cache entry is rebuilt, never used
+                fitter.echo(f"  ignoring damaged T1 cache {path}: {e}")
+                blob = None
+        if blob is None:
+            from curb.methods.sinmo import SinMo
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, SinMo.Config(),
+                              device, seed, pretrained_t1=None)
+                plain = SinMo(setup)
+                plain.learn_task(info, evaluator.train_data(t1.name), evaluator.val_data(t1.name), fitter)
+                blob = {"state": {k: v.cpu() for k, v in plain.models[t1.name].state_dict().items()},
+                        "fit": fitter.logs[-1]}
+            buf = io.BytesIO()
+            torch.save(blob, buf)
+            atomic_write_bytes(path, buf.getvalue())
+        model = PlainModel(stream.n_items, cfg.backbone).to(device)
+        model.add_head(t1.name, t1.n_labels)
+        model.load_state_dict(blob["state"])
+        return model
+
+    return provide
+
+
+def _env(device: torch.device) -> dict:
+    return {
+        "curb": __version__, "torch": torch.__version__, "numpy": np.__version__,
+        "python": platform.python_version(), "platform": platform.platform(),
+        "machine": platform.machine(), "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+    }
+
+
+def find_sinmo_diag(out: Path, spec: CellSpec, task_names: list[str]) -> list[float | None] | None:
+    """R(Ti, Ti) of the matching SinMo cell (same dataset, seed, preset, overrides), if run."""
+    if spec.method == "sinmo":
+        return None
+    for order, noise in ((spec.order, spec.noise), ("default", None)):
+        ref = dataclasses.replace(spec, method="sinmo", order=order, noise=noise)
+        p = out / ref.relpath()
+        try:
+            r = load_result(p)
+        except ResultError:
+            continue
+        diag = {t["name"]: r["R"][i][i] for i, t in enumerate(r["tasks"])}
+        return [diag.get(n) for n in task_names]
+    return None
+
+
+def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: str = "cpu",
+             echo: Callable[[str], None] = print, force: bool = False) -> dict:
+    """Run one cell (or return its existing valid result) and write `<out>/<spec.relpath()>`."""
+    out = Path(out)
+    path = out / spec.relpath()
+    if path.exists() and not force:
+        try:
+            return load_result(path)
+        except ResultError as e:
+            echo(f"  {e}; recomputing")
+    dev = torch.device(device)
+    cls = get_method(spec.method)
+    cfg = resolve_config(spec)
+    stream = build_stream(spec, data_dir)
+    evaluator = Evaluator(stream, cfg.split, cfg.train.eval_batch)
+    fitter = Fitter(evaluator, cfg, echo)
+    torch.manual_seed(spec.seed)
+    np.random.seed(spec.seed)
+    setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, spec.seed,
+                  pretrained_t1=_t1_provider(stream, evaluator, cfg, spec.seed, dev, out / ".cache" / "t1", fitter))
+    method = cls(setup)
+    names = stream.task_names
+    m = len(names)
+    metrics: list[list[dict | None]] = [[None] * m for _ in range(m)]
+    timings: list[dict] = []
+    t_start = time.perf_counter()
+    echo(f"{spec.method} on {spec.dataset} order={spec.order_tag} seed={spec.seed}: tasks {' -> '.join(names)}")
+
+    def evaluate_row(j: int, seen: range) -> float:
+        t0 = time.perf_counter()
+        for i in seen:
+            metrics[j][i] = evaluator.test(method, names[i])
+        return time.perf_counter() - t0
+
+    if cls.joint:
+        later = names[1:]
+        t0 = time.perf_counter()
+        method.learn_joint([evaluator.info(n) for n in later], [evaluator.train_data(n) for n in later],
+                           [evaluator.val_data(n) for n in later], fitter)
+        train_s = time.perf_counter() - t0
+        eval_s = evaluate_row(m - 1, range(1, m))
+        timings.append({"task": "+".join(later), "train_s": train_s, "eval_s": eval_s})
+    else:
+        for j, name in enumerate(names):
+            t0 = time.perf_counter()
+            method.learn_task(evaluator.info(name), evaluator.train_data(name), evaluator.val_data(name), fitter)
+            train_s = time.perf_counter() - t0
+            eval_s = evaluate_row(j, range(j + 1))
+            timings.append({"task": name, "train_s": train_s, "eval_s": eval_s})
+            row = "  ".join(f"{names[i]} {metrics[j][i][evaluator.info(names[i]).metric]:.4f}" for i in range(j + 1))
+            echo(f"  [{spec.method}] after {name}: {row}")
+
+    R = [[None if metrics[j][i] is None else metrics[j][i][evaluator.info(names[i]).metric] for i in range(m)]
+         for j in range(m)]
+    tr = transfer(R, find_sinmo_diag(out, spec, names)) if not cls.joint else None
+    if spec.method == "sinmo" and tr is not None:
+        tr["fwt"] = [None] + [0.0] * (m - 1)
+    result = {
+        "spec": spec.as_dict(), "spec_hash": spec.hash, "env": _env(dev),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "dataset": {"name": spec.dataset, "fingerprint": stream.fingerprint(), "n_users": stream.n_users,
+                    "n_items": stream.n_items, "seq_len": int(stream.sequences.shape[1]), "meta": dict(stream.meta)},
+        "config": cfg.as_dict(),
+        "tasks": [{"name": n, "kind": evaluator.info(n).kind, "metric": evaluator.info(n).metric,
+                   "n_labels": evaluator.info(n).n_labels, "split": evaluator.split_sizes()[n]} for n in names],
+        "R": R, "metrics": metrics,
+        "final": {names[i]: R[m - 1][i] for i in range(m)},
+        "transfer": tr, "fits": fitter.logs, "method_report": method.report(),
+        "timings": {"tasks": timings, "total_s": time.perf_counter() - t_start},
+    }
+    save_result(path, result)
+    return load_result(path)

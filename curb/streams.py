@@ -1,0 +1,283 @@
+"""Task streams: the tasks a continual learner sees, over ONE shared set of user sequences.
+
+A `TaskStream` holds every user's behaviour sequence once (left-padded item ids, 0 = padding)
+and an ordered list of `Task`s. A task only names which users it covers and their labels; the
+inputs of every task are the users' shared sequences (METHODS.md §1). Transforms return new
+streams and never mutate: `reversed()`, `reorder()`, `with_noise_task()`.
+
+Splits are built here too (`split_task`) but are owned by the evaluator: methods never receive
+a `Task`'s test part.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass, field
+from typing import Literal, Sequence
+
+import numpy as np
+
+Kind = Literal["next_item", "recommend", "classify"]
+KINDS: tuple[str, ...] = ("next_item", "recommend", "classify")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+
+class StreamError(ValueError):
+    """A stream, task or transform request is invalid; the message says what and where."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Labels per user in CSR form: user `users[k]` has labels `labels[ptr[k]:ptr[k+1]]`.
+
+    `users` are row indices into the stream's `sequences`, unique and sorted.
+    """
+
+    users: np.ndarray
+    ptr: np.ndarray
+    labels: np.ndarray
+
+    @staticmethod
+    def from_pairs(users: np.ndarray, labels: np.ndarray) -> "Targets":
+        """Group (user, label) pairs by user (stable within a user)."""
+        users = np.asarray(users, dtype=np.int64)
+        labels = np.asarray(labels, dtype=np.int64)
+        order = np.argsort(users, kind="stable")
+        users, labels = users[order], labels[order]
+        uniq, counts = np.unique(users, return_counts=True)
+        ptr = np.zeros(len(uniq) + 1, dtype=np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        return Targets(uniq, ptr, labels)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.labels)
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.ptr)
+
+    def pair_users(self) -> np.ndarray:
+        """The user of every (user, label) pair, aligned with `labels`."""
+        return np.repeat(self.users, self.counts())
+
+    def take(self, rows: np.ndarray) -> "Targets":
+        """Keep the users at positions `rows` (in the given order), with all their labels."""
+        rows = np.asarray(rows, dtype=np.int64)
+        counts = self.counts()[rows]
+        ptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(counts, out=ptr[1:])
+        starts = self.ptr[rows]
+        idx = np.repeat(starts - ptr[:-1], counts) + np.arange(ptr[-1])
+        return Targets(self.users[rows], ptr, self.labels[idx])
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task of the stream.
+
+    kind `next_item`: T1, self-supervised; targets are each user's last item (the evaluation
+    target), training uses every position of the sequence (METHODS.md §4.1).
+    kind `recommend`: rank all `n_labels` targets, metric MRR@5.
+    kind `classify`: predict one class, metric accuracy.
+    """
+
+    name: str
+    kind: Kind
+    n_labels: int
+    targets: Targets
+    label_names: tuple[str, ...] | None = None
+    description: str = ""
+
+    @property
+    def metric(self) -> str:
+        return "acc" if self.kind == "classify" else "mrr@5"
+
+    def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise StreamError(f"task name {self.name!r} must match {_NAME.pattern}")
+        if self.kind not in KINDS:
+            raise StreamError(f"task {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if self.targets.n_pairs == 0:
+            raise StreamError(f"task {self.name!r} has no (user, target) pairs")
+        lab = self.targets.labels
+        if lab.min() < 0 or lab.max() >= self.n_labels:
+            raise StreamError(
+                f"task {self.name!r}: labels must lie in [0, {self.n_labels}), found "
+                f"[{lab.min()}, {lab.max()}]"
+            )
+        if self.kind == "classify" and np.any(self.targets.counts() != 1):
+            raise StreamError(f"task {self.name!r}: a classify task needs exactly one label per user")
+
+
+@dataclass(frozen=True)
+class TaskStream:
+    """Ordered tasks over shared sequences. `tasks[0]` is always the next-item pre-training task."""
+
+    name: str
+    sequences: np.ndarray  # [n_users, seq_len] int64, left-padded with 0
+    n_items: int  # vocabulary size, padding id 0 included
+    tasks: tuple[Task, ...]
+    meta: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        seqs = self.sequences
+        if seqs.ndim != 2 or seqs.shape[1] < 2:
+            raise StreamError(f"stream {self.name!r}: sequences must be [users, length >= 2]")
+        if seqs.min() < 0 or seqs.max() >= self.n_items:
+            raise StreamError(f"stream {self.name!r}: item ids must lie in [0, {self.n_items})")
+        if not self.tasks or self.tasks[0].kind != "next_item":
+            raise StreamError(f"stream {self.name!r}: the first task must be the next_item task")
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise StreamError(f"stream {self.name!r}: duplicate task names {names}")
+        for t in self.tasks:
+            if t.targets.users.max() >= len(seqs):
+                raise StreamError(f"task {t.name!r} names a user outside the stream")
+
+    @property
+    def task_names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    @property
+    def n_users(self) -> int:
+        return len(self.sequences)
+
+    def task(self, name: str) -> Task:
+        for t in self.tasks:
+            if t.name == name:
+                return t
+        raise StreamError(f"no task {name!r} in stream {self.name!r}; tasks: {self.task_names}")
+
+    def fingerprint(self) -> str:
+        """Content hash of sequences and every task (order-independent), for result provenance."""
+        h = hashlib.sha256()
+        h.update(np.ascontiguousarray(self.sequences).tobytes())
+        for t in sorted(self.tasks, key=lambda t: t.name):
+            h.update(f"{t.name}|{t.kind}|{t.n_labels}".encode())
+            for a in (t.targets.users, t.targets.ptr, t.targets.labels):
+                h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
+
+    # ------------------------------------------------------------------ transforms
+    def reorder(self, order: Sequence[str | int]) -> "TaskStream":
+        """Return the stream with tasks in `order` (names, or 1-based positions in this stream).
+
+        The next-item task must stay first: every method pre-trains on it.
+        """
+        names = self.task_names
+        picked: list[Task] = []
+        for key in order:
+            if isinstance(key, (int, np.integer)) or (isinstance(key, str) and key.isdigit()):
+                pos = int(key)
+                if not 1 <= pos <= len(names):
+                    raise StreamError(f"order position {pos} out of range 1..{len(names)}")
+                picked.append(self.tasks[pos - 1])
+            else:
+                picked.append(self.task(str(key)))
+        if sorted(t.name for t in picked) != sorted(names):
+            raise StreamError(
+                f"order {list(order)} must name every task exactly once; tasks: {names}"
+            )
+        if picked[0].kind != "next_item":
+            raise StreamError(f"order {list(order)}: the next-item task {names[0]!r} must stay first")
+        return dataclasses.replace(self, tasks=tuple(picked))
+
+    def reversed(self) -> "TaskStream":
+        """T1 first, then the remaining tasks in reverse (the paper's reversed-order experiment)."""
+        return dataclasses.replace(self, tasks=(self.tasks[0], *self.tasks[:0:-1]))
+
+    def with_noise_task(
+        self, position: int, user_frac: float = 0.5, n_classes: int = 50, seed: int = 0
+    ) -> "TaskStream":
+        """Insert an uninformative classification task at 0-based index `position` (>= 1).
+
+        `user_frac` of all users (U^{T1}) are drawn at random and each gets a label uniform in
+        {0..n_classes-1}, independent of its behaviour (METHODS.md §6.3).
+        """
+        if not 1 <= position <= len(self.tasks):
+            raise StreamError(f"noise position must lie in 1..{len(self.tasks)}, got {position}")
+        if not 0.0 < user_frac <= 1.0:
+            raise StreamError(f"noise user_frac must lie in (0, 1], got {user_frac}")
+        if n_classes < 2:
+            raise StreamError(f"noise n_classes must be >= 2, got {n_classes}")
+        rng = np.random.default_rng([seed, 0x401CE])
+        n = max(1, int(round(user_frac * self.n_users)))
+        users = np.sort(rng.choice(self.n_users, size=n, replace=False))
+        labels = rng.integers(0, n_classes, size=n)
+        noise = Task(
+            name="noise",
+            kind="classify",
+            n_labels=n_classes,
+            targets=Targets(users, np.arange(n + 1, dtype=np.int64), labels.astype(np.int64)),
+            description=f"uninformative: {user_frac:.0%} of users, uniform labels in {n_classes} classes",
+        )
+        if "noise" in self.task_names:
+            raise StreamError("the stream already has a noise task")
+        tasks = list(self.tasks)
+        tasks.insert(position, noise)
+        return dataclasses.replace(self, tasks=tuple(tasks))
+
+
+# ---------------------------------------------------------------------------------- splits
+SplitLevel = Literal["user", "pair"]
+PARTS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """80/5/15 by default; `level="user"` keeps all pairs of a user in one part (curb default),
+    `level="pair"` shuffles (user, target) pairs as the reference code does (leaks inputs)."""
+
+    seed: int = 0
+    level: SplitLevel = "user"
+    fractions: tuple[float, float, float] = (0.8, 0.05, 0.15)
+
+    def __post_init__(self) -> None:
+        if self.level not in ("user", "pair"):
+            raise StreamError(f"split level must be 'user' or 'pair', got {self.level!r}")
+        if len(self.fractions) != 3 or any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-9:
+            raise StreamError(f"split fractions must be three positive numbers summing to 1, got {self.fractions}")
+
+
+def _cuts(n: int, fractions: Sequence[float]) -> tuple[int, int]:
+    a = int(round(n * fractions[0]))
+    b = a + int(round(n * fractions[1]))
+    return a, b
+
+
+def split_task(task: Task, cfg: SplitConfig) -> dict[str, Targets]:
+    """Deterministic train/val/test parts of one task.
+
+    The permutation is seeded by (cfg.seed, task name), so a task's split does not depend on
+    its position in the stream: original, reversed and noisy runs are evaluated on identical
+    test users.
+    """
+    tg = task.targets
+    rng = np.random.default_rng([cfg.seed, zlib.crc32(task.name.encode())])
+    n = tg.n_users if cfg.level == "user" else tg.n_pairs
+    a, b = _cuts(n, cfg.fractions)
+    if a < 1 or b - a < 1 or n - b < 1:
+        raise StreamError(
+            f"task {task.name!r} has too few {'users' if cfg.level == 'user' else 'pairs'} ({n}) "
+            f"for a {cfg.fractions} split: every part needs at least one"
+        )
+    perm = rng.permutation(n)
+    chunks = (perm[:a], perm[a:b], perm[b:])
+    if cfg.level == "user":
+        parts = {p: tg.take(np.sort(c)) for p, c in zip(PARTS, chunks)}
+        seen = np.concatenate([parts[p].users for p in PARTS])
+        if len(np.unique(seen)) != len(seen):
+            raise AssertionError(f"task {task.name!r}: user split parts overlap")
+    else:
+        pu = tg.pair_users()
+        parts = {p: Targets.from_pairs(pu[np.sort(c)], tg.labels[np.sort(c)]) for p, c in zip(PARTS, chunks)}
+        if sum(parts[p].n_pairs for p in PARTS) != tg.n_pairs:
+            raise AssertionError(f"task {task.name!r}: pair split lost pairs")
+    return parts

@@ -1,0 +1,7 @@
+"""Built-in dataset recipes, one per file; each registers itself on import (installed as `curb.datasets`)."""
+
+import importlib
+import pkgutil
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")

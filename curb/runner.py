@@ -9,6 +9,7 @@ task) and writes the sealed result. A T1 model pre-trained for one method is cac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -27,7 +28,7 @@ from . import __version__
 from .backbone import PlainModel
 from .config import RunConfig, resolve
 from .data import get_dataset
-from .evaluator import Evaluator, task_info
+from .evaluator import Evaluator, evaluate_data, task_info
 from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
 from .results import ResultError, atomic_write_bytes, canonical, load_result, save_result
@@ -88,8 +89,9 @@ class Fitter:
     `batch_size=`); every phase's log is kept for the result file.
     """
 
-    def __init__(self, evaluator: Evaluator, cfg: RunConfig, echo: Callable[[str], None]):
-        self.validate = evaluator.validate
+    def __init__(self, cfg: RunConfig, echo: Callable[[str], None]):
+        # A plain function, not the evaluator's bound method: nothing here leads to test labels.
+        self.validate = functools.partial(evaluate_data, eval_batch=cfg.train.eval_batch)
         self.train_cfg = cfg.train
         self.logs: list[dict] = []
         self.echo = echo
@@ -131,18 +133,23 @@ class _StepBar:
             self.bar = None
 
 
-def _t1_provider(stream: TaskStream, evaluator: Evaluator, cfg: RunConfig, seed: int, device: torch.device,
-                 cache_dir: Path, fitter: Fitter) -> Callable[[], PlainModel]:
-    """Returns a function giving the plain pre-trained T1 model (trained once, then cached)."""
+def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunConfig, seed: int,
+                 device: torch.device, cache_dir: Path, fitter: Fitter) -> Callable[[], PlainModel]:
+    """Returns a function giving the plain pre-trained T1 model (trained once, then cached).
+
+    The cache key covers everything the T1 model depends on (sequences, T1 task, split, backbone,
+    T1 training protocol, seed) and nothing else, so all methods and orders share one entry.
+    The returned function closes over T1's train/val data only, never over the stream.
+    """
     t1 = stream.tasks[0]
+    info, n_items = task_info(t1), stream.n_items
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(stream.sequences).tobytes())
-    h.update(canonical({"n_items": stream.n_items, "task": t1.name, "split": dataclasses.asdict(cfg.split),
+    h.update(canonical({"n_items": n_items, "task": t1.name, "split": dataclasses.asdict(cfg.split),
                         "backbone": dataclasses.asdict(cfg.backbone), "seed": seed,
                         "train": {k: v for k, v in dataclasses.asdict(cfg.train).items()
                                   if k in ("t1_lr", "t1_batch", "t1_epochs", "patience", "ignore_pad")}}).encode())
     path = cache_dir / f"t1-{h.hexdigest()[:16]}.pt"
-    info = task_info(t1)
 
     def provide() -> PlainModel:
         blob = None
@@ -158,17 +165,17 @@ def _t1_provider(stream: TaskStream, evaluator: Evaluator, cfg: RunConfig, seed:
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, SinMo.Config(),
+                setup = Setup(n_items, train.inputs.shape[1], cfg.backbone, cfg.train, SinMo.Config(),
                               device, seed, pretrained_t1=None)
                 plain = SinMo(setup)
-                plain.learn_task(info, evaluator.train_data(t1.name), evaluator.val_data(t1.name), fitter)
-                blob = {"state": {k: v.cpu() for k, v in plain.models[t1.name].state_dict().items()},
+                plain.learn_task(info, train, val, fitter)
+                blob = {"state": {k: v.cpu() for k, v in plain.models[info.name].state_dict().items()},
                         "fit": fitter.logs[-1]}
             buf = io.BytesIO()
             torch.save(blob, buf)
             atomic_write_bytes(path, buf.getvalue())
-        model = PlainModel(stream.n_items, cfg.backbone).to(device)
-        model.add_head(t1.name, t1.n_labels)
+        model = PlainModel(n_items, cfg.backbone).to(device)
+        model.add_head(info.name, info.n_labels)
         model.load_state_dict(blob["state"])
         return model
 
@@ -216,11 +223,13 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     cfg = resolve_config(spec)
     stream = build_stream(spec, data_dir)
     evaluator = Evaluator(stream, cfg.split, cfg.train.eval_batch)
-    fitter = Fitter(evaluator, cfg, echo)
+    fitter = Fitter(cfg, echo)
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
     setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, spec.seed,
-                  pretrained_t1=_t1_provider(stream, evaluator, cfg, spec.seed, dev, out / ".cache" / "t1", fitter))
+                  pretrained_t1=_t1_provider(stream, evaluator.train_data(stream.tasks[0].name),
+                                             evaluator.val_data(stream.tasks[0].name), cfg, spec.seed, dev,
+                                             out / ".cache" / "t1", fitter))
     method = cls(setup)
     names = stream.task_names
     m = len(names)

@@ -1,0 +1,149 @@
+"""Runner, evaluator and the two foundation methods, checked through real (tiny) runs."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from curb.evaluator import Evaluator, evaluate_data
+from curb.method import Batch, Method, Setup, TaskData, TaskInfo, register
+from curb.runner import CellSpec, Fitter, build_stream, resolve_config, run_cell
+from curb.streams import SplitConfig
+
+
+def _complete_lower_triangle(R):
+    m = len(R)
+    return all((R[j][i] is not None) == (i <= j) for j in range(m) for i in range(m))
+
+
+def test_result_holds_R_fwt_bwt_config_and_reuses_t1(run_mini):
+    sinmo = run_mini("sinmo")
+    fine = run_mini("fineall")
+    for r in (sinmo, fine):
+        assert _complete_lower_triangle(r["R"])
+        assert r["config"]["backbone"]["channels"] == 16 and r["spec"]["dataset"] == "synthetic-mini"
+        assert set(r["metrics"][0][0]) == {"mrr@5", "hr@5", "ndcg@5"}
+        assert set(r["metrics"][-1][3]) == {"acc"}
+    # Separate per-task models: old tasks never change (BWT exactly 0).
+    assert all(v == 0.0 for v in fine["transfer"]["bwt"][:-1])
+    # FWT against the SinMo cell of the same seed/config that ran before it.
+    diag_s = [sinmo["R"][i][i] for i in range(5)]
+    expect = [(fine["R"][i][i] - diag_s[i]) / diag_s[i] * 100 for i in range(1, 5)]
+    assert fine["transfer"]["fwt"][1:] == pytest.approx(expect)
+    # Both start from the one cached pre-trained T1 model: identical T1 scores.
+    assert fine["R"][0][0] == sinmo["R"][0][0]
+    assert any(f["phase"] == "pretrained (cached)" for f in fine["fits"])
+
+
+def test_existing_valid_result_is_reused_not_recomputed(run_mini):
+    a = run_mini("pop")
+    b = run_mini("pop")
+    assert a["created"] == b["created"] and a["checksum"] == b["checksum"]
+
+
+def test_reversed_run_learns_in_reversed_order(run_mini):
+    r = run_mini("pop", order="reversed")
+    assert [t["name"] for t in r["tasks"]] == ["T1", "T5", "T4", "T3", "T2"]
+    fwd = run_mini("pop")
+    # Same split per task whatever the order: pop scores are identical per task.
+    assert r["final"] == pytest.approx(fwd["final"])
+
+
+def test_pop_scores_match_a_direct_count(tiny_stream):
+    """pop's accuracy on a classify task = share of test labels equal to the train majority."""
+    from curb.streams import split_task
+
+    ev = Evaluator(tiny_stream, SplitConfig())
+    setup = Setup(tiny_stream.n_items, 12, resolve_config(CellSpec("pop", "synthetic-mini")).backbone, None,
+                  None, torch.device("cpu"), 0)
+    from curb.methods.pop import Pop
+
+    pop = Pop(setup)
+    pop.learn_task(ev.info("T4"), ev.train_data("T4"), ev.val_data("T4"), None)
+    parts = split_task(tiny_stream.task("T4"), SplitConfig())
+    counts = np.bincount(parts["train"].labels, minlength=4)
+    assert len(np.flatnonzero(counts == counts.max())) == 1  # no tie on this stream
+    expect = np.mean(parts["test"].labels == counts.argmax())
+    assert ev.test(pop, "T4")["acc"] == pytest.approx(expect)
+
+
+def _setup_for(spec, stream, pre):
+    cfg = resolve_config(spec)
+    from curb.methods.sinmo import SinMo
+
+    return cfg, Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, SinMo.Config(),
+                      torch.device("cpu"), 0, pretrained_t1=lambda: copy.deepcopy(pre))
+
+
+@pytest.mark.parametrize("name,starts_from_t1", [("fineall", True), ("sinmo", False)])
+def test_fineall_starts_from_t1_weights_and_sinmo_does_not(name, starts_from_t1):
+    from curb.backbone import PlainModel
+    from curb.method import get_method
+
+    spec = CellSpec(name, "synthetic-mini")
+    stream = build_stream(spec, None)
+    torch.manual_seed(1)
+    pre = PlainModel(stream.n_items, resolve_config(spec).backbone)
+    pre.add_head("T1", stream.n_items)
+    cfg, setup = _setup_for(spec, stream, pre)
+    ev = Evaluator(stream, cfg.split)
+    m = get_method(name)(setup)
+    m.learn_task(ev.info("T1"), ev.train_data("T1"), ev.val_data("T1"), Fitter(cfg, lambda *_: None))
+    m.tasks.append(ev.info("T2"))
+    m.begin_task(ev.info("T2"))  # the T2 model before any training step
+    new, t1 = m.models["T2"].backbone.state_dict(), pre.backbone.state_dict()
+    if starts_from_t1:
+        assert all(torch.equal(new[k], t1[k]) for k in t1)
+    else:  # LayerNorms start at (1, 0) in any model; the learnable tensors must differ
+        assert not any(torch.equal(new[k], t1[k]) for k in t1 if "conv" in k or "item_emb" in k)
+    # T1's model is the pre-trained one, untouched.
+    assert all(torch.equal(m.models["T1"].backbone.state_dict()[k], t1[k]) for k in t1)
+
+
+@register("spy-test")
+class Spy(Method):
+    """Records everything the runner hands it; scores with a fixed random head."""
+
+    seen: list = []
+
+    def __init__(self, setup):
+        super().__init__(setup)
+        self.emb = torch.nn.Embedding(setup.n_items, 4)
+        self.heads = torch.nn.ModuleDict()
+
+    def learn_task(self, task, train, val, fit):
+        Spy.seen.append((task, train, val, fit))
+        self.tasks.append(task)
+        self.heads[task.name] = torch.nn.Linear(4, task.n_labels)
+
+    def forward_logits(self, task, x, *, train, all_positions=False, batch=None):
+        Spy.seen.append(("score", task, x.shape))
+        return self.heads[task](self.emb(x[:, -1]))
+
+    def modules(self):
+        return {"emb": self.emb, "heads": self.heads}
+
+
+def test_methods_only_receive_train_and_val_never_test(tmp_path):
+    Spy.seen = []
+    spec = CellSpec("spy-test", "synthetic-mini")
+    run_cell(spec, tmp_path, echo=lambda *_: None)
+    stream = build_stream(spec, None)
+    ev = Evaluator(stream, resolve_config(spec).split)
+    learned = [s for s in Spy.seen if s[0] != "score"]
+    assert [t.name for t, *_ in learned] == stream.task_names
+    for task, train, val, fit in learned:
+        assert isinstance(task, TaskInfo) and not hasattr(task, "targets")
+        for got, want in ((train, ev.train_data(task.name)), (val, ev.val_data(task.name))):
+            assert isinstance(got, TaskData)
+            assert np.array_equal(got.inputs, want.inputs) and np.array_equal(got.labels, want.labels)
+        # No test user's sequence is among the training or validation inputs (user-level split).
+        test_rows = {r.tobytes() for r in stream.sequences[ev._splits[task.name]["test"].users]}
+        train_rows = {r.tobytes() for r in np.concatenate([train.inputs, val.inputs])}
+        assert len({r.tobytes() for r in stream.sequences}) == stream.n_users  # all sequences distinct
+        assert not (test_rows & train_rows)
+        # Nothing reachable from what the method received leads to the evaluator.
+        reach = [fit, *vars(fit).values(), getattr(fit.validate, "func", None), *getattr(fit.validate, "keywords", {}).values()]
+        assert not any(isinstance(o, Evaluator) or getattr(o, "__self__", None).__class__ is Evaluator for o in reach)

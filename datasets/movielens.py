@@ -134,6 +134,7 @@ def read_table(path: Path, sep: str, names: tuple[str, ...], header: tuple[str, 
     if header is not None and tuple(first.split(sep)) != header:
         raise DataFormatError(path, 1, f"expected the header {sep.join(header)!r}, got {first[:80]!r}")
     skip = 1 if header is not None else 0
+    _check_field_counts(path, sep, names, numeric)
     # '::' is read as ':' with the empty fields in between dropped (C engine; '::' would need Python).
     c_sep = ":" if sep == "::" else sep
     usecols = list(range(0, 2 * len(names), 2)) if sep == "::" else list(range(len(names)))
@@ -160,9 +161,32 @@ def read_table(path: Path, sep: str, names: tuple[str, ...], header: tuple[str, 
         frac = col != np.floor(col)
         if frac.any():
             i = int(np.flatnonzero(frac)[0])
-            raise DataFormatError(path, i + 1 + skip, f"non-integer {n} {col[i]!r}")
+            raise DataFormatError(path, i + 1 + skip, f"non-integer {n} {col[i].item()!r}")
         df[n] = col.astype(np.int64)
     return df
+
+
+def _check_field_counts(path: Path, sep: str, names: tuple[str, ...], numeric: tuple[str, ...]) -> None:
+    """Every line must hold exactly len(names) fields: count separators in one streaming pass.
+
+    The C parser pads short lines with NaN but silently drops extra fields, so this is what
+    catches an extra field, and it pins down empty lines and wrong separators in text columns.
+    """
+    unit = sep[0].encode()
+    per_line = (len(names) - 1) * len(sep)
+    seps = lines = 0
+    last = b"\n"
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            seps += chunk.count(unit)
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    lines += last != b"\n"
+    if seps != per_line * lines:
+        with _open_text(path) as f:
+            for i, line in enumerate(f, 1):
+                if line.rstrip("\r\n").count(sep[0]) != per_line:
+                    raise diagnose(path, i, sep, names, numeric)
 
 
 def _first_bad_line(path: Path, sep: str, names: tuple[str, ...], numeric: tuple[str, ...], skip: int):
@@ -192,7 +216,7 @@ def read_ratings(path: Path, layout: Layout) -> pd.DataFrame:
     if not valid.all():
         i = int(np.flatnonzero(~valid)[0])
         scale = "0.5..5 in half stars" if layout.half_stars else "1..5"
-        raise DataFormatError(path, i + 1 + (layout.header is not None), f"rating {r[i]!r} outside {scale}")
+        raise DataFormatError(path, i + 1 + (layout.header is not None), f"rating {r[i].item()!r} outside {scale}")
     df["stars"] = np.floor(r).astype(np.int64)
     return df[["user", "item", "rating", "stars", "ts"]].sort_values(["user", "ts", "item"], kind="stable",
                                                                      ignore_index=True)
@@ -242,13 +266,14 @@ def _targets(df: pd.DataFrame, row_of: pd.Series) -> tuple[Targets, int]:
     return Targets.from_pairs(row_of[df["user"]].to_numpy(), labels), len(vocab)
 
 
-def build_stream(ratings: pd.DataFrame, users: pd.DataFrame | None, name: str, release: str) -> TaskStream:
+def build_stream(ratings: pd.DataFrame, users: pd.DataFrame | None, name: str, release: str,
+                 source: Path | str = "") -> TaskStream:
     """The `ml` stream from chronologically sorted ratings (and user attributes for profiles)."""
     low = ratings[ratings["stars"] <= 3]
     low = low[low.groupby("user")["item"].transform("size") >= MIN_SEQ]
     kept = np.unique(low["user"].to_numpy())
     if len(kept) == 0:
-        raise DataFormatError(name, None, f"no user has {MIN_SEQ} or more movies rated below 4 stars: T1 is empty")
+        raise DataFormatError(source or name, None, f"no user has {MIN_SEQ} or more movies rated below 4 stars: T1 is empty")
     row_of = pd.Series(np.arange(len(kept)), index=kept)
     # Position from the end of each user's chronological low-rated list; keep the last 30.
     from_end = low.groupby("user").cumcount(ascending=False).to_numpy()
@@ -264,7 +289,7 @@ def build_stream(ratings: pd.DataFrame, users: pd.DataFrame | None, name: str, r
     for tname, stars in (("T2", 4), ("T3", 5)):
         part = ratings[keep_users & (ratings["stars"] == stars)]
         if len(part) == 0:
-            raise DataFormatError(name, None, f"task {tname}: no kept user rated a movie {stars} stars")
+            raise DataFormatError(source or name, None, f"task {tname}: no kept user rated a movie {stars} stars")
         tg, n_labels = _targets(part, row_of)
         tasks.append(Task(tname, "recommend", n_labels, tg, description=f"movies rated {stars} stars"))
     if users is not None:
@@ -304,7 +329,8 @@ def load(data_dir: Path | None, profile: bool) -> TaskStream:
     name = "ml-profile" if profile else "ml"
 
     def parse() -> TaskStream:
-        stream = build_stream(read_ratings(rpath, layout), read_users(upath) if upath else None, name, layout.release)
+        stream = build_stream(read_ratings(rpath, layout), read_users(upath) if upath else None, name, layout.release,
+                              rpath)
         check_splittable(stream, {t.name: (upath if t.kind == "classify" else rpath) for t in stream.tasks})
         return stream
 

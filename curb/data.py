@@ -237,11 +237,11 @@ def cached_build(dataset: str, sources: Sequence[Path], parse: Callable[[], Task
     directory only costs the re-parse next time.
     """
     version = _DATASETS[dataset].version
-    digests = {Path(p).name: file_sha256(Path(p)) for p in sources}
+    digests = [file_sha256(Path(p)) for p in sources]
     key = hashlib.sha256(canonical({"dataset": dataset, "version": version, "options": options or {},
-                                    "sources": digests}).encode()).hexdigest()[:20]
-    path = stream_cache_dir() / f"{dataset}-{key}.npz"
-    where = {"sources": {str(p): digests[Path(p).name] for p in sources}}
+                                    "sources": [[Path(p).name, d] for p, d in zip(sources, digests)]}).encode())
+    path = stream_cache_dir() / f"{dataset}-{key.hexdigest()[:20]}.npz"
+    where = {"sources": {str(p): d for p, d in zip(sources, digests)}}
     if path.is_file():
         try:
             stream = load_stream(path)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -125,8 +125,8 @@ class Parsed:
     path: Path
     seq: np.ndarray  # all input tokens, line after line
     seq_len: np.ndarray  # tokens per line
-    tgt: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    tgt_len: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    tgt: np.ndarray  # all target tokens, line after line (none for the next-item file)
+    tgt_len: np.ndarray  # targets per line
 
     def line_of_token(self, k: int) -> int:
         return int(np.searchsorted(np.cumsum(self.seq_len), k, side="right")) + 1
@@ -175,55 +175,52 @@ def read_token_file(path: Path, with_targets: bool) -> Parsed:
     buf = np.frombuffer(data, np.uint8)
     nl = np.flatnonzero(buf == 10)
     starts = np.concatenate([[0], nl[:-1] + 1])
-    is_digit = (buf >= 48) & (buf <= 57)
+    allowed = np.zeros(256, bool)
+    allowed[[*range(48, 58), 44, 10]] = True  # digits, ',' and newline
     comma = buf == 44
-    bad = ~(is_digit | comma | (buf == 10))
-    empty = np.flatnonzero(starts == nl)
-    edge = np.flatnonzero(comma[starts] | comma[np.maximum(nl - 1, 0)])  # a line starting or ending with ','
     dd = np.flatnonzero(comma[:-1] & comma[1:])  # ',,' pairs (start positions)
-    dd_line = np.searchsorted(nl, dd)
-    per_line = np.bincount(dd_line, minlength=len(nl))
-    wrong_dd = np.flatnonzero(per_line != 1) if with_targets else np.unique(dd_line)
+    per_line = np.bincount(np.searchsorted(nl, dd), minlength=len(nl))
     # 0-based index of the first line with a bad byte, an empty line, an edge comma or a wrong ',,'.
-    bad_lines = [int(np.searchsorted(nl, np.flatnonzero(bad)[0]))] if bad.any() else []
-    bad_lines += [int(a[0]) for a in (empty, edge, wrong_dd) if len(a)]
+    bad = np.flatnonzero(~allowed[buf])
+    bad_lines = [int(np.searchsorted(nl, bad[0]))] if len(bad) else []
+    bad_lines += [int(a[0]) for a in (np.flatnonzero(starts == nl),
+                                      np.flatnonzero(comma[starts] | comma[np.maximum(nl - 1, 0)]),
+                                      np.flatnonzero(per_line != (1 if with_targets else 0))) if len(a)]
     if bad_lines:
         i = min(bad_lines)
         raise _explain(path, _line_text(data, starts, nl, i), i + 1, with_targets)
 
-    commas_before = np.concatenate([[0], np.cumsum(comma)])  # commas in buf[:p] is commas_before[p]
-    if with_targets:
-        src_len = commas_before[dd] - commas_before[starts] + 1
-        tgt_len = commas_before[nl] - commas_before[dd + 2] + 1
-        tokens = np.fromstring(data.replace(b",,", b",").replace(b"\n", b","), dtype=np.int64, sep=",")
-        ntok = src_len + tgt_len
-    else:
-        src_len = commas_before[nl] - commas_before[starts] + 1
-        tokens = np.fromstring(data.replace(b"\n", b","), dtype=np.int64, sep=",")
-        ntok = src_len
+    # Tokens per line from comma counts per segment ([line start, ',,') and [',,', next line) with targets).
+    bounds = np.column_stack([starts, dd]).ravel() if with_targets else starts
+    seg = np.add.reduceat(comma.view(np.uint8), bounds, dtype=np.int64)
+    src_len = (seg[0::2] if with_targets else seg) + 1
+    tgt_len = seg[1::2] - 1 if with_targets else np.zeros(len(nl), np.int64)  # ',,' holds 2 of the commas
+    tokens = np.fromstring(data.replace(b",,", b",").replace(b"\n", b","), dtype=np.int64, sep=",")
+    ntok = src_len + tgt_len
     if len(tokens) != ntok.sum():  # cannot happen after the checks above; never parse silently short
         raise DataFormatError(path, None, "could not parse every token")
     line_start = np.concatenate([[0], np.cumsum(ntok)[:-1]])
+    huge = np.flatnonzero(tokens == np.iinfo(np.int64).max)  # the parser saturates ids of 19+ digits
+    if len(huge):
+        i = int(np.searchsorted(line_start, huge[0], side="right")) - 1
+        raise DataFormatError(path, i + 1, f"id too large (ids must be below 2**63 - 1) in "
+                                           f"{_line_text(data, starts, nl, i)!r}")
     is_src = np.ones(len(tokens), bool)
-    if with_targets:
-        is_src[np.repeat(line_start + src_len, tgt_len) + _ranges(tgt_len)] = False
+    is_src[np.repeat(line_start + src_len, tgt_len) + _ranges(tgt_len)] = False
     seq = tokens[is_src]
-    # Padding 0 may only lead a sequence: a 0 after an item is an error, an all-0 line is empty.
+    # Padding 0 may only lead a sequence: a 0 right after an item is an error, an all-0 line is empty.
     seq_start = np.concatenate([[0], np.cumsum(src_len)[:-1]])
-    nonzero_seen = np.maximum.accumulate(np.where(seq != 0, np.arange(len(seq)), -1))
-    inner_zero = np.flatnonzero((seq == 0) & (nonzero_seen >= np.repeat(seq_start, src_len)))
-    if len(inner_zero):
-        i = int(np.searchsorted(np.cumsum(src_len), inner_zero[0], side="right"))
+    after_item = np.concatenate([[False], (seq[1:] == 0) & (seq[:-1] != 0)])
+    after_item[seq_start] = False
+    if after_item.any():
+        i = int(np.searchsorted(seq_start, np.flatnonzero(after_item)[0], side="right")) - 1
         raise DataFormatError(path, i + 1, "padding 0 inside a sequence: 0 is reserved for left padding "
                                            f"(in {_line_text(data, starts, nl, i)!r})")
-    last = seq[np.cumsum(src_len) - 1]
+    last = seq[seq_start + src_len - 1]
     if (last == 0).any():
         i = int(np.flatnonzero(last == 0)[0])
         raise DataFormatError(path, i + 1, "empty sequence: the line holds only padding 0")
-    out = Parsed(path, seq, src_len)
-    if with_targets:
-        out.tgt, out.tgt_len = tokens[~is_src], tgt_len
-    return out
+    return Parsed(path, seq, src_len, tokens[~is_src], tgt_len)
 
 
 def _ranges(counts: np.ndarray) -> np.ndarray:
@@ -243,6 +240,29 @@ def _pad(p: Parsed, width: int) -> np.ndarray:
     return out
 
 
+def _dense(vmax: int, n: int) -> bool:
+    """Index through a direct table when ids are compact enough for it to be small."""
+    return vmax < max(1 << 22, 8 * n)
+
+
+def _sorted_unique(tokens: np.ndarray) -> np.ndarray:
+    if len(tokens) and _dense(int(tokens.max()), len(tokens)):
+        present = np.zeros(int(tokens.max()) + 1, bool)
+        present[tokens] = True
+        return np.flatnonzero(present)
+    return np.unique(tokens)
+
+
+def _lookup(vocab: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """Position of each token in the sorted `vocab`, -1 where absent."""
+    if len(vocab) and _dense(int(vocab[-1]), len(vocab)):
+        table = np.full(int(vocab[-1]) + 2, -1, np.int64)
+        table[vocab] = np.arange(len(vocab))
+        return table[np.minimum(tokens, len(table) - 1)]
+    pos = np.clip(np.searchsorted(vocab, tokens), 0, max(len(vocab) - 1, 0))
+    return np.where(vocab[pos] == tokens, pos, -1) if len(vocab) else np.full(len(tokens), -1)
+
+
 def _occurrence(keys: np.ndarray) -> np.ndarray:
     """For each element, how many earlier elements have the same key (0 for the first)."""
     order = np.argsort(keys, kind="stable")
@@ -254,11 +274,27 @@ def _occurrence(keys: np.ndarray) -> np.ndarray:
     return occ
 
 
-def _match_rows(pool: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Row of `pool` for each row of `rows` (identical sequence, k-th occurrence to k-th), or -1."""
-    both = np.ascontiguousarray(np.vstack([pool, rows]))
-    _, key = np.unique(both.view(np.dtype((np.void, both.dtype.itemsize * both.shape[1]))).ravel(),
-                       return_inverse=True)
+_CHUNK = 1 << 16  # rows per step when hashing or comparing sequences (bounds temporary memory)
+
+
+def _row_keys(a: np.ndarray, exact: bool) -> np.ndarray:
+    """A key per row: a 64-bit multiplicative hash (fast), or the row's bytes (`exact`)."""
+    if exact:
+        return np.ascontiguousarray(a).view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).ravel()
+    mult = np.random.default_rng(a.shape[1]).integers(1, 1 << 62, size=a.shape[1], dtype=np.uint64) * 2 + 1
+    out = np.empty(len(a), np.uint64)
+    for lo in range(0, len(a), _CHUNK):
+        out[lo:lo + _CHUNK] = (a[lo:lo + _CHUNK].astype(np.uint64) * mult).sum(axis=1)  # wraps mod 2**64
+    return out
+
+
+def _match_rows(pool: np.ndarray, rows: np.ndarray, exact: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Row of `pool` for each row of `rows` (identical sequence, k-th occurrence to k-th), or -1.
+
+    Rows are matched by hash and every match is then compared in full; a hash collision (never
+    seen in practice) falls back to matching on the rows' bytes.
+    """
+    _, key = np.unique(np.concatenate([_row_keys(pool, exact), _row_keys(rows, exact)]), return_inverse=True)
     key = key.ravel().astype(np.int64)
     occ = np.concatenate([_occurrence(key[:len(pool)]), _occurrence(key[len(pool):])])
     code = key * (occ.max() + 1) + occ
@@ -266,44 +302,55 @@ def _match_rows(pool: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     order = np.argsort(pc)
     idx = np.clip(np.searchsorted(pc[order], rc), 0, max(len(pc) - 1, 0))
     found = pc[order][idx] == rc
-    return np.where(found, order[idx], -1), found
+    row = np.where(found, order[idx], -1)
+    hit = np.flatnonzero(found)
+    same = all((pool[row[hit[lo:lo + _CHUNK]]] == rows[hit[lo:lo + _CHUNK]]).all() for lo in range(0, len(hit), _CHUNK))
+    return (row, found) if same or exact else _match_rows(pool, rows, exact=True)
 
 
 # ------------------------------------------------------------------------------- the stream
 def build(folder: Path, manifest: Manifest) -> TaskStream:
     files = {s.name: folder / s.file for s in manifest.tasks}
-    parsed = [read_token_file(files[s.name], with_targets=k > 0) for k, s in enumerate(manifest.tasks)]
-    first = parsed[0]
-    if manifest.padded:
-        for p in parsed:
-            bad = np.flatnonzero(p.seq_len != first.seq_len[0])
-            if len(bad):
-                i = int(bad[0])
-                raise DataFormatError(p.path, i + 1, f"truncated or overlong line: {p.seq_len[i]} input tokens, "
-                                                     f"expected {first.seq_len[0]} like line 1 of {first.path.name} "
-                                                     "(padded files hold fixed-length, left-padded sequences)")
-    width = manifest.max_len or int(max(p.seq_len.max() for p in parsed))
+    first = read_token_file(files[manifest.tasks[0].name], with_targets=False)
+
+    def checked(p: Parsed) -> Parsed:
+        bad = np.flatnonzero(p.seq_len != first.seq_len[0]) if manifest.padded else []
+        if len(bad):
+            i = int(bad[0])
+            raise DataFormatError(p.path, i + 1, f"truncated or overlong line: {p.seq_len[i]} input tokens, "
+                                                 f"expected {first.seq_len[0]} like line 1 of {first.path.name} "
+                                                 "(padded files hold fixed-length, left-padded sequences)")
+        return p
+
+    # Later files are parsed one at a time (memory) unless the width needs the longest of them all.
+    later = (checked(read_token_file(files[s.name], with_targets=True)) for s in manifest.tasks[1:])
+    if manifest.padded or manifest.max_len:
+        width = manifest.max_len or int(first.seq_len[0])
+    else:
+        later = list(later)
+        width = int(max([first.seq_len.max(), *(p.seq_len.max() for p in later)]))
+    checked(first)
     if width < 2:
         raise DataFormatError(first.path, None, "sequences must be at least 2 items long for next-item training")
-    vocab = np.unique(first.seq[first.seq != 0])  # real item tokens, sorted numerically: ids 1..n
+    vocab = _sorted_unique(first.seq[first.seq != 0])  # real item tokens, sorted numerically: ids 1..n
 
     def index(p: Parsed, spec: TaskSpec) -> tuple[np.ndarray, int]:
         """Item ids of `p`'s inputs (left-padded to `width`) and how many unseen items became padding."""
-        pos = np.clip(np.searchsorted(vocab, p.seq), 0, len(vocab) - 1)
-        known = (vocab[pos] == p.seq) | (p.seq == 0)
-        if not known.all() and manifest.unseen == "error":
-            k = int(np.flatnonzero(~known)[0])
+        ids = _lookup(vocab, p.seq) + 1  # 0 for padding and for unseen items
+        unknown = (ids == 0) & (p.seq != 0)
+        if unknown.any() and manifest.unseen == "error":
+            k = int(np.flatnonzero(unknown)[0])
             raise DataFormatError(p.path, p.line_of_token(k), f"unknown item {p.seq[k]} in the input of task "
                                   f"{spec.name}: it never occurs in {first.path.name} (set \"unseen\": \"pad\" in "
                                   f"{MANIFEST} to map such items to padding)")
-        return _pad(replace(p, seq=np.where(known & (p.seq != 0), pos + 1, 0)), width), int((~known).sum())
+        return _pad(replace(p, seq=ids), width), int(unknown.sum())
 
     seqs, _ = index(first, manifest.tasks[0])
     n1 = len(seqs)
     tasks = [Task(manifest.tasks[0].name, "next_item", len(vocab) + 1, Targets(np.arange(n1), np.arange(n1 + 1),
                   seqs[:, -1]), description=manifest.tasks[0].description or "next item")]
     unseen, added = {}, {}
-    for spec, p in zip(manifest.tasks[1:], parsed[1:]):
+    for spec, p in zip(manifest.tasks[1:], later):
         x, unseen[spec.name] = index(p, spec)
         row, found = _match_rows(seqs, x)
         new = np.flatnonzero(~found)
@@ -314,8 +361,8 @@ def build(folder: Path, manifest: Manifest) -> TaskStream:
             i = int(np.flatnonzero(p.tgt_len != 1)[0])
             raise DataFormatError(p.path, i + 1, f"task {spec.name} is a classify task: each line needs exactly one "
                                                  f"target after ',,', found {p.tgt_len[i]}")
-        labels_raw, labels = np.unique(p.tgt, return_inverse=True)
-        tg = Targets.from_pairs(np.repeat(row, p.tgt_len), labels.ravel())
+        labels_raw = _sorted_unique(p.tgt)  # the task's own dictionary, sorted numerically
+        tg = Targets.from_pairs(np.repeat(row, p.tgt_len), _lookup(labels_raw, p.tgt))
         tasks.append(Task(spec.name, spec.kind, len(labels_raw), tg, description=spec.description,
                           label_names=tuple(map(str, labels_raw)) if spec.kind == "classify" else None))
     meta = {"format": "curb-custom", "files": {s.name: s.file for s in manifest.tasks}, "options": manifest.options(),

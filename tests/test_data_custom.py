@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from curb.cli import main
 from curb.data import DataFormatError, DataNotFoundError, get_dataset
 from curb.datasets.ttl import FILES as TTL_FILES
 
@@ -117,6 +118,7 @@ GOOD = [line(s) for s in seqs()]
     (GOOD[:2] + ["0,0,0"] + GOOD[2:], None, ("t1.csv", 3), "empty sequence"),
     (GOOD[:2] + ["5,0,9"] + GOOD[2:], None, ("t1.csv", 3), "padding 0 inside a sequence"),
     (GOOD[:2] + ["5,9,"] + GOOD[2:], None, ("t1.csv", 3), "bad token ''"),
+    (GOOD[:2] + ["5," + "9" * 25] + GOOD[2:], None, ("t1.csv", 3), "id too large"),
     (GOOD, "5,9,10", ("T2.csv", 14), "no ',,' between the input sequence and the targets"),
     (GOOD, "5,9,10,,", ("T2.csv", 14), "no targets after ',,'"),
     (GOOD, ",,3", ("T2.csv", 14), "no input sequence before ',,'"),
@@ -237,3 +239,41 @@ def test_ttl_truncated_line_and_missing_file(tmp_path):
     (folder / TTL_FILES[5][2]).unlink()
     with pytest.raises(DataNotFoundError, match="TTL files not found. curb looked in"):
         get_dataset("ttl").build(folder)
+
+
+def test_data_info_json_reports_the_stream(tmp_path, capsys):
+    s1 = seqs()
+    folder = write_stream(tmp_path / "j", [line(s) for s in s1], {"T2": ("recommend", [line(s) + ",,4,8,15"
+                                                                                      for s in s1[:11]])})
+    assert main(["data", "info", "custom", "--data-dir", str(folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    lengths = sorted(map(len, s1))
+    assert info["users"] == 14 and info["seq_len"] == max(lengths)
+    assert [(t["task"], t["users"], t["labels"], t["pairs"], t["mean_targets"]) for t in info["tasks"]] == \
+        [("T1", 14, len({x for s in s1 for x in s}) + 1, 14, 1.0), ("T2", 11, 3, 33, 3.0)]
+    assert (info["length"]["min"], info["length"]["max"]) == (lengths[0], lengths[-1])
+    assert info["length"]["median"] == float(np.median(lengths))
+
+
+def test_windows_line_endings_and_missing_final_newline_are_accepted(tmp_path):
+    a = write_stream(tmp_path / "a", GOOD, {"T2": ("recommend", [l + ",,1" for l in GOOD])})
+    b = tmp_path / "b"
+    b.mkdir()
+    for f in a.iterdir():
+        text = f.read_bytes()
+        (b / f.name).write_bytes(text.replace(b"\n", b"\r\n").rstrip() if f.suffix == ".csv" else text)
+    assert build(a).fingerprint() == build(b).fingerprint()
+
+
+def test_row_matching_survives_hash_collisions(tmp_path, monkeypatch):
+    """Every hash match is compared in full; with all hashes colliding the result is unchanged."""
+    import curb.datasets.custom as custom
+
+    dup = [5, 9, 10]
+    s1 = [dup, dup] + seqs(12, seed=1)
+    t3 = [line(dup) + ",,1", line(dup) + ",,2", line(dup) + ",,3"] + [line(s) + ",,0" for s in s1[2:]][::-1]
+    want = build(write_stream(tmp_path / "a", [line(s) for s in s1], {"T3": ("classify", t3)}))
+    real = custom._row_keys
+    monkeypatch.setattr(custom, "_row_keys", lambda a, exact: real(a, True) if exact else np.zeros(len(a), np.uint64))
+    got = build(write_stream(tmp_path / "b", [line(s) for s in s1], {"T3": ("classify", t3)}, name="b"))
+    assert got.fingerprint() == want.fingerprint()

@@ -220,7 +220,8 @@ def load_stream(path: Path) -> TaskStream:
             raise ValueError(f"unknown stream cache format {header.get('format')!r}")
         i64 = lambda k: z[k].astype(np.int64)  # noqa: E731
         tasks = tuple(
-            Task(t["name"], t["kind"], t["n_labels"], Targets(i64(f"t{i}_users"), i64(f"t{i}_ptr"), i64(f"t{i}_labels")),
+            Task(t["name"], t["kind"], t["n_labels"],
+                 Targets(i64(f"t{i}_users"), i64(f"t{i}_ptr"), i64(f"t{i}_labels")),
                  label_names=tuple(t["label_names"]) if t["label_names"] is not None else None,
                  description=t["description"])
             for i, t in enumerate(header["tasks"])

@@ -86,7 +86,8 @@ def stream_stats(stream: TaskStream) -> dict:
         tasks.append({"task": t.name, "kind": t.kind, "description": t.description, "users": t.targets.n_users,
                       "labels": t.n_labels, "pairs": t.targets.n_pairs, "mean_targets": float(c.mean())})
     return {
-        "name": stream.name, "users": stream.n_users, "items": stream.n_items, "seq_len": int(stream.sequences.shape[1]),
+        "name": stream.name, "users": stream.n_users, "items": stream.n_items,
+        "seq_len": int(stream.sequences.shape[1]),
         "tasks": tasks, "fingerprint": stream.fingerprint(),
         "length": {"min": int(q[0]), "p10": float(q[1]), "p25": float(q[2]), "median": float(q[3]),
                    "p75": float(q[4]), "p90": float(q[5]), "max": int(q[6]), "mean": float(lengths.mean()),

@@ -126,6 +126,7 @@ def install(release: Release, source: str | Path | None = None, dest_root: Path 
     if target.exists() and not force:
         raise FetchError(f"{target} exists but does not hold a complete {release.name} release; remove it or pass "
                          "--force to replace it")
+    echo(f"{release.title}. Terms: {release.terms}")
     if source is None and not (url or release.url):
         raise FetchError(f"curb cannot download {release.name}: get {release.manual or release.homepage} yourself, "
                          f"then run `curb data fetch {release.name} --from PATH` (an archive or the unpacked folder)")

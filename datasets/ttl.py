@@ -53,8 +53,8 @@ def manifest_for(folder: Path) -> tuple[Manifest, Path | None]:
         raise DataFormatError(path, e.lineno, f"invalid JSON: {e.msg}") from None
     allowed = {"unseen", "max_len"}
     if not isinstance(obj, dict) or set(obj) - allowed:
-        raise DataFormatError(path, None, f"a TTL folder's {MANIFEST} may only set {sorted(allowed)} (the six TTL tasks "
-                                          "are fixed; for other tasks use dataset `custom`)")
+        raise DataFormatError(path, None, f"a TTL folder's {MANIFEST} may only set {sorted(allowed)} (the six TTL "
+                                          "tasks are fixed; for other tasks use dataset `custom`)")
     return parse_options(obj, path, TTL_MANIFEST), path
 
 

@@ -46,7 +46,8 @@ def test_reference_indexing_and_per_task_target_dictionaries(tmp_path):
     s1 = seqs()
     t2 = [line(s) + ",,300,20" for s in s1[:12]]
     t3 = [line(s) + f",,{k % 3 * 5}" for k, s in enumerate(s1)]
-    st = build(write_stream(tmp_path / "s", [line(s, 6) for s in s1], {"T2": ("recommend", t2), "T3": ("classify", t3)}))
+    st = build(write_stream(tmp_path / "s", [line(s, 6) for s in s1],
+                            {"T2": ("recommend", t2), "T3": ("classify", t3)}))
     vocab = sorted({x for s in s1 for x in s})  # numeric order: 5 < 7 < 9 < 10 < 42 < 100 < 1000
     assert st.n_items == len(vocab) + 1
     for row, s in enumerate(s1):
@@ -131,7 +132,8 @@ def test_malformed_task_files_name_file_line_and_problem(tmp_path, first, later_
         [later[13]] if later_line is not None else [later[13] + ",,1"]))})
     with pytest.raises(DataFormatError) as e:
         build(folder)
-    assert (e.value.path, e.value.line) == (str(folder / where[0]), where[1]) and problem in e.value.problem, str(e.value)
+    assert (e.value.path, e.value.line) == (str(folder / where[0]), where[1]), str(e.value)
+    assert problem in e.value.problem, str(e.value)
 
 
 def test_empty_file_classify_arity_and_too_few_users(tmp_path):

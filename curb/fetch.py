@@ -140,6 +140,8 @@ def install(release: Release, source: str | Path | None = None, dest_root: Path 
             folder = _release_folder(Path(source), release)
             new = stage / release.name
             shutil.copytree(folder, new)
+            for p in [new, *new.rglob("*")]:  # a read-only source must not make the cache undeletable
+                p.chmod(p.stat().st_mode | 0o200)
             echo(f"copied {folder} -> staging")
         else:
             if source is not None:

@@ -135,8 +135,13 @@ def test_file_url_and_local_archive_or_folder(env, tmp_path, capsys):
     local.write_bytes(archive)
     assert main(["data", "fetch", "ml-100k", "--url", local.as_uri()]) == 0
     assert main(["data", "fetch", "ml-100k", "--from", str(local), "--force"]) == 0
+    src = tmp_path / "src" / "ml-100k"
+    for p in [*src.iterdir(), src]:
+        p.chmod(0o555 if p.is_dir() else 0o444)  # like a read-only shared copy
     assert main(["data", "fetch", "ml-100k", "--from", str(tmp_path / "src"), "--force"]) == 0  # a folder
-    assert (root / "ml-100k" / "u.data").read_bytes() == (tmp_path / "src" / "ml-100k" / "u.data").read_bytes()
+    src.chmod(0o755)
+    assert (root / "ml-100k" / "u.data").read_bytes() == (src / "u.data").read_bytes()
+    assert all(p.stat().st_mode & 0o200 for p in [root / "ml-100k", *(root / "ml-100k").iterdir()])
     bad = tmp_path / "other.zip"
     bad.write_bytes(archive + b"\0")
     capsys.readouterr()

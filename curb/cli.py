@@ -1,4 +1,4 @@
-"""Command line: `curb run`, `curb methods`, `curb datasets` (see `curb --help`)."""
+"""Command line: `curb run`, `curb methods`, `curb datasets`, `curb data` (see `curb --help`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from pathlib import Path
 from . import __version__
 from .config import ConfigError, parse_sets
 from .data import DataFormatError, DataNotFoundError, available_datasets, get_dataset
+from .datacli import add_parser as add_data_parser, cmd_data
+from .fetch import FetchError
 from .method import UnknownNameError, available_methods, get_method
 from .results import ResultError
 from .streams import StreamError
 
 # Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (UnknownNameError, ConfigError, StreamError, DataNotFoundError, DataFormatError, ResultError)
+USER_ERRORS = (UnknownNameError, ConfigError, StreamError, DataNotFoundError, DataFormatError, ResultError, FetchError)
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -67,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("methods", help="list the available methods")
     sub.add_parser("datasets", help="list the available datasets")
+    add_data_parser(sub)
     return p
 
 
@@ -112,7 +115,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "methods": cmd_methods, "datasets": cmd_datasets}
+COMMANDS = {"run": cmd_run, "methods": cmd_methods, "datasets": cmd_datasets, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

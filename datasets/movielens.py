@@ -1,9 +1,10 @@
 """`ml` / `ml-profile`: the paper's MovieLens stream built from real ratings (METHODS.md §2.1).
 
-Recipe (per user, ratings in chronological order):
-  T1 next-item: the last 30 movies rated <= 3, left-padded with 0; users with fewer than 3 such
-     movies are dropped (they have no usable sequence).
-  T2 recommend: every movie the user rated 4 stars.   T3 recommend: every movie rated 5 stars.
+Recipe (per user, ratings in chronological order; equal timestamps ordered by movie id):
+  T1 next-item: the last 30 movies rated below 4 stars, left-padded with 0; users with fewer
+     than 3 such movies are dropped (they have no usable sequence).
+  T2 recommend: every movie rated 4 stars.   T3 recommend: every movie rated 5 stars.
+  Stars are floor(rating), so ML-25M's half stars fall into T1 (0.5..3.5), T2 (4, 4.5), T3 (5).
   T2/T3 read the same T1 sequence; each task has its own target vocabulary (sorted movie ids).
   `ml-profile` adds T4 age (7 groups), T5 gender, T6 occupation (21) from the user file.
 
@@ -11,127 +12,269 @@ Files understood (release detected from what is present in the data directory):
   ML-1M   official `ratings.dat` (+ `users.dat`), or `ratings_reconstructed.csv.gz`
           (user_id,movie_id,rating,seq_idx,orig_line; chronological `seq_idx`)
   ML-100K official `u.data` (+ `u.user`), or RecBole atomic `ml-100k.inter` (+ `ml-100k.user`)
+  ML-25M  official `ratings.csv` (no user attributes: `ml-profile` is unavailable)
 """
 
 from __future__ import annotations
 
+import gzip
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from curb.data import DataFormatError, DataNotFoundError, candidate_dirs, register_dataset
+from curb.data import (DataFormatError, DataNotFoundError, Release, cached_build, candidate_dirs, check_splittable,
+                       get_release, not_found_message, register_dataset, register_release)
 from curb.streams import Targets, Task, TaskStream
 
+VERSION = "1"
 SEQ_LEN = 30
 MIN_SEQ = 3
 AGE_GROUPS = (1, 18, 25, 35, 45, 50, 56)  # ML-1M age codes; ML-100K ages are bucketed into them
-RELEASES = ("ml-1m", "ml-100k")
 
-# (release, ratings file, users file, reader)
+_TERMS = ("GroupLens terms: research use only; no endorsement by the University of Minnesota; cite Harper & "
+          "Konstan 2015 (ACM TiiS 5(4):19); no redistribution without separate permission; no commercial use.")
+_BASE = "https://files.grouplens.org/datasets/movielens/"
+# md5 values are GroupLens' own `<archive>.md5` files (e.g. `MD5 (ml-1m.zip) = c4d9...`).
+RELEASES = tuple(register_release(r) for r in (
+    Release("ml-1m", "MovieLens 1M (6,040 users, 3,706 movies, 1,000,209 ratings)",
+            "https://grouplens.org/datasets/movielens/1m/", _TERMS,
+            (("ratings.dat",), ("ratings_reconstructed.csv.gz",)),
+            _BASE + "ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906", _BASE + "ml-1m.zip.md5"),
+    Release("ml-100k", "MovieLens 100K (943 users, 1,682 movies, 100,000 ratings)",
+            "https://grouplens.org/datasets/movielens/100k/", _TERMS,
+            (("u.data",), ("ml-100k.inter",)),
+            _BASE + "ml-100k.zip", "0e33842e24a9c977be4e0107933c0723", _BASE + "ml-100k.zip.md5"),
+    Release("ml-25m", "MovieLens 25M (162,541 users, 62,423 movies, 25,000,095 ratings; no demographics)",
+            "https://grouplens.org/datasets/movielens/25m/", _TERMS,
+            (("ratings.csv",),),
+            _BASE + "ml-25m.zip", "6b51fb2759a8657d3bfcbfc42b592ada", _BASE + "ml-25m.zip.md5"),
+))
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One official file format: how to read its ratings and (if any) its user attributes."""
+
+    release: str
+    ratings: str
+    users: str | None
+    sep: str  # field separator as written in the file
+    columns: tuple[str, ...]  # every field of a ratings line, in order
+    header: tuple[str, ...] | None = None  # exact header line fields, when the file has one
+    half_stars: bool = False
+
+
 _LAYOUTS = (
-    ("ml-1m", "ratings.dat", "users.dat"),
-    ("ml-1m", "ratings_reconstructed.csv.gz", "users.dat"),
-    ("ml-100k", "u.data", "u.user"),
-    ("ml-100k", "ml-100k.inter", "ml-100k.user"),
+    Layout("ml-1m", "ratings.dat", "users.dat", "::", ("user", "item", "rating", "ts")),
+    Layout("ml-1m", "ratings_reconstructed.csv.gz", "users.dat", ",", ("user", "item", "rating", "ts", "orig"),
+           ("user_id", "movie_id", "rating", "seq_idx", "orig_line")),
+    Layout("ml-100k", "u.data", "u.user", "\t", ("user", "item", "rating", "ts")),
+    Layout("ml-100k", "ml-100k.inter", "ml-100k.user", "\t", ("user", "item", "rating", "ts"),
+           ("user_id:token", "item_id:token", "rating:float", "timestamp:float")),
+    Layout("ml-25m", "ratings.csv", None, ",", ("user", "item", "rating", "ts"),
+           ("userId", "movieId", "rating", "timestamp"), half_stars=True),
 )
 
 
-def _check_numeric(df: pd.DataFrame, path: Path, first_line: int, ncols: int) -> pd.DataFrame:
-    """Fail with file:line on the first row that is not `ncols` integers."""
-    bad = df.isna().any(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataFormatError(path, first_line + i, f"expected {ncols} integer fields, got {df.iloc[i].tolist()}")
-    return df.astype(np.int64)
+# ------------------------------------------------------------------------------- strict reading
+def _open_text(path: Path):
+    return gzip.open(path, "rt", encoding="latin-1") if path.suffix == ".gz" else open(path, encoding="latin-1")
 
 
-def _read_table(path: Path, sep: str, names: list[str], usecols: list[int] | None = None,
-                header: int | None = None, compression: str = "infer") -> pd.DataFrame:
+def _raw_line(path: Path, lineno: int) -> str:
+    with _open_text(path) as f:
+        for i, line in enumerate(f, 1):
+            if i == lineno:
+                return line.rstrip("\r\n")
+    return ""
+
+
+_OTHER_SEPS = ("::", "\t", ",", "|", ";", " ")
+
+
+def diagnose(path: Path, lineno: int, sep: str, names: tuple[str, ...], numeric: tuple[str, ...]) -> DataFormatError:
+    """The precise problem of one line: empty, wrong separator, truncated, extra or non-numeric field."""
+    line = _raw_line(path, lineno)
+    if not line.strip():
+        return DataFormatError(path, lineno, "empty line")
+    fields = line.split(sep)
+    if len(fields) == 1:
+        found = [s for s in _OTHER_SEPS if s != sep and s in line]
+        if found:
+            return DataFormatError(path, lineno, f"wrong separator: expected {sep!r} between fields, found "
+                                                 f"{found[0]!r} in {line[:80]!r}")
+    if len(fields) < len(names):
+        return DataFormatError(path, lineno, f"truncated line: {len(fields)} of {len(names)} fields "
+                                             f"({sep.join(names)}) in {line[:80]!r}")
+    if len(fields) > len(names):
+        return DataFormatError(path, lineno, f"{len(fields)} fields, expected {len(names)} ({sep.join(names)}) "
+                                             f"in {line[:80]!r}")
+    for name, value in zip(names, fields):
+        if name in numeric and not _is_number(value):
+            return DataFormatError(path, lineno, f"non-numeric {name} {value!r}")
+    return DataFormatError(path, lineno, f"malformed line {line[:80]!r}")
+
+
+def read_table(path: Path, sep: str, names: tuple[str, ...], header: tuple[str, ...] | None,
+               numeric: tuple[str, ...], integer: tuple[str, ...]) -> pd.DataFrame:
+    """Read a delimited file strictly: every error names the file, the line and the problem.
+
+    The fast path parses numbers in C; only when it fails is the offending line located and
+    explained (`diagnose`), so clean files cost one `read_csv`.
+    """
+    with _open_text(path) as f:
+        first = f.readline().rstrip("\r\n")
+    if not first.strip():
+        raise DataFormatError(path, 1, "file is empty" if path.stat().st_size == 0 else "empty line")
+    if sep not in first:
+        raise diagnose(path, 1, sep, names, numeric)
+    if header is not None and tuple(first.split(sep)) != header:
+        raise DataFormatError(path, 1, f"expected the header {sep.join(header)!r}, got {first[:80]!r}")
+    skip = 1 if header is not None else 0
+    _check_field_counts(path, sep, names, numeric)
+    # '::' is read as ':' with the empty fields in between dropped (C engine; '::' would need Python).
+    c_sep = ":" if sep == "::" else sep
+    usecols = list(range(0, 2 * len(names), 2)) if sep == "::" else list(range(len(names)))
+    dtypes = {c: (np.float64 if names[k] in numeric else str) for k, c in enumerate(usecols)}
     try:
-        df = pd.read_csv(path, sep=sep, header=header, names=None if usecols else names, usecols=usecols,
-                         dtype=str, engine="c", compression=compression, skip_blank_lines=False)
+        df = pd.read_csv(path, sep=c_sep, header=None, skiprows=skip, usecols=usecols, dtype=dtypes, engine="c",
+                         skip_blank_lines=False, quoting=3, na_filter=True, keep_default_na=False, na_values=[""],
+                         encoding="latin-1")
     except pd.errors.EmptyDataError:
-        raise DataFormatError(path, None, "file is empty") from None
-    except pd.errors.ParserError as e:
-        raise DataFormatError(path, None, f"cannot parse: {e}") from None
+        raise DataFormatError(path, None, "file has no data rows") from None
+    except (pd.errors.ParserError, ValueError):  # a value the C parser cannot read as a number
+        raise _first_bad_line(path, sep, names, numeric, skip) from None
+    df.columns = list(names)
+    bad = df[[n for n in names if n in numeric]].isna().any(axis=1).to_numpy()
+    if bad.any():
+        raise diagnose(path, int(np.flatnonzero(bad)[0]) + 1 + skip, sep, names, numeric)
     if len(df) == 0:
-        raise DataFormatError(path, None, "file has no rows")
-    df.columns = names
-    return df.apply(pd.to_numeric, errors="coerce")
+        raise DataFormatError(path, None, "file has no data rows")
+    for n in integer:
+        col = df[n].to_numpy()
+        frac = col != np.floor(col)
+        if frac.any():
+            i = int(np.flatnonzero(frac)[0])
+            raise DataFormatError(path, i + 1 + skip, f"non-integer {n} {col[i].item()!r}")
+        df[n] = col.astype(np.int64)
+    return df
 
 
-def read_ratings(path: Path) -> pd.DataFrame:
-    """Columns user, item, rating, order (chronological sort key, ties by file order)."""
-    name = path.name
-    if name == "ratings.dat":  # UserID::MovieID::Rating::Timestamp
-        df = _read_table(path, ":", ["user", "item", "rating", "ts"], usecols=[0, 2, 4, 6])
-        df = _check_numeric(df, path, 1, 4)
-    elif name == "ratings_reconstructed.csv.gz":
-        df = _read_table(path, ",", ["user", "item", "rating", "ts", "orig"], header=0)
-        df = _check_numeric(df, path, 2, 5)[["user", "item", "rating", "ts"]]
-    elif name == "u.data":  # user \t item \t rating \t timestamp
-        df = _check_numeric(_read_table(path, "\t", ["user", "item", "rating", "ts"]), path, 1, 4)
-    elif name.endswith(".inter"):  # RecBole: header user_id:token item_id:token rating:float timestamp:float
-        df = _check_numeric(_read_table(path, "\t", ["user", "item", "rating", "ts"], header=0), path, 2, 4)
-    else:
-        raise DataFormatError(path, None, "unknown ratings file name")
-    if not df["rating"].between(1, 5).all():
-        i = int(np.flatnonzero(~df["rating"].between(1, 5).to_numpy())[0])
-        raise DataFormatError(path, i + 1, f"rating {df['rating'].iloc[i]} outside 1..5")
-    df["line"] = np.arange(len(df))
-    return df.sort_values(["user", "ts", "line"], kind="stable").reset_index(drop=True)
+def _check_field_counts(path: Path, sep: str, names: tuple[str, ...], numeric: tuple[str, ...]) -> None:
+    """Every line must hold exactly len(names) fields: count separators in one streaming pass.
+
+    The C parser pads short lines with NaN but silently drops extra fields, so this is what
+    catches an extra field, and it pins down empty lines and wrong separators in text columns.
+    """
+    unit = sep[0].encode()
+    per_line = (len(names) - 1) * len(sep)
+    seps = lines = 0
+    last = b"\n"
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            seps += chunk.count(unit)
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    lines += last != b"\n"
+    if seps != per_line * lines:
+        with _open_text(path) as f:
+            for i, line in enumerate(f, 1):
+                if line.rstrip("\r\n").count(sep[0]) != per_line:
+                    raise diagnose(path, i, sep, names, numeric)
+
+
+def _first_bad_line(path: Path, sep: str, names: tuple[str, ...], numeric: tuple[str, ...], skip: int):
+    """Slow path after the C parser rejected a value: find and explain the first bad line."""
+    with _open_text(path) as f:
+        for i, line in enumerate(f, 1):
+            fields = line.rstrip("\r\n").split(sep)
+            if i > skip and not all(_is_number(v) for n, v in zip(names, fields) if n in numeric):
+                return diagnose(path, i, sep, names, numeric)
+    return DataFormatError(path, None, "cannot parse the file")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def read_ratings(path: Path, layout: Layout) -> pd.DataFrame:
+    """Columns user, item, rating, stars, ts; sorted chronologically, equal timestamps by item id.
+
+    Ordering ties by item id (not by file line) makes the stream a function of the ratings
+    alone: `u.data`, RecBole's `.inter` or a re-sorted copy give the identical stream.
+    """
+    df = read_table(path, layout.sep, layout.columns, layout.header, numeric=layout.columns,
+                    integer=tuple(c for c in layout.columns if c != "rating" or not layout.half_stars))
+    r = df["rating"].to_numpy()
+    valid = (r * 2 == np.round(r * 2)) & (r >= 0.5) & (r <= 5) if layout.half_stars else (r >= 1) & (r <= 5)
+    if not valid.all():
+        i = int(np.flatnonzero(~valid)[0])
+        scale = "0.5..5 in half stars" if layout.half_stars else "1..5"
+        raise DataFormatError(path, i + 1 + (layout.header is not None), f"rating {r[i].item()!r} outside {scale}")
+    df["stars"] = np.floor(r).astype(np.int64)
+    return df[["user", "item", "rating", "stars", "ts"]].sort_values(["user", "ts", "item"], kind="stable",
+                                                                     ignore_index=True)
+
+
+_USER_FORMATS = {  # file name -> (separator, fields, header)
+    "users.dat": ("::", ("user", "gender", "age", "occupation", "zip"), None),
+    "u.user": ("|", ("user", "age", "gender", "occupation", "zip"), None),
+    "ml-100k.user": ("\t", ("user", "age", "gender", "occupation", "zip"),
+                     ("user_id:token", "age:token", "gender:token", "occupation:token", "zip_code:token")),
+}
 
 
 def read_users(path: Path) -> pd.DataFrame:
     """Columns user, age (group code), gender (0=F, 1=M), occupation (raw string)."""
-    if path.name == "users.dat":  # UserID::Gender::Age::Occupation::Zip
-        raw = pd.read_csv(path, sep=":", header=None, usecols=[0, 2, 4, 6], dtype=str, engine="c")
-        raw.columns = ["user", "gender", "age", "occupation"]
-    elif path.name == "u.user":  # id|age|gender|occupation|zip
-        raw = pd.read_csv(path, sep="|", header=None, usecols=[0, 1, 2, 3], dtype=str, engine="c")
-        raw.columns = ["user", "age", "gender", "occupation"]
-    else:  # RecBole .user: user_id age gender occupation zip_code (tab, header)
-        raw = pd.read_csv(path, sep="\t", header=0, usecols=[0, 1, 2, 3], dtype=str, engine="c")
-        raw.columns = ["user", "age", "gender", "occupation"]
-    user = pd.to_numeric(raw["user"], errors="coerce")
-    age = pd.to_numeric(raw["age"], errors="coerce")
-    bad = user.isna() | age.isna() | ~raw["gender"].isin(["M", "F"])
+    sep, names, header = _USER_FORMATS[path.name]
+    df = read_table(path, sep, names, header, numeric=("user", "age"), integer=("user", "age"))
+    bad = ~df["gender"].isin(["M", "F"]).to_numpy()
     if bad.any():
-        i = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataFormatError(path, i + 1, f"bad user row {raw.iloc[i].tolist()}")
-    group = np.searchsorted(np.array(AGE_GROUPS[1:]), age.to_numpy(), side="right")
-    return pd.DataFrame({"user": user.astype(np.int64), "age": group, "gender": (raw["gender"] == "M").astype(np.int64),
-                         "occupation": raw["occupation"]})
+        i = int(np.flatnonzero(bad)[0])
+        raise DataFormatError(path, i + 1 + (header is not None), f"gender {df['gender'].iloc[i]!r} is not M or F")
+    dup = df["user"].duplicated().to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise DataFormatError(path, i + 1 + (header is not None), f"user {df['user'].iloc[i]} listed twice")
+    group = np.searchsorted(np.array(AGE_GROUPS[1:]), df["age"].to_numpy(), side="right")
+    return pd.DataFrame({"user": df["user"], "age": group, "gender": (df["gender"] == "M").astype(np.int64),
+                         "occupation": df["occupation"]})
 
 
-def locate(data_dir: Path | None) -> tuple[str, Path, Path]:
-    """Find (release, ratings file, users file) in the candidate directories."""
-    tried = []
-    for d in candidate_dirs("ml-1m", data_dir) + ([] if data_dir else candidate_dirs("ml-100k", None)):
-        for release, rname, uname in _LAYOUTS:
-            tried.append(str(d / rname))
-            if (d / rname).is_file():
-                return release, d / rname, d / uname
-    raise DataNotFoundError(
-        "MovieLens ratings not found. Looked for:\n  " + "\n  ".join(dict.fromkeys(tried)) +
-        "\nGet the data with `curb data fetch ml-1m` (or ml-100k), or download "
-        "https://files.grouplens.org/datasets/movielens/ml-1m.zip yourself, unzip it and pass "
-        "--data-dir DIR (or set CURB_DATA to the folder holding ml-1m/)."
-    )
+# ------------------------------------------------------------------------------- locating files
+def locate(data_dir: Path | None) -> tuple[Layout, Path]:
+    """The first (layout, folder) found: --data-dir, else each release's candidate folders."""
+    folders = [Path(data_dir)] if data_dir is not None else [
+        d for r in RELEASES for d in candidate_dirs(r.name, None)]
+    for d in dict.fromkeys(folders):
+        for layout in _LAYOUTS:
+            if (d / layout.ratings).is_file():
+                return layout, d
+    raise DataNotFoundError(not_found_message("MovieLens ratings", [r.name for r in RELEASES], folders))
 
 
-def _targets(df: pd.DataFrame, user_row: dict | pd.Series) -> tuple[Targets, int, np.ndarray]:
+# ------------------------------------------------------------------------------- the recipe
+def _targets(df: pd.DataFrame, row_of: pd.Series) -> tuple[Targets, int]:
     vocab = np.unique(df["item"].to_numpy())
     labels = np.searchsorted(vocab, df["item"].to_numpy())
-    return Targets.from_pairs(df["user"].map(user_row).to_numpy(), labels), len(vocab), vocab
+    return Targets.from_pairs(row_of[df["user"]].to_numpy(), labels), len(vocab)
 
 
-def build_stream(ratings: pd.DataFrame, users: pd.DataFrame | None, name: str, release: str) -> TaskStream:
-    low = ratings[ratings["rating"] <= 3]
-    n_low = low.groupby("user")["item"].transform("size")
-    low = low[n_low >= MIN_SEQ]
+def build_stream(ratings: pd.DataFrame, users: pd.DataFrame | None, name: str, release: str,
+                 source: Path | str = "") -> TaskStream:
+    """The `ml` stream from chronologically sorted ratings (and user attributes for profiles)."""
+    low = ratings[ratings["stars"] <= 3]
+    low = low[low.groupby("user")["item"].transform("size") >= MIN_SEQ]
     kept = np.unique(low["user"].to_numpy())
+    if len(kept) == 0:
+        raise DataFormatError(source or name, None,
+                              f"no user has {MIN_SEQ} or more movies rated below 4 stars: T1 is empty")
     row_of = pd.Series(np.arange(len(kept)), index=kept)
     # Position from the end of each user's chronological low-rated list; keep the last 30.
     from_end = low.groupby("user").cumcount(ascending=False).to_numpy()
@@ -142,14 +285,16 @@ def build_stream(ratings: pd.DataFrame, users: pd.DataFrame | None, name: str, r
     seqs[row_of[low["user"]].to_numpy(), SEQ_LEN - 1 - from_end[take]] = np.searchsorted(vocab, low["item"]) + 1
     n = len(kept)
     tasks = [Task("T1", "next_item", len(vocab) + 1, Targets(np.arange(n), np.arange(n + 1), seqs[:, -1]),
-                  description="last 30 movies rated <= 3 (next item)")]
+                  description="last 30 movies rated below 4 stars (next item)")]
     keep_users = ratings["user"].isin(kept)
     for tname, stars in (("T2", 4), ("T3", 5)):
-        part = ratings[keep_users & (ratings["rating"] == stars)]
-        tg, n_labels, _ = _targets(part, row_of)
+        part = ratings[keep_users & (ratings["stars"] == stars)]
+        if len(part) == 0:
+            raise DataFormatError(source or name, None, f"task {tname}: no kept user rated a movie {stars} stars")
+        tg, n_labels = _targets(part, row_of)
         tasks.append(Task(tname, "recommend", n_labels, tg, description=f"movies rated {stars} stars"))
     if users is not None:
-        u = users[users["user"].isin(kept)].drop_duplicates("user")
+        u = users[users["user"].isin(kept)]
         rows = row_of[u["user"]].to_numpy()
         order = np.argsort(rows)
         rows = rows[order]
@@ -167,25 +312,39 @@ def build_stream(ratings: pd.DataFrame, users: pd.DataFrame | None, name: str, r
 
 
 def load(data_dir: Path | None, profile: bool) -> TaskStream:
-    release, rpath, upath = locate(data_dir)
-    ratings = read_ratings(rpath)
-    users = None
+    layout, folder = locate(data_dir)
+    rpath = folder / layout.ratings
+    sources = [rpath]
+    upath = None
     if profile:
+        if layout.users is None:
+            raise DataNotFoundError(
+                f"{rpath} is {get_release(layout.release).title}: GroupLens ships no user attributes with it, so "
+                "the profile tasks of `ml-profile` (age, gender, occupation) cannot be built. Use dataset `ml` "
+                "for this release, or ML-1M / ML-100K for profile tasks (`curb data fetch ml-1m`).")
+        upath = folder / layout.users
         if not upath.is_file():
-            raise DataNotFoundError(f"profile tasks need the user file {upath}, which is missing")
-        users = read_users(upath)
-    stream = build_stream(ratings, users, "ml-profile" if profile else "ml", release)
-    stream.meta.update(source=str(rpath))
-    return stream
+            raise DataNotFoundError(f"profile tasks need the user file {upath}, which is missing (found the ratings "
+                                    f"{rpath}); reinstall the release with `curb data fetch {layout.release} --force`")
+        sources.append(upath)
+    name = "ml-profile" if profile else "ml"
+
+    def parse() -> TaskStream:
+        stream = build_stream(read_ratings(rpath, layout), read_users(upath) if upath else None, name, layout.release,
+                              rpath)
+        check_splittable(stream, {t.name: (upath if t.kind == "classify" else rpath) for t in stream.tasks})
+        return stream
+
+    return cached_build(name, sources, parse)
 
 
-@register_dataset("ml", "MovieLens (ML-1M or ML-100K files): T1 clicks (<=3 stars), T2 4-star, T3 5-star",
-                  defaults={"preset": "paper"})
+@register_dataset("ml", "MovieLens (ML-1M, ML-100K or ML-25M files): T1 clicks (<4 stars), T2 4-star, T3 5-star",
+                  defaults={"preset": "paper"}, version=VERSION, releases=("ml-1m", "ml-100k", "ml-25m"))
 def build_ml(data_dir: Path | None = None) -> TaskStream:
     return load(data_dir, profile=False)
 
 
 @register_dataset("ml-profile", "MovieLens + profile tasks: T4 age, T5 gender, T6 occupation (curb extension)",
-                  defaults={"preset": "paper"})
+                  defaults={"preset": "paper"}, version=VERSION, releases=("ml-1m", "ml-100k"))
 def build_ml_profile(data_dir: Path | None = None) -> TaskStream:
     return load(data_dir, profile=True)

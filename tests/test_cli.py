@@ -42,7 +42,7 @@ def test_run_prints_table_and_writes_results(tmp_path, capsys):
     (["run", "--dataset", "synthetic-mini", "--set", "split.level=row"], "not one of"),
     (["run", "--dataset", "synthetic-mini", "--preset", "huge"], "unknown preset 'huge'; valid presets: paper, small"),
     (["run", "--dataset", "synthetic-mini", "--noise-task", "9"], "noise position must lie in 1..5"),
-    (["run", "--dataset", "ml", "--data-dir", "/nonexistent/dir"], "Looked for:"),
+    (["run", "--dataset", "ml", "--data-dir", "/nonexistent/dir"], "curb looked in"),
 ])
 def test_bad_input_gives_one_clear_line(argv, needle, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path)]) == 2

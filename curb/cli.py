@@ -253,13 +253,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if not args.run_dir.is_dir():
         raise ConfigError(f"{args.run_dir} is not a folder")
-    rows = status(args.run_dir)
+    rows, notes = status(args.run_dir)
     counts = {k: sum(r.state == k for r in rows) for k in ("done", "running", "failed", "pending")}
     print(f"{args.run_dir}: {len(rows)} cell(s): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if rows:
         print(tabulate([[r.state, r.spec.dataset, r.spec.method, r.spec.order_tag, r.spec.seed, r.spec.hash, r.detail]
                         for r in rows], headers=["state", "dataset", "method", "order", "seed", "cell", "detail"],
                        tablefmt="plain", disable_numparse=True))
+    for n in notes:
+        print(f"note: {n}")
     return 0
 
 

@@ -360,8 +360,9 @@ class CellStatus:
     detail: str
 
 
-def status(out: Path) -> list[CellStatus]:
-    """Every cell known in `out` (plan, results, checkpoints, markers, failure records)."""
+def status(out: Path) -> tuple[list[CellStatus], list[str]]:
+    """Every cell known in `out` (plan, results, checkpoints, markers, failure records), and
+    notes on files that name no cell (unreadable bookkeeping, results damaged beyond parsing)."""
     out = Path(out)
     specs: dict[str, CellSpec] = {}
     notes: list[str] = []
@@ -376,16 +377,15 @@ def status(out: Path) -> list[CellStatus]:
     from .results import iter_results
 
     for p, r in iter_results(out):
-        if isinstance(r, dict):
-            try:
-                s = CellSpec.from_dict(r["spec"])
-                specs.setdefault(s.hash, s)
-            except (ConfigError, KeyError):
-                pass
+        try:  # a damaged result still names its cell when its spec parses (listing only, never numbers)
+            s = CellSpec.from_dict((r if isinstance(r, dict) else json.loads(p.read_text()))["spec"])
+            specs.setdefault(s.hash, s)
+        except (OSError, ValueError, KeyError, TypeError):
+            notes.append(f"{p}: {r if isinstance(r, ResultError) else 'result without a valid spec'}")
     rows = [_cell_status(out, s) for s in specs.values()]
     order = {"running": 0, "failed": 1, "pending": 2, "done": 3}
     rows.sort(key=lambda c: (order[c.state], cell_label(c.spec)))
-    return rows
+    return rows, notes
 
 
 def _cell_status(out: Path, spec: CellSpec) -> CellStatus:

@@ -21,20 +21,19 @@ import json
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import traceback
 import uuid
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from .config import ConfigError
 from .results import ResultError, atomic_write_bytes, load_result, read_sealed_meta
-from .runner import CellFiles, CellInterrupted, CellSpec, resolve_config
+from .runner import CellFiles, CellSpec, resolve_config
 
 PLAN_NAME = "plan.jsonl"
 
@@ -262,7 +261,7 @@ def _mapper(backend: str, jobs: int, scheduler: str | None, device: str) -> Iter
         yield run
         return
     try:
-        import distributed  # noqa: F401
+        import distributed  # noqa: F401  (the joblib Dask backend needs it)
     except ImportError:
         raise GridError("--backend dask needs dask.distributed: pip install 'curb[dask]'") from None
     if not scheduler:

@@ -62,8 +62,8 @@ def save_result(path: Path, result: dict) -> None:
 def load_result(path: Path) -> dict:
     try:
         obj = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ResultError(f"{path}: unreadable result file ({e})") from None
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ResultError(f"{path}: unreadable result file ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
         raise ResultError(f"{path}: not a curb result of schema {SCHEMA}")
     if obj.get("checksum") != checksum(obj):

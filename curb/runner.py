@@ -13,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import platform
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -29,7 +28,7 @@ import torch
 from . import __version__
 from .backbone import PlainModel
 from .config import ConfigError, RunConfig, resolve
-from .data import get_dataset
+from .data import DataFormatError, DataNotFoundError, get_dataset
 from .evaluator import Evaluator, evaluate_data, task_info
 from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
@@ -117,7 +116,17 @@ class CellInterrupted(KeyboardInterrupt):
 
 
 def build_stream(spec: CellSpec, data_dir: Path | None) -> TaskStream:
-    stream = get_dataset(spec.dataset).build(data_dir)
+    recipe = get_dataset(spec.dataset)
+    try:
+        stream = recipe.build(data_dir)
+    except (DataNotFoundError, DataFormatError, StreamError):
+        raise
+    except (ValueError, LookupError, TypeError, UnicodeError, OSError) as e:
+        # The recipe's parser met input it did not anticipate: report it as a data problem, in
+        # one line, instead of a traceback from deep inside pandas or numpy.
+        msg = (str(e).strip().splitlines() or [""])[0]
+        raise DataFormatError(f"dataset {spec.dataset!r}" + (f" in {data_dir}" if data_dir else ""), None,
+                              f"cannot build the stream (malformed raw files?): {type(e).__name__}: {msg}") from e
     if spec.order == "reversed":
         stream = stream.reversed()
     elif spec.order != "default":

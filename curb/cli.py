@@ -209,7 +209,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs, threads=threads,
                         backend=args.backend, scheduler=args.scheduler, force=args.force)
-    results = [load_result(out / o["path"]) for o in outcomes if o["status"] == "done"]
+    try:
+        results = [load_result(out / o["path"]) for o in outcomes if o["status"] == "done"]
+    except ResultError as e:
+        raise GridError(f"{e}: a cell finished but its result is not readable here; with --backend dask, "
+                        "--out must be a folder shared by this machine and every worker") from None
     failed = [o for o in outcomes if o["status"] == "failed"]
     stopped = [o for o in outcomes if o["status"] == "interrupted"]
     if results:

@@ -173,6 +173,7 @@ def execute(job: Job) -> dict:
                     signal.signal(s, _on_signal)
         if _Stop.requested():
             return {**outcome, "status": "interrupted"}
+        threads_before = torch.get_num_threads()
         torch.set_num_threads(job.threads)
         files.log.parent.mkdir(parents=True, exist_ok=True)
         started = _now()
@@ -202,6 +203,7 @@ def execute(job: Job) -> dict:
                 return {**outcome, "status": "failed", "error": err, "seconds": time.perf_counter() - t0}
             finally:
                 files.running.unlink(missing_ok=True)
+                torch.set_num_threads(threads_before)
         files.failed.unlink(missing_ok=True)
         return {**outcome, "status": "done", "seconds": time.perf_counter() - t0}
 
@@ -411,8 +413,10 @@ def _cell_status(out: Path, spec: CellSpec) -> CellStatus:
             m = json.loads(files.running.read_text())
             alive = _alive(m["pid"]) if m["host"] == socket.gethostname() else True
             if alive:
+                quiet = f"last output {time.time() - files.log.stat().st_mtime:.0f}s ago" if files.log.exists() else ""
                 return CellStatus("running", spec, "; ".join(
-                    x for x in (f"pid {m['pid']} on {m['host']} since {m['started']}", progress, _last_line(files.log)) if x))
+                    x for x in (f"pid {m['pid']} on {m['host']} since {m['started']}", progress, quiet,
+                                _last_line(files.log)) if x))
         except (OSError, ValueError, KeyError, TypeError):
             pass
         progress = "; ".join(x for x in ("interrupted", progress) if x)

@@ -192,8 +192,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
     if args.scheduler and args.backend != "dask":
         raise ConfigError("--scheduler is only used with --backend dask")
-    if args.backend == "dask" and args.jobs != 1:
-        raise ConfigError("--jobs is for --backend local; a Dask cluster runs as many cells as it has workers")
+    if args.backend == "dask" and (args.jobs != 1 or args.threads == "auto"):
+        raise ConfigError("--jobs and --threads auto are for --backend local; a Dask cluster runs as many cells "
+                          "as it has worker processes, each with --threads N torch threads")
     if args.plan is not None:
         defaults = vars(build_parser().parse_args(["run"]))
         fixed = [f"--{k.replace('_', '-')}" for k in ("methods", "dataset", "seeds", "order", "noise_task", "epochs",
@@ -231,17 +232,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .grid import check_streams, record_plan
+    from .grid import check_stream, record_plan
 
     specs = _grid_specs(args)
     checks = {(s.dataset, s.order, s.noise, s.preset, s.overrides): s for s in specs}
     unchecked = 0
     for s in checks.values():  # orders and noise positions need the stream: check it when the data is here
-        err = check_streams((s.as_dict(), str(args.data_dir) if args.data_dir else None, "cpu"))
-        if err and "Looked for" in err:
+        try:
+            check_stream(s, args.data_dir)
+        except DataNotFoundError:
             unchecked += 1
-        elif err:
-            raise ConfigError(err)
     path, new = record_plan(args.out, specs)
     print(f"{len(specs)} cell(s), {new} new, in {path}")
     if unchecked:

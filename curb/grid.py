@@ -208,23 +208,27 @@ def execute(job: Job) -> dict:
         return {**outcome, "status": "done", "seconds": time.perf_counter() - t0}
 
 
-def check_streams(item: tuple[dict, str | None, str]) -> str | None:
-    """Preflight of one (spec, data folder, device), run where the cells run: the data is
-    found, the order and noise position fit the stream and the split leaves every part
-    non-empty. Returns the error message or None."""
-    import torch
-
-    from .cli import USER_ERRORS
+def check_stream(spec: CellSpec, data_dir: Path | None) -> None:
+    """Raise the user error that would stop `spec`'s cell before training: data not found or
+    malformed, order or noise position not fitting the stream, a split leaving a part empty."""
     from .evaluator import Evaluator
     from .runner import build_stream
 
+    Evaluator(build_stream(spec, data_dir), resolve_config(spec).split)
+
+
+def preflight(item: tuple[dict, str | None, str]) -> str | None:
+    """`check_stream` (and CUDA) for one (spec, data folder, device), run where the cells run.
+    Returns the error message or None (exceptions do not travel well between processes)."""
+    import torch
+
+    from .cli import USER_ERRORS
+
     spec_d, data_dir, device = item
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return f"--device {device}: CUDA is not available on {socket.gethostname()}"
     try:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            return f"--device {device}: CUDA is not available on {socket.gethostname()}"
-        spec = CellSpec.from_dict(spec_d)
-        stream = build_stream(spec, Path(data_dir) if data_dir else None)
-        Evaluator(stream, resolve_config(spec).split)
+        check_stream(CellSpec.from_dict(spec_d), Path(data_dir) if data_dir else None)
     except USER_ERRORS as e:
         return str(e)
     return None
@@ -310,7 +314,7 @@ def run_grid(specs: list[CellSpec], out: Path, *, data_dir: Path | None = None, 
     try:
         with stop_signals(), _mapper(backend, jobs, scheduler, device) as map_:
             checks = {(s.dataset, s.order, s.noise, s.preset, s.overrides): s for s in specs}
-            for err in map_(check_streams, [(s.as_dict(), data, device) for s in checks.values()]):
+            for err in map_(preflight, [(s.as_dict(), data, device) for s in checks.values()]):
                 if err:
                     raise GridError(err)
             total = len(specs)

@@ -48,7 +48,7 @@ def _expect_clean_cli_exit(argv: list[str], capsys) -> tuple[int, str]:
     if code == 2:
         first = err.splitlines()[0]
         assert first.startswith("curb") and "error:" in first, (argv, err)
-        if "Looked for" not in err:  # data-not-found lists the places searched, one per line
+        if "curb looked in" not in err:  # data-not-found lists the places searched, one per line
             assert len(err.strip().splitlines()) == 1, (argv, err)
     return code, err
 

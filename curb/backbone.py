@@ -32,8 +32,8 @@ class BackboneConfig:
     ln_eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        if self.channels < 1 or self.kernel < 1 or not self.dilations or min(self.dilations) < 1:
-            raise ValueError(f"invalid backbone config {self}")
+        if self.channels < 1 or self.kernel < 1 or not self.dilations or min(self.dilations) < 1 or not self.ln_eps > 0:
+            raise ValueError(f"invalid backbone config {self}: channels, kernel, dilations and ln_eps must be positive")
 
     @property
     def n_convs(self) -> int:

@@ -1,8 +1,10 @@
-"""Command line: `curb run`, `curb methods`, `curb datasets`, `curb data` (see `curb --help`)."""
+"""Command line: `curb run`, `curb plan`, `curb status`, `curb methods`, `curb datasets`, `curb data`
+(see `curb --help`)."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -14,29 +16,118 @@ from .datacli import add_parser as add_data_parser, cmd_data
 from .fetch import FetchError
 from .method import UnknownNameError, available_methods, get_method
 from .results import ResultError
+from .grid import GridError
 from .streams import StreamError
 
 # Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (UnknownNameError, ConfigError, StreamError, DataNotFoundError, DataFormatError, ResultError, FetchError)
+USER_ERRORS = (UnknownNameError, ConfigError, StreamError, DataNotFoundError, DataFormatError, ResultError, FetchError,
+               GridError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming the command and pointing to its --help."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _csv_ints(text: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        vals = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    if not all(0 <= v < 2**32 for v in vals):
+        raise argparse.ArgumentTypeError(f"seeds must lie in 0..2**32-1, got {text!r}")
+    return vals
+
+
+def _noise_positions(text: str) -> list[int | None]:
+    """Comma list of noise positions; `none` means no noise task (e.g. none,1,3)."""
+    out = []
+    for x in (x.strip() for x in text.split(",")):
+        if x.lower() == "none":
+            out.append(None)
+        elif re.fullmatch(r"\d{1,6}", x):
+            out.append(int(x))
+        else:
+            raise argparse.ArgumentTypeError(f"expected comma-separated positions or 'none', got {text!r}")
+    return out
+
+
+def _positive_int(text: str) -> int:
+    if not re.fullmatch(r"\d{1,6}", text.strip()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _threads(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def _methods(text: str) -> list[str]:
     names = list(available_methods()) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    names = [n.lower().replace("_", "-") for n in names]
+    if not names:
+        raise ConfigError(f"--methods needs at least one name; valid methods: {', '.join(available_methods())}")
     for n in names:
         get_method(n)  # raises with the list of valid names
     # SinMo first: its scores are the FWT reference of every other method.
     return sorted(dict.fromkeys(names), key=lambda n: (n != "sinmo", names.index(n)))
 
 
+def _add_grid_options(r: argparse.ArgumentParser) -> None:
+    """The options that define a grid (methods x datasets x seeds x orders x noise), shared by run and plan."""
+    r.add_argument("--methods", default="sinmo,fineall", help="comma list of method names, or 'all' (see `curb methods`)")
+    r.add_argument("--dataset", default="synthetic", help="dataset name, or a comma list (see `curb datasets`)")
+    r.add_argument("--seeds", type=_csv_ints, default=[0], help="comma list of seeds (model init and batch order)")
+    r.add_argument("--order", action="append", default=None, metavar="ORDER",
+                   help="task order: default, reversed (T1 stays first), or a comma list such as 1,3,2 or "
+                   "T1,T3,T2; repeat for several orders (default: default)")
+    r.add_argument("--noise-task", type=_noise_positions, default=[None], metavar="POS",
+                   help="insert the uninformative 50-class noise task after the first POS tasks; "
+                   "a comma list such as none,1,3 gives one grid axis")
+    r.add_argument("--epochs", type=int, default=None, help="cap on epochs per task (sets train.t1_epochs and train.epochs)")
+    r.add_argument("--preset", default=None, help="model size preset: paper (256 ch, 8 blocks) or small; default: the dataset's")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. train.lr=1e-3, split.level=pair, teracon.alpha=0.5 (repeatable)")
+
+
+def _grid_specs(args: argparse.Namespace) -> list:
+    """The cell specs of the grid options, each config resolved (bad values fail here)."""
+    from .runner import CellSpec, resolve_config
+
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+    methods = _methods(args.methods)
+    datasets = list(dict.fromkeys(d.strip() for d in args.dataset.split(",") if d.strip()))
+    if not datasets:
+        raise ConfigError("--dataset needs a name (see `curb datasets`)")
+    for d in datasets:
+        get_dataset(d)
+    orders = list(dict.fromkeys(o.strip() for o in (args.order or ["default"])))
+    if "" in orders:
+        raise ConfigError("--order needs a value: default, reversed or a comma list of tasks")
+    overrides = parse_sets(args.sets)
+    if args.epochs is not None:
+        overrides = {"train.t1_epochs": str(args.epochs), "train.epochs": str(args.epochs), **overrides}
+    specs = [CellSpec(m, d, o, n, s, args.preset, tuple(sorted(overrides.items())))
+             for d in datasets for m in methods for o in orders for n in dict.fromkeys(args.noise_task)
+             for s in args.seeds]
+    for spec in specs:
+        resolve_config(spec)
+    return specs
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="curb",
         description="curb: benchmark continual user-representation learning methods on task streams.",
     )
@@ -45,27 +136,42 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "run", help="run methods on a task stream and print the final per-task table",
-        description="Run every (method, seed) cell on one dataset and task order; each cell writes a "
-        "result JSON (R matrix, per-task metrics, FWT/BWT, config, timings) under --out. Cells whose "
-        "valid result already exists are skipped.",
+        description="Run every (method, dataset, order, noise, seed) cell of a grid, or the cells of a "
+        "plan file; each cell writes a result JSON (R matrix, per-task metrics, FWT/BWT, config, timings) "
+        "under --out. Valid results are skipped, interrupted cells resume from their last task checkpoint, "
+        "a failing cell leaves a failure record and the others go on (see docs/scaling.md).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    r.add_argument("--methods", default="sinmo,fineall", help="comma list of method names, or 'all' (see `curb methods`)")
-    r.add_argument("--dataset", default="synthetic", help="dataset name (see `curb datasets`)")
+    _add_grid_options(r)
+    r.add_argument("--plan", type=Path, default=None, metavar="FILE",
+                   help="run the cells of a JSONL plan (from `curb plan`) instead of the grid options")
     r.add_argument("--data-dir", type=Path, default=None,
                    help="folder holding the raw files (default: $CURB_DATA/<release>, then ~/.cache/curb/<release>)")
-    r.add_argument("--seeds", type=_csv_ints, default=[0], help="comma list of seeds (model init and batch order)")
-    r.add_argument("--order", default="default",
-                   help="task order: default, reversed (T1 stays first), or a comma list such as 1,3,2 or T1,T3,T2")
-    r.add_argument("--noise-task", type=int, default=None, metavar="POS",
-                   help="insert the uninformative 50-class noise task after the first POS tasks")
-    r.add_argument("--epochs", type=int, default=None, help="cap on epochs per task (sets train.t1_epochs and train.epochs)")
-    r.add_argument("--preset", default=None, help="model size preset: paper (256 ch, 8 blocks) or small; default: the dataset's")
-    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. train.lr=1e-3, split.level=pair, teracon.alpha=0.5 (repeatable)")
-    r.add_argument("--out", type=Path, default=Path("runs"), help="output directory for result files")
-    r.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    r.add_argument("--force", action="store_true", help="recompute cells even when a valid result exists")
+    r.add_argument("--out", type=Path, default=None,
+                   help="output directory for result files (default: the plan's folder with --plan, else runs)")
+    r.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
+    r.add_argument("--jobs", type=_positive_int, default=1, help="cells run at once in local worker processes")
+    r.add_argument("--threads", type=_threads, default=1,
+                   help="torch threads per cell; fixed so numbers do not depend on --jobs ('auto': usable cores // jobs)")
+    r.add_argument("--backend", choices=("local", "dask"), default="local",
+                   help="local processes, or a Dask cluster (needs --scheduler and `pip install curb[dask]`)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786")
+    r.add_argument("--force", action="store_true", help="recompute cells even when a valid result or checkpoint exists")
+
+    pl = sub.add_parser(
+        "plan", help="write a grid of cells as a JSONL plan for `curb run --plan`",
+        description="Write the grid (methods x datasets x orders x noise x seeds) as one JSON cell spec per "
+        "line to DIR/plan.jsonl (merged with cells already planned there); every config is checked first.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_grid_options(pl)
+    pl.add_argument("--data-dir", type=Path, default=None, help="where to check orders against the data, if present")
+    pl.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder that receives plan.jsonl")
+
+    st = sub.add_parser("status", help="list the done / running / failed / pending cells of a run folder",
+                        description="List every cell of RUN_DIR (its plan.jsonl, results, checkpoints, "
+                        "failure records) with its state and detail.")
+    st.add_argument("run_dir", type=Path, metavar="RUN_DIR")
 
     sub.add_parser("methods", help="list the available methods")
     sub.add_parser("datasets", help="list the available datasets")
@@ -74,32 +180,92 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import signal
+
     import torch
 
+    from .grid import auto_threads, read_plan, run_grid, stop_signal
     from .report import final_table
-    from .runner import CellSpec, resolve_config, run_cell
+    from .results import load_result
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    if args.backend == "local" and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: CUDA is not available on this machine; use --device cpu")
-    if args.epochs is not None and args.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
-    methods = _methods(args.methods)
-    get_dataset(args.dataset)
-    overrides = parse_sets(args.sets)
-    if args.epochs is not None:
-        overrides = {"train.t1_epochs": str(args.epochs), "train.epochs": str(args.epochs), **overrides}
-    specs = [CellSpec(m, args.dataset, args.order, args.noise_task, s, args.preset, tuple(sorted(overrides.items())))
-             for m in methods for s in args.seeds]
-    for spec in specs:  # fail fast on bad config before any training
-        resolve_config(spec)
+    if args.scheduler and args.backend != "dask":
+        raise ConfigError("--scheduler is only used with --backend dask")
+    if args.backend == "dask" and (args.jobs != 1 or args.threads == "auto"):
+        raise ConfigError("--jobs and --threads auto are for --backend local; a Dask cluster runs as many cells "
+                          "as it has worker processes, each with --threads N torch threads")
+    if args.plan is not None:
+        defaults = vars(build_parser().parse_args(["run"]))
+        fixed = [f"--{k.replace('_', '-')}" for k in ("methods", "dataset", "seeds", "order", "noise_task", "epochs",
+                                                       "preset", "sets") if getattr(args, k) != defaults[k]]
+        if fixed:
+            raise ConfigError(f"--plan FILE already fixes the grid; drop {', '.join(fixed)}")
+        specs = read_plan(args.plan)
+        out = args.out or args.plan.parent
+    else:
+        specs = _grid_specs(args)
+        out = args.out or Path("runs")
+    threads = auto_threads(args.jobs) if args.threads == "auto" else args.threads
     t0 = time.perf_counter()
-    results = []
-    for k, spec in enumerate(specs, 1):
-        print(f"[{k}/{len(specs)}] ", end="")
-        results.append(run_cell(spec, args.out, args.data_dir, args.device, force=args.force))
-    print()
-    print(final_table(results))
-    print(f"\n{len(results)} cell(s) in {time.perf_counter() - t0:.1f}s; results under {args.out}/")
+    outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs, threads=threads,
+                        backend=args.backend, scheduler=args.scheduler, force=args.force)
+    try:
+        results = [load_result(out / o["path"]) for o in outcomes if o["status"] == "done"]
+    except ResultError as e:
+        raise GridError(f"{e}: a cell finished but its result is not readable here; with --backend dask, "
+                        "--out must be a folder shared by this machine and every worker") from None
+    failed = [o for o in outcomes if o["status"] == "failed"]
+    stopped = [o for o in outcomes if o["status"] == "interrupted"]
+    if results:
+        print()
+        print(final_table(results))
+    print(f"\n{len(results)} of {len(outcomes)} cell(s) done in {time.perf_counter() - t0:.1f}s; results under {out}/")
+    for o in failed:
+        print(f"curb: cell {o['label']} failed: {o['error'].splitlines()[0] if o['error'] else ''} "
+              f"(record: {out}/.cells/{o['hash']}.failed.json)", file=sys.stderr)
+    if stopped:
+        print(f"curb: interrupted; {len(stopped)} cell(s) not finished: rerun the same command to resume "
+              "(a cell restarts after its last finished task)", file=sys.stderr)
+        return 128 + (stop_signal() or signal.SIGINT)
+    return 1 if failed else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .grid import check_stream, record_plan
+
+    specs = _grid_specs(args)
+    checks = {(s.dataset, s.order, s.noise, s.preset, s.overrides): s for s in specs}
+    unchecked = 0
+    for s in checks.values():  # orders and noise positions need the stream: check it when the data is here
+        try:
+            check_stream(s, args.data_dir)
+        except DataNotFoundError:
+            unchecked += 1
+    path, new = record_plan(args.out, specs)
+    print(f"{len(specs)} cell(s), {new} new, in {path}")
+    if unchecked:
+        print(f"note: data not found here for {unchecked} dataset/order combination(s); orders are checked where cells run")
+    print(f"run it with: curb run --plan {path}  [--jobs N | --backend dask --scheduler ADDRESS]")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .grid import status
+
+    if not args.run_dir.is_dir():
+        raise ConfigError(f"{args.run_dir} is not a folder")
+    rows, notes = status(args.run_dir)
+    counts = {k: sum(r.state == k for r in rows) for k in ("done", "running", "failed", "pending")}
+    print(f"{args.run_dir}: {len(rows)} cell(s): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if rows:
+        print(tabulate([[r.state, r.spec.dataset, r.spec.method, r.spec.order_tag, r.spec.seed, r.spec.hash, r.detail]
+                        for r in rows], headers=["state", "dataset", "method", "order", "seed", "cell", "detail"],
+                       tablefmt="plain", disable_numparse=True))
+    for n in notes:
+        print(f"note: {n}")
     return 0
 
 
@@ -115,7 +281,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "methods": cmd_methods, "datasets": cmd_datasets, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "methods": cmd_methods, "datasets": cmd_datasets,
+            "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

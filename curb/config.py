@@ -7,6 +7,7 @@ command line (`--epochs`, `--set`). The fully resolved config is saved in every 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -72,9 +73,12 @@ def _coerce(text: str, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected true/false, got {text!r}")
     if tp in (int, float):
         try:
-            return tp(text)
+            val = tp(text)
         except ValueError:
             raise ConfigError(f"{key}: expected {tp.__name__}, got {text!r}") from None
+        if not math.isfinite(val):  # nan/inf pass float() but no knob means them
+            raise ConfigError(f"{key}: expected a finite number, got {text!r}")
+        return val
     if tp is str:
         return text
     raise ConfigError(f"{key}: cannot set a value of type {tp}")

@@ -79,9 +79,10 @@ class TrainConfig:
     ignore_pad: bool = False  # T1 loss: skip padding targets (reference counts them)
 
     def __post_init__(self) -> None:
-        for k in ("t1_lr", "lr"):
-            if not getattr(self, k) > 0:
-                raise ValueError(f"train.{k} must be > 0, got {getattr(self, k)}")
+        for k in ("t1_lr", "lr", "t2_lr"):
+            v = getattr(self, k)
+            if v is not None and not 0 < v < float("inf"):
+                raise ValueError(f"train.{k} must be > 0 and finite, got {v}")
         for k in ("t1_batch", "t1_epochs", "batch", "epochs", "patience", "eval_batch"):
             if getattr(self, k) < 1:
                 raise ValueError(f"train.{k} must be >= 1, got {getattr(self, k)}")

@@ -1,12 +1,17 @@
-"""Result files: one JSON per cell, written atomically and sealed with a checksum.
+"""Result files, checkpoints and caches: written atomically and sealed with a checksum.
 
-A result is only trusted when it parses, has the current schema and its checksum matches; a
-damaged file is reported and recomputed, never silently used.
+A result is one JSON per cell; it is only trusted when it parses, has the current schema and
+its checksum matches. Binary state (checkpoints, the pre-trained T1 cache) is a *sealed* file:
+a magic line, the SHA-256 of the rest, a one-line JSON header and a torch payload loaded with
+`weights_only=True` (tensors, numbers, strings, containers and numpy arrays; never arbitrary
+pickled code). A damaged file of either kind raises `ResultError`: it is reported and
+recomputed, never silently used.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -14,6 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 SCHEMA = 1
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
 
 
 class ResultError(ValueError):
@@ -34,6 +41,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide results from a cluster's other users
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -54,8 +62,8 @@ def save_result(path: Path, result: dict) -> None:
 def load_result(path: Path) -> dict:
     try:
         obj = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ResultError(f"{path}: unreadable result file ({e})") from None
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ResultError(f"{path}: unreadable result file ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict) or obj.get("schema") != SCHEMA:
         raise ResultError(f"{path}: not a curb result of schema {SCHEMA}")
     if obj.get("checksum") != checksum(obj):
@@ -64,11 +72,90 @@ def load_result(path: Path) -> dict:
 
 
 def iter_results(root: Path) -> Iterator[tuple[Path, dict | ResultError]]:
-    """Every result JSON under `root` (sorted), or the error that made it untrustworthy."""
-    for p in sorted(Path(root).rglob("*.json")):
-        if p.name.startswith(".") or "cache" in p.parts:
+    """Every result JSON under `root` (sorted), or the error that made it untrustworthy.
+
+    Hidden files and folders (`.cache/`, `.cells/`: caches, checkpoints, failure records) are
+    not results.
+    """
+    root = Path(root)
+    for p in sorted(root.rglob("*.json")):
+        if any(part.startswith(".") for part in p.relative_to(root).parts):
             continue
         try:
             yield p, load_result(p)
         except ResultError as e:
             yield p, e
+
+
+SEALED_MAGIC = b"CURB-SEALED 1\n"
+
+
+def save_sealed(path: Path, obj: Any, meta: dict) -> None:
+    """Atomically write `obj` (torch-serialised) behind the JSON header `meta`, sealed by SHA-256."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    body = (canonical(meta) + "\n").encode() + buf.getvalue()
+    atomic_write_bytes(Path(path), SEALED_MAGIC + hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
+
+
+def _split_sealed(path: Path, data: bytes) -> tuple[bytes, bytes]:
+    """(digest, body) of a sealed file's bytes, or ResultError when it is not one."""
+    if not data.startswith(SEALED_MAGIC):
+        raise ResultError(f"{path}: not a curb sealed file (bad header)")
+    digest, sep, body = data[len(SEALED_MAGIC):].partition(b"\n")
+    if not sep or len(digest) != 64:
+        raise ResultError(f"{path}: truncated sealed file")
+    return digest, body
+
+
+def read_sealed_meta(path: Path) -> dict:
+    """The JSON header of a sealed file, read without verifying the payload (for listings)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SEALED_MAGIC) + 65 + (1 << 16))
+    except OSError as e:
+        raise ResultError(f"{path}: unreadable ({e})") from None
+    _, body = _split_sealed(path, head)
+    line, sep, _ = body.partition(b"\n")
+    try:
+        meta = json.loads(line) if sep else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        meta = None
+    if not isinstance(meta, dict):
+        raise ResultError(f"{path}: damaged sealed-file header")
+    return meta
+
+
+def load_sealed(path: Path) -> tuple[dict, Any]:
+    """(meta, obj) of a sealed file; ResultError when it is missing, truncated or modified."""
+    import torch
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ResultError(f"{path}: unreadable ({e})") from None
+    digest, body = _split_sealed(path, data)
+    if hashlib.sha256(body).hexdigest().encode() != digest:
+        raise ResultError(f"{path}: checksum mismatch (file was modified or truncated)")
+    line, _, payload = body.partition(b"\n")
+    try:
+        meta = json.loads(line)
+        with torch.serialization.safe_globals(_numpy_globals()):
+            obj = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except Exception as e:  # sealed but unloadable: another torch/numpy, or unsafe content
+        raise ResultError(f"{path}: cannot load sealed payload ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return meta, obj
+
+
+def _numpy_globals() -> list:
+    """What `weights_only` loading needs to rebuild numpy arrays, scalars and RNG states."""
+    import numpy as np
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray  # type: ignore[no-redef]
+    dtypes = [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+    return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]

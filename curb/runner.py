@@ -2,8 +2,10 @@
 
 `run_cell` builds the stream, lets the method learn task after task, fills R[j][i] after each
 task j for every seen task i, checkpoints after each task (so a killed cell resumes at the next
-task) and writes the sealed result. A T1 model pre-trained for one method is cached under
-`<out>/.cache/t1/` and reused by every method that starts from the same pre-trained T1 model.
+task with the same final numbers) and writes the sealed result. A T1 model pre-trained for one
+method is cached under `<out>/.cache/t1/` and reused by every method that starts from the same
+pre-trained T1 model. Per-cell bookkeeping (checkpoint, running marker, failure record, log)
+lives in `<out>/.cells/<spec hash>.*` (see `CellFiles`).
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import io
-import json
 import platform
+import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -26,12 +27,12 @@ import torch
 
 from . import __version__
 from .backbone import PlainModel
-from .config import RunConfig, resolve
-from .data import get_dataset
+from .config import ConfigError, RunConfig, resolve
+from .data import DataFormatError, DataNotFoundError, get_dataset
 from .evaluator import Evaluator, evaluate_data, task_info
 from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
-from .results import ResultError, atomic_write_bytes, canonical, load_result, save_result
+from .results import ResultError, canonical, load_result, load_sealed, save_result, save_sealed
 from .streams import StreamError, TaskStream
 from .training import FitLog, fit
 
@@ -65,9 +66,67 @@ class CellSpec:
     def relpath(self) -> Path:
         return Path(self.dataset) / self.method / self.order_tag / f"seed{self.seed}-{self.hash}.json"
 
+    @staticmethod
+    def from_dict(d: object) -> "CellSpec":
+        """The inverse of `as_dict`, checking every field (plan files are user-editable)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"a cell spec must be a JSON object, got {type(d).__name__}")
+        fields = {f.name for f in dataclasses.fields(CellSpec)}
+        unknown = set(d) - fields - {"hash"}
+        if unknown:
+            raise ConfigError(f"unknown cell spec key(s) {sorted(unknown)}; valid keys: {sorted(fields)}")
+        for k in ("method", "dataset"):
+            if not isinstance(d.get(k), str) or not d[k]:
+                raise ConfigError(f"cell spec needs a non-empty string {k!r}")
+        checks = {"order": (str,), "noise": (int, type(None)), "seed": (int,), "preset": (str, type(None)),
+                  "overrides": (dict,)}
+        for k, types in checks.items():
+            if k in d and (not isinstance(d[k], types) or isinstance(d[k], bool)):
+                raise ConfigError(f"cell spec {k!r} has the wrong type ({type(d[k]).__name__})")
+        ov = d.get("overrides", {})
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in ov.items()):
+            raise ConfigError("cell spec 'overrides' must map strings to strings")
+        if not 0 <= d.get("seed", 0) < 2**32:
+            raise ConfigError(f"cell spec seed must lie in 0..2**32-1, got {d['seed']}")
+        spec = CellSpec(**{k: v for k, v in d.items() if k not in ("hash", "overrides")},
+                        overrides=tuple(sorted(ov.items())))
+        if "hash" in d and d["hash"] != spec.hash:
+            raise ConfigError(f"cell spec hash {d['hash']!r} does not match its fields ({spec.hash}): edited by hand?")
+        return spec
+
+
+@dataclass(frozen=True)
+class CellFiles:
+    """A cell's bookkeeping files, keyed by its spec hash, under `<out>/.cells/`."""
+
+    checkpoint: Path  # sealed state after the last finished task; removed once the result exists
+    running: Path  # JSON marker (host, pid, progress) while a process works on the cell
+    failed: Path  # JSON failure record (error, traceback, spec) of the last failed attempt
+    log: Path  # progress lines of every attempt
+
+    @staticmethod
+    def of(out: Path, spec_hash: str) -> "CellFiles":
+        d = Path(out) / ".cells"
+        return CellFiles(d / f"{spec_hash}.ckpt", d / f"{spec_hash}.running.json", d / f"{spec_hash}.failed.json",
+                         d / f"{spec_hash}.log")
+
+
+class CellInterrupted(KeyboardInterrupt):
+    """A stop was requested (SIGINT/SIGTERM or a stop file); the cell resumes from its checkpoint."""
+
 
 def build_stream(spec: CellSpec, data_dir: Path | None) -> TaskStream:
-    stream = get_dataset(spec.dataset).build(data_dir)
+    recipe = get_dataset(spec.dataset)
+    try:
+        stream = recipe.build(data_dir)
+    except (DataNotFoundError, DataFormatError, StreamError):
+        raise
+    except (ValueError, LookupError, TypeError, UnicodeError, OSError) as e:
+        # The recipe's parser met input it did not anticipate: report it as a data problem, in
+        # one line, instead of a traceback from deep inside pandas or numpy.
+        msg = (str(e).strip().splitlines() or [""])[0]
+        raise DataFormatError(f"dataset {spec.dataset!r}" + (f" in {data_dir}" if data_dir else ""), None,
+                              f"cannot build the stream (malformed raw files?): {type(e).__name__}: {msg}") from e
     if spec.order == "reversed":
         stream = stream.reversed()
     elif spec.order != "default":
@@ -89,12 +148,20 @@ class Fitter:
     `batch_size=`); every phase's log is kept for the result file.
     """
 
-    def __init__(self, cfg: RunConfig, echo: Callable[[str], None]):
+    def __init__(self, cfg: RunConfig, echo: Callable[[str], None], should_stop: Callable[[], bool] | None = None):
         # A plain function, not the evaluator's bound method: nothing here leads to test labels.
         self.validate = functools.partial(evaluate_data, eval_batch=cfg.train.eval_batch)
         self.train_cfg = cfg.train
         self.logs: list[dict] = []
         self.echo = echo
+        self.should_stop = should_stop or (lambda: False)
+
+    def _step_done(self, bar: "_StepBar", done: int, total: int) -> None:
+        """After every optimiser step: the only place a stop request interrupts training."""
+        bar.update(done, total)
+        if self.should_stop():
+            bar.close()
+            raise CellInterrupted("stop requested")
 
     def __call__(self, method: Method, task: TaskInfo, train: TaskData, val: TaskData, *, phase: str = "train",
                  max_epochs: int | None = None, batch_size: int | None = None) -> FitLog:
@@ -104,7 +171,8 @@ class Fitter:
         log = fit(method, task, train, val, self.validate,
                   max_epochs=max_epochs or (t.t1_epochs if t1 else t.epochs), patience=t.patience,
                   batch_size=batch_size or (t.t1_batch if t1 else t.batch), phase=phase,
-                  progress=lambda msg: (bar.close(), self.echo(f"  [{method.name}] {msg}")), on_step=bar.update)
+                  progress=lambda msg: (bar.close(), self.echo(f"  [{method.name}] {msg}")),
+                  on_step=functools.partial(self._step_done, bar))
         bar.close()
         self.logs.append(log.as_dict())
         return log
@@ -138,7 +206,8 @@ def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunCon
     """Returns a function giving the plain pre-trained T1 model (trained once, then cached).
 
     The cache key covers everything the T1 model depends on (sequences, T1 task, split, backbone,
-    T1 training protocol, seed) and nothing else, so all methods and orders share one entry.
+    T1 training protocol, seed, device type and, on CPU, the torch thread count, since float
+    reductions differ with it) and nothing else, so all methods and orders share one entry.
     The returned function closes over T1's train/val data only, never over the stream.
     """
     t1 = stream.tasks[0]
@@ -148,22 +217,25 @@ def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunCon
     h.update(canonical({"n_items": n_items, "task": t1.name, "split": dataclasses.asdict(cfg.split),
                         "backbone": dataclasses.asdict(cfg.backbone), "seed": seed,
                         "train": {k: v for k, v in dataclasses.asdict(cfg.train).items()
-                                  if k in ("t1_lr", "t1_batch", "t1_epochs", "patience", "ignore_pad")}}).encode())
+                                  if k in ("t1_lr", "t1_batch", "t1_epochs", "patience", "ignore_pad")},
+                        "device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None,
+                        }).encode())
     path = cache_dir / f"t1-{h.hexdigest()[:16]}.pt"
 
     def provide() -> PlainModel:
         blob = None
         if path.exists():
             try:
-                blob = torch.load(path, map_location="cpu", weights_only=True)
+                _, blob = load_sealed(path)
                 fitter.logs.append({**blob["fit"], "phase": "pretrained (cached)"})
-            except Exception as e:  # a damaged cache entry is rebuilt, never used
-                fitter.echo(f"  ignoring damaged T1 cache {path}: {e}")
+            except (ResultError, KeyError, TypeError) as e:  # a damaged cache entry is rebuilt, never used
+                fitter.echo(f"  ignoring damaged T1 cache: {e}")
                 blob = None
         if blob is None:
             from curb.methods.sinmo import SinMo
 
-            with torch.random.fork_rng(devices=[]):
+            cuda = [torch.cuda.current_device() if device.index is None else device.index] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=cuda):
                 torch.manual_seed(seed)
                 setup = Setup(n_items, train.inputs.shape[1], cfg.backbone, cfg.train, SinMo.Config(),
                               device, seed, pretrained_t1=None)
@@ -171,9 +243,7 @@ def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunCon
                 plain.learn_task(info, train, val, fitter)
                 blob = {"state": {k: v.cpu() for k, v in plain.models[info.name].state_dict().items()},
                         "fit": fitter.logs[-1]}
-            buf = io.BytesIO()
-            torch.save(blob, buf)
-            atomic_write_bytes(path, buf.getvalue())
+            save_sealed(path, blob, {"kind": "t1-cache", "task": info.name})
         model = PlainModel(n_items, cfg.backbone).to(device)
         model.add_head(info.name, info.n_labels)
         model.load_state_dict(blob["state"])
@@ -208,22 +278,60 @@ def find_sinmo_diag(out: Path, spec: CellSpec, task_names: list[str]) -> list[fl
     return None
 
 
+CHECKPOINT_FORMAT = 1
+
+
+def _rng_state(dev: torch.device) -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}
+
+
+def _set_rng_state(state: dict, dev: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if dev.type == "cuda" and state["cuda"] is not None:
+        torch.cuda.set_rng_state(state["cuda"], dev)
+
+
+def load_checkpoint(path: Path, spec: CellSpec, fingerprint: str, names: list[str]) -> dict:
+    """A verified checkpoint of exactly this cell (spec, data, task order); ResultError otherwise."""
+    meta, state = load_sealed(path)
+    want = {"format": CHECKPOINT_FORMAT, "spec_hash": spec.hash, "fingerprint": fingerprint, "tasks": names}
+    for k, v in want.items():
+        if meta.get(k) != v:
+            raise ResultError(f"{path}: checkpoint of another cell, stream or format ({k} differs)")
+    if not isinstance(state, dict) or not 1 <= state.get("next_task", 0) <= len(names):
+        raise ResultError(f"{path}: checkpoint has no valid task position")
+    return state
+
+
 def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: str = "cpu",
-             echo: Callable[[str], None] = print, force: bool = False) -> dict:
-    """Run one cell (or return its existing valid result) and write `<out>/<spec.relpath()>`."""
+             echo: Callable[[str], None] = print, force: bool = False,
+             should_stop: Callable[[], bool] | None = None) -> dict:
+    """Run one cell (or return its existing valid result) and write `<out>/<spec.relpath()>`.
+
+    After every task the cell is checkpointed (method state, metrics so far, fit logs, timings,
+    RNG states); a rerun continues after the last checkpointed task and gives the same numbers
+    as an uninterrupted run. `should_stop` is polled after every optimiser step and after every
+    checkpoint; when it returns True the cell raises `CellInterrupted` (the current task restarts
+    on resume). `force` recomputes from scratch, ignoring any result or checkpoint.
+    """
     out = Path(out)
     path = out / spec.relpath()
+    files = CellFiles.of(out, spec.hash)
     if path.exists() and not force:
         try:
             return load_result(path)
         except ResultError as e:
             echo(f"  {e}; recomputing")
+    stop = should_stop or (lambda: False)
     dev = torch.device(device)
     cls = get_method(spec.method)
     cfg = resolve_config(spec)
     stream = build_stream(spec, data_dir)
     evaluator = Evaluator(stream, cfg.split, cfg.train.eval_batch)
-    fitter = Fitter(cfg, echo)
+    fitter = Fitter(cfg, echo, stop)
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
     setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, spec.seed,
@@ -233,8 +341,25 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     method = cls(setup)
     names = stream.task_names
     m = len(names)
+    fingerprint = stream.fingerprint()
     metrics: list[list[dict | None]] = [[None] * m for _ in range(m)]
     timings: list[dict] = []
+    start, spent, resumed_at = 0, 0.0, []
+    if force:
+        files.checkpoint.unlink(missing_ok=True)
+    elif files.checkpoint.exists() and not cls.joint:
+        try:
+            ck = load_checkpoint(files.checkpoint, spec, fingerprint, names)
+        except ResultError as e:
+            echo(f"  {e}; restarting the cell from its first task")
+            files.checkpoint.unlink(missing_ok=True)
+        else:
+            method.load_state_dict(ck["method"])
+            metrics, fitter.logs, timings = ck["metrics"], ck["fits"], ck["timings"]
+            start, spent = ck["next_task"], ck["elapsed_s"]
+            resumed_at = [*ck["resumed_at"], names[start]] if start < m else ck["resumed_at"]
+            _set_rng_state(ck["rng"], dev)
+            echo(f"  resuming after {names[start - 1]} ({start}/{m} tasks done) from {files.checkpoint}")
     t_start = time.perf_counter()
     echo(f"{spec.method} on {spec.dataset} order={spec.order_tag} seed={spec.seed}: tasks {' -> '.join(names)}")
 
@@ -244,7 +369,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
             metrics[j][i] = evaluator.test(method, names[i])
         return time.perf_counter() - t0
 
-    if cls.joint:
+    if cls.joint:  # one learning phase: nothing to resume inside it
         later = names[1:]
         t0 = time.perf_counter()
         method.learn_joint([evaluator.info(n) for n in later], [evaluator.train_data(n) for n in later],
@@ -253,7 +378,8 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
         eval_s = evaluate_row(m - 1, range(1, m))
         timings.append({"task": "+".join(later), "train_s": train_s, "eval_s": eval_s})
     else:
-        for j, name in enumerate(names):
+        for j in range(start, m):
+            name = names[j]
             t0 = time.perf_counter()
             method.learn_task(evaluator.info(name), evaluator.train_data(name), evaluator.val_data(name), fitter)
             train_s = time.perf_counter() - t0
@@ -261,6 +387,14 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
             timings.append({"task": name, "train_s": train_s, "eval_s": eval_s})
             row = "  ".join(f"{names[i]} {metrics[j][i][evaluator.info(names[i]).metric]:.4f}" for i in range(j + 1))
             echo(f"  [{spec.method}] after {name}: {row}")
+            save_sealed(files.checkpoint, {
+                "next_task": j + 1, "method": method.state_dict(), "metrics": metrics, "fits": fitter.logs,
+                "timings": timings, "elapsed_s": spent + time.perf_counter() - t_start, "resumed_at": resumed_at,
+                "rng": _rng_state(dev),
+            }, {"format": CHECKPOINT_FORMAT, "spec_hash": spec.hash, "fingerprint": fingerprint, "tasks": names,
+                "next_task": j + 1, "spec": spec.as_dict()})
+            if j + 1 < m and stop():
+                raise CellInterrupted(f"stopped after {name}")
 
     R = [[None if metrics[j][i] is None else metrics[j][i][evaluator.info(names[i]).metric] for i in range(m)]
          for j in range(m)]
@@ -270,7 +404,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     result = {
         "spec": spec.as_dict(), "spec_hash": spec.hash, "env": _env(dev),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"name": spec.dataset, "fingerprint": stream.fingerprint(), "n_users": stream.n_users,
+        "dataset": {"name": spec.dataset, "fingerprint": fingerprint, "n_users": stream.n_users,
                     "n_items": stream.n_items, "seq_len": int(stream.sequences.shape[1]), "meta": dict(stream.meta)},
         "config": cfg.as_dict(),
         "tasks": [{"name": n, "kind": evaluator.info(n).kind, "metric": evaluator.info(n).metric,
@@ -278,7 +412,9 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
         "R": R, "metrics": metrics,
         "final": {names[i]: R[m - 1][i] for i in range(m)},
         "transfer": tr, "fits": fitter.logs, "method_report": method.report(),
-        "timings": {"tasks": timings, "total_s": time.perf_counter() - t_start},
+        "timings": {"tasks": timings, "total_s": spent + time.perf_counter() - t_start},
+        "resumed_at": resumed_at,
     }
     save_result(path, result)
+    files.checkpoint.unlink(missing_ok=True)
     return load_result(path)

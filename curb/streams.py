@@ -78,6 +78,19 @@ class Targets:
         return Targets(self.users[rows], ptr, self.labels[idx])
 
 
+def _check_targets(name: str, tg: Targets) -> None:
+    """CSR invariants: 1-D integer arrays, users unique, sorted and >= 0, ptr from 0 to n_pairs."""
+    for field_name in ("users", "ptr", "labels"):
+        a = getattr(tg, field_name)
+        if not isinstance(a, np.ndarray) or a.ndim != 1 or a.dtype.kind not in "iu":
+            raise StreamError(f"task {name!r}: targets.{field_name} must be a 1-D integer array")
+    u, p = tg.users, tg.ptr
+    if len(p) != len(u) + 1 or p[0] != 0 or p[-1] != len(tg.labels) or np.any(np.diff(p) < 0):
+        raise StreamError(f"task {name!r}: targets.ptr must rise from 0 to the number of labels, one step per user")
+    if len(u) and (u[0] < 0 or np.any(np.diff(u) <= 0)):
+        raise StreamError(f"task {name!r}: targets.users must be unique, sorted and >= 0")
+
+
 @dataclass(frozen=True)
 class Task:
     """One task of the stream.
@@ -104,6 +117,9 @@ class Task:
             raise StreamError(f"task name {self.name!r} must match {_NAME.pattern}")
         if self.kind not in KINDS:
             raise StreamError(f"task {self.name!r}: kind {self.kind!r} is not one of {KINDS}")
+        if not isinstance(self.n_labels, (int, np.integer)) or self.n_labels < 1:
+            raise StreamError(f"task {self.name!r}: n_labels must be a positive integer, got {self.n_labels!r}")
+        _check_targets(self.name, self.targets)
         if self.targets.n_pairs == 0:
             raise StreamError(f"task {self.name!r} has no (user, target) pairs")
         lab = self.targets.labels
@@ -128,8 +144,12 @@ class TaskStream:
 
     def __post_init__(self) -> None:
         seqs = self.sequences
-        if seqs.ndim != 2 or seqs.shape[1] < 2:
-            raise StreamError(f"stream {self.name!r}: sequences must be [users, length >= 2]")
+        if not isinstance(seqs, np.ndarray) or seqs.ndim != 2 or seqs.shape[0] < 1 or seqs.shape[1] < 2:
+            raise StreamError(f"stream {self.name!r}: sequences must be an array [users >= 1, length >= 2]")
+        if seqs.dtype.kind not in "iu":
+            raise StreamError(f"stream {self.name!r}: sequences must hold integer item ids, got {seqs.dtype}")
+        if not isinstance(self.n_items, (int, np.integer)) or self.n_items < 2:
+            raise StreamError(f"stream {self.name!r}: n_items (vocabulary with padding) must be >= 2, got {self.n_items!r}")
         if seqs.min() < 0 or seqs.max() >= self.n_items:
             raise StreamError(f"stream {self.name!r}: item ids must lie in [0, {self.n_items})")
         if not self.tasks or self.tasks[0].kind != "next_item":
@@ -242,7 +262,9 @@ class SplitConfig:
     def __post_init__(self) -> None:
         if self.level not in ("user", "pair"):
             raise StreamError(f"split level must be 'user' or 'pair', got {self.level!r}")
-        if len(self.fractions) != 3 or any(f <= 0 for f in self.fractions) or abs(sum(self.fractions) - 1) > 1e-9:
+        if self.seed < 0:
+            raise StreamError(f"split seed must be >= 0, got {self.seed}")
+        if len(self.fractions) != 3 or not all(f > 0 for f in self.fractions) or not abs(sum(self.fractions) - 1) <= 1e-9:
             raise StreamError(f"split fractions must be three positive numbers summing to 1, got {self.fractions}")
 
 

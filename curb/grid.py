@@ -1,0 +1,461 @@
+"""Grids of cells: plans (JSONL), parallel and distributed execution, failure records, status.
+
+A grid is a list of `CellSpec`s. `run_grid` runs them through joblib: in this process
+(`jobs=1`), in `jobs` local worker processes (loky), or on a Dask cluster (joblib's Dask
+backend). Only small job descriptions travel to the workers (spec dict, output folder, data
+folder, device); every cell reads its data and writes its result, checkpoint, log and failure
+record under the shared output folder itself, so the parent only collects outcomes.
+
+Determinism: a cell's numbers depend on its spec, the device and its torch thread count, never
+on `jobs` or on scheduling. CPU float reductions differ with the thread count, so every cell
+runs with a fixed `threads` (default 1) rather than one derived from `jobs`.
+
+FWT needs SinMo's R(Ti, Ti): SinMo cells run as a first phase and all other cells after it, so
+every cell finds its SinMo reference (when the grid or the folder has it) whatever `jobs` is.
+Results are sealed once and never rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from .config import ConfigError
+from .results import ResultError, atomic_write_bytes, load_result, read_sealed_meta
+from .runner import CellFiles, CellSpec, resolve_config
+
+PLAN_NAME = "plan.jsonl"
+
+
+class GridError(ValueError):
+    """A grid cannot start (bad plan file, data missing where cells run, bad backend options)."""
+
+
+# ---------------------------------------------------------------------------------- plans
+def plan_lines(specs: Iterable[CellSpec]) -> str:
+    return "".join(json.dumps({**s.as_dict(), "hash": s.hash}, sort_keys=True) + "\n" for s in specs)
+
+
+def read_plan(path: Path) -> list[CellSpec]:
+    """Cell specs of a JSONL plan; a bad line is reported with its number."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise GridError(f"cannot read plan {path}: {e}") from None
+    specs = []
+    for k, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            specs.append(CellSpec.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, ConfigError, TypeError) as e:
+            raise GridError(f"{path}:{k}: bad cell spec: {e}") from None
+    return specs
+
+
+def record_plan(out: Path, specs: list[CellSpec]) -> tuple[Path, int]:
+    """Merge `specs` into `<out>/plan.jsonl` (the cells `curb status` lists); returns (path, new)."""
+    path = Path(out) / PLAN_NAME
+    known = read_plan(path) if path.exists() else []
+    seen = {s.hash for s in known}
+    new = [s for s in dict.fromkeys(specs) if s.hash not in seen]
+    if new or not path.exists():
+        atomic_write_bytes(path, plan_lines([*known, *new]).encode())
+    return path, len(new)
+
+
+def phases(specs: list[CellSpec]) -> list[list[CellSpec]]:
+    """SinMo cells first (they are every other cell's FWT reference), then the rest."""
+    specs = list(dict.fromkeys(specs))
+    first = [s for s in specs if s.method == "sinmo"]
+    rest = [s for s in specs if s.method != "sinmo"]
+    return [p for p in (first, rest) if p]
+
+
+# ---------------------------------------------------------------------------------- stopping
+class _Stop:
+    """Process-wide stop request: a caught SIGINT/SIGTERM, or the grid's stop file."""
+
+    signum: int | None = None
+    file: Path | None = None
+    _checked = 0.0
+    _file_seen = False
+
+    @classmethod
+    def reset(cls, file: Path | None) -> None:
+        cls.signum, cls.file, cls._checked, cls._file_seen = None, file, 0.0, False
+
+    @classmethod
+    def requested(cls) -> bool:
+        if cls.signum is not None or cls._file_seen:
+            return True
+        now = time.monotonic()
+        if cls.file is not None and now - cls._checked >= 1.0:  # a stat per second, not per step
+            cls._checked = now
+            cls._file_seen = cls.file.exists()
+        return cls._file_seen
+
+
+def _on_signal(signum, frame) -> None:
+    if _Stop.signum is not None:  # a second signal: stop now (the last checkpoint stays valid)
+        raise KeyboardInterrupt
+    _Stop.signum = signum
+    if _Stop.file is not None:
+        try:
+            _Stop.file.parent.mkdir(parents=True, exist_ok=True)
+            _Stop.file.touch()
+        except OSError:
+            pass
+
+
+@contextmanager
+def stop_signals() -> Iterator[None]:
+    """Turn SIGINT/SIGTERM into a stop request for the duration (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# ---------------------------------------------------------------------------------- one cell
+@dataclass(frozen=True)
+class Job:
+    """What travels to a worker: a spec and paths (never data)."""
+
+    spec: dict
+    out: str
+    data_dir: str | None
+    device: str
+    threads: int
+    stop_file: str
+    in_process: bool = False  # run in the calling process: print progress, parent owns signals
+    force: bool = False
+
+
+_CELL_LOCK = threading.Lock()  # one cell per process: torch/numpy RNGs and thread counts are global
+
+
+def execute(job: Job) -> dict:
+    """Run one cell; never raises for a cell's own failure. Returns a small outcome dict.
+
+    A failing cell leaves `<hash>.failed.json` (error, traceback, spec, host); an interrupted
+    one keeps its checkpoint. Both leave the other cells of the grid running.
+    """
+    import torch
+
+    from .runner import run_cell
+
+    spec = CellSpec.from_dict(job.spec)
+    out = Path(job.out)
+    files = CellFiles.of(out, spec.hash)
+    outcome = {"hash": spec.hash, "label": cell_label(spec), "path": str(spec.relpath())}
+    with _CELL_LOCK:
+        if not job.in_process:
+            _Stop.reset(Path(job.stop_file))
+            if threading.current_thread() is threading.main_thread():  # loky workers; Dask uses threads
+                for s in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(s, _on_signal)
+        if _Stop.requested():
+            return {**outcome, "status": "interrupted"}
+        threads_before = torch.get_num_threads()
+        torch.set_num_threads(job.threads)
+        files.log.parent.mkdir(parents=True, exist_ok=True)
+        started = _now()
+        marker = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "spec": job.spec}
+        _write_json(files.running, marker)
+        t0 = time.perf_counter()
+        with open(files.log, "a") as log:
+            def echo(msg: str) -> None:
+                log.write(msg + "\n")
+                log.flush()
+                if job.in_process:
+                    print(msg, flush=True)
+
+            echo(f"--- {started} attempt on {marker['host']} pid {marker['pid']}, {job.threads} thread(s), {job.device}")
+            try:
+                run_cell(spec, out, Path(job.data_dir) if job.data_dir else None, job.device, echo=echo,
+                         force=job.force, should_stop=_Stop.requested)
+            except KeyboardInterrupt:  # CellInterrupted, or a second signal
+                echo("--- interrupted; resumes from its last checkpoint")
+                return {**outcome, "status": "interrupted", "seconds": time.perf_counter() - t0}
+            except Exception as e:
+                err = f"{type(e).__name__}: {e}"
+                echo(f"--- failed: {err}")
+                _write_json(files.failed, {"spec": job.spec, "hash": spec.hash, "error": err,
+                                           "traceback": traceback.format_exc(), "host": marker["host"],
+                                           "pid": marker["pid"], "device": job.device, "time": _now()})
+                return {**outcome, "status": "failed", "error": err, "seconds": time.perf_counter() - t0}
+            finally:
+                files.running.unlink(missing_ok=True)
+                torch.set_num_threads(threads_before)
+        files.failed.unlink(missing_ok=True)
+        return {**outcome, "status": "done", "seconds": time.perf_counter() - t0}
+
+
+def check_stream(spec: CellSpec, data_dir: Path | None) -> None:
+    """Raise the user error that would stop `spec`'s cell before training: data not found or
+    malformed, order or noise position not fitting the stream, a split leaving a part empty."""
+    from .evaluator import Evaluator
+    from .runner import build_stream
+
+    Evaluator(build_stream(spec, data_dir), resolve_config(spec).split)
+
+
+def preflight(item: tuple[dict, str | None, str]) -> str | None:
+    """`check_stream` (and CUDA) for one (spec, data folder, device), run where the cells run.
+    Returns the error message or None (exceptions do not travel well between processes)."""
+    import torch
+
+    from .cli import USER_ERRORS
+
+    spec_d, data_dir, device = item
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        return f"--device {device}: CUDA is not available on {socket.gethostname()}"
+    try:
+        check_stream(CellSpec.from_dict(spec_d), Path(data_dir) if data_dir else None)
+    except USER_ERRORS as e:
+        return str(e)
+    return None
+
+
+# ---------------------------------------------------------------------------------- grids
+def cell_label(spec: CellSpec) -> str:
+    return f"{spec.dataset}/{spec.method}/{spec.order_tag}/seed{spec.seed}"
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def auto_threads(jobs: int) -> int:
+    """`--threads auto`: split the usable cores between the jobs."""
+    return max(1, usable_cores() // max(jobs, 1))
+
+
+@contextmanager
+def _mapper(backend: str, jobs: int, scheduler: str | None, device: str) -> Iterator[Callable]:
+    """A function map(fn, items) -> iterator of results (in completion order) for the backend."""
+    if backend == "local" and jobs == 1:
+        yield lambda fn, items: (fn(x) for x in items)
+        return
+    from joblib import Parallel, delayed, parallel_config
+
+    if backend == "local":
+        def run(fn, items):
+            return Parallel(n_jobs=jobs, backend="loky", batch_size=1, return_as="generator_unordered")(
+                delayed(fn)(x) for x in items)
+
+        yield run
+        return
+    try:
+        import distributed  # noqa: F401  (the joblib Dask backend needs it)
+    except ImportError:
+        raise GridError("--backend dask needs dask.distributed: pip install 'curb[dask]'") from None
+    if not scheduler:
+        raise GridError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
+    from distributed import Client
+
+    try:
+        client = Client(scheduler, timeout=30, set_as_default=False)
+    except (OSError, TimeoutError, ValueError) as e:
+        raise GridError(f"cannot reach the Dask scheduler at {scheduler}: {e}") from None
+    # One GPU per cell: only workers started with `--resources GPU=1` (one per GPU) take cells.
+    extra = {"resources": {"GPU": 1}} if device.startswith("cuda") else {}
+    try:
+        with parallel_config(backend="dask", client=client, **extra):
+            yield lambda fn, items: Parallel(n_jobs=-1, batch_size=1, return_as="generator_unordered")(
+                delayed(fn)(x) for x in items)
+    finally:
+        client.close()
+
+
+def run_grid(specs: list[CellSpec], out: Path, *, data_dir: Path | None = None, device: str = "cpu",
+             jobs: int = 1, threads: int = 1, backend: str = "local", scheduler: str | None = None,
+             force: bool = False, echo: Callable[[str], None] = print) -> list[dict]:
+    """Run every cell (skipping valid results, resuming checkpoints); returns outcome dicts.
+
+    Stops early (outcomes marked "interrupted") when SIGINT/SIGTERM arrives: running cells
+    finish their current step and keep their last checkpoint; queued cells do not start.
+    """
+    out = Path(out).resolve()
+    if jobs < 1 or threads < 1:
+        raise GridError(f"--jobs and --threads must be >= 1, got {jobs} and {threads}")
+    if backend not in ("local", "dask"):
+        raise GridError(f"unknown backend {backend!r}; valid backends: local, dask")
+    for spec in specs:  # fail fast on bad config before any training
+        resolve_config(spec)
+    if backend == "local" and jobs * threads > usable_cores():
+        echo(f"warning: {jobs} jobs x {threads} threads exceed the {usable_cores()} usable cores (oversubscribed)")
+    record_plan(out, specs)
+    stop_file = out / ".cells" / f"stop-{uuid.uuid4().hex[:12]}"
+    data = str(Path(data_dir).resolve()) if data_dir is not None else None
+    make = lambda s: Job(s.as_dict(), str(out), data, device, threads, str(stop_file), backend == "local" and jobs == 1, force)
+    _Stop.reset(stop_file)
+    outcomes: list[dict] = []
+    try:
+        with stop_signals(), _mapper(backend, jobs, scheduler, device) as map_:
+            checks = {(s.dataset, s.order, s.noise, s.preset, s.overrides): s for s in specs}
+            for err in map_(preflight, [(s.as_dict(), data, device) for s in checks.values()]):
+                if err:
+                    raise GridError(err)
+            total = len(specs)
+            try:
+                for phase in phases(specs):
+                    if _Stop.requested():
+                        break
+                    for o in map_(execute, [make(s) for s in phase]):
+                        outcomes.append(o)
+                        detail = f" ({o['seconds']:.1f}s)" if "seconds" in o else ""
+                        if o["status"] == "failed":
+                            detail += f": {o['error'].splitlines()[0] if o['error'] else ''}"
+                        echo(f"[{len(outcomes)}/{total}] {o['status']:<11} {o['label']}{detail}")
+            except _worker_death() as e:
+                # A worker process died: hit by the Ctrl-C meant for the grid before it could
+                # catch it, or killed (out of memory, SIGKILL). Checkpoints and results stay valid.
+                if not _Stop.requested():
+                    raise GridError(f"a worker process died ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                                    "finished cells and checkpoints are kept: rerun to continue") from None
+    finally:
+        stop_file.unlink(missing_ok=True)
+    done = {o["hash"] for o in outcomes}
+    outcomes += [{"hash": s.hash, "label": cell_label(s), "path": str(s.relpath()), "status": "interrupted"}
+                 for s in specs if s.hash not in done]
+    return outcomes
+
+
+def _worker_death() -> tuple[type[BaseException], ...]:
+    from concurrent.futures import BrokenExecutor
+
+    try:
+        from distributed import KilledWorker
+    except ImportError:
+        return (BrokenExecutor,)
+    return BrokenExecutor, KilledWorker
+
+
+def stop_signal() -> int | None:
+    """The signal that stopped the last grid in this process, if any."""
+    return _Stop.signum
+
+
+# ---------------------------------------------------------------------------------- status
+@dataclass
+class CellStatus:
+    state: str  # done | running | failed | pending
+    spec: CellSpec
+    detail: str
+
+
+def status(out: Path) -> tuple[list[CellStatus], list[str]]:
+    """Every cell known in `out` (plan, results, checkpoints, markers, failure records), and
+    notes on files that name no cell (unreadable bookkeeping, results damaged beyond parsing)."""
+    out = Path(out)
+    specs: dict[str, CellSpec] = {}
+    notes: list[str] = []
+    if (out / PLAN_NAME).exists():
+        specs.update({s.hash: s for s in read_plan(out / PLAN_NAME)})
+    for p in sorted((out / ".cells").glob("*.json")) if (out / ".cells").is_dir() else []:
+        try:
+            s = CellSpec.from_dict(json.loads(p.read_text())["spec"])
+            specs.setdefault(s.hash, s)
+        except (OSError, ValueError, KeyError, TypeError):
+            notes.append(f"unreadable bookkeeping file {p}")
+    from .results import iter_results
+
+    for p, r in iter_results(out):
+        try:  # a damaged result still names its cell when its spec parses (listing only, never numbers)
+            s = CellSpec.from_dict((r if isinstance(r, dict) else json.loads(p.read_text()))["spec"])
+            specs.setdefault(s.hash, s)
+        except (OSError, ValueError, KeyError, TypeError):
+            notes.append(f"{p}: {r if isinstance(r, ResultError) else 'result without a valid spec'}")
+    rows = [_cell_status(out, s) for s in specs.values()]
+    order = {"running": 0, "failed": 1, "pending": 2, "done": 3}
+    rows.sort(key=lambda c: (order[c.state], cell_label(c.spec)))
+    return rows, notes
+
+
+def _cell_status(out: Path, spec: CellSpec) -> CellStatus:
+    files = CellFiles.of(out, spec.hash)
+    path = out / spec.relpath()
+    if path.exists():
+        try:
+            r = load_result(path)
+            vals = [v for v in r["final"].values() if v is not None]
+            return CellStatus("done", spec, f"mean {sum(vals) / max(len(vals), 1):.4f}, {r['timings']['total_s']:.1f}s")
+        except (ResultError, KeyError, TypeError):
+            damaged = "damaged result file (will be recomputed)"
+    else:
+        damaged = ""
+    progress = ""
+    if files.checkpoint.exists():
+        try:
+            meta = read_sealed_meta(files.checkpoint)
+            progress = f"checkpoint after {meta['tasks'][meta['next_task'] - 1]} ({meta['next_task']}/{len(meta['tasks'])})"
+        except (ResultError, KeyError, IndexError, TypeError):
+            progress = "damaged checkpoint (will be discarded)"
+    if files.running.exists():
+        try:
+            m = json.loads(files.running.read_text())
+            alive = _alive(m["pid"]) if m["host"] == socket.gethostname() else True
+            if alive:
+                quiet = f"last output {time.time() - files.log.stat().st_mtime:.0f}s ago" if files.log.exists() else ""
+                return CellStatus("running", spec, "; ".join(
+                    x for x in (f"pid {m['pid']} on {m['host']} since {m['started']}", progress, quiet,
+                                _last_line(files.log)) if x))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        progress = "; ".join(x for x in ("interrupted", progress) if x)
+    if files.failed.exists():
+        try:
+            f = json.loads(files.failed.read_text())
+            return CellStatus("failed", spec, f"{f['error'].splitlines()[0]} (record: {files.failed})")
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return CellStatus("failed", spec, f"unreadable failure record {files.failed}")
+    return CellStatus("pending", spec, "; ".join(x for x in (damaged, progress) if x))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _last_line(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4096))
+            lines = f.read().decode(errors="replace").strip().splitlines()
+        return lines[-1].strip() if lines else ""
+    except OSError:
+        return ""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=True, default=str) + "\n").encode())

@@ -262,8 +262,9 @@ def _env(device: torch.device) -> dict:
     }
 
 
-def find_sinmo_diag(out: Path, spec: CellSpec, task_names: list[str]) -> list[float | None] | None:
-    """R(Ti, Ti) of the matching SinMo cell (same dataset, seed, preset, overrides), if run."""
+def find_sinmo_diag(out: Path, spec: CellSpec, task_names: list[str], fingerprint: str | None = None
+                    ) -> list[float | None] | None:
+    """R(Ti, Ti) of the matching SinMo cell (same dataset, data, seed, preset, overrides), if run."""
     if spec.method == "sinmo":
         return None
     for order, noise in ((spec.order, spec.noise), ("default", None)):
@@ -272,6 +273,8 @@ def find_sinmo_diag(out: Path, spec: CellSpec, task_names: list[str]) -> list[fl
         try:
             r = load_result(p)
         except ResultError:
+            continue
+        if fingerprint is not None and r["dataset"].get("base_fingerprint") != fingerprint:
             continue
         diag = {t["name"]: r["R"][i][i] for i, t in enumerate(r["tasks"])}
         return [diag.get(n) for n in task_names]
@@ -320,16 +323,25 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     out = Path(out)
     path = out / spec.relpath()
     files = CellFiles.of(out, spec.hash)
+    stream = build_stream(spec, data_dir)  # cheap: built streams are cached
+    fingerprint = stream.fingerprint()
     if path.exists() and not force:
         try:
-            return load_result(path)
+            existing = load_result(path)
         except ResultError as e:
             echo(f"  {e}; recomputing")
+        else:
+            if existing["dataset"]["fingerprint"] != fingerprint:
+                raise ResultError(
+                    f"{path} was computed on different data (fingerprint {existing['dataset']['fingerprint']}, "
+                    f"source {existing['dataset']['meta'].get('source', '?')}) than this run's "
+                    f"({fingerprint}, source {stream.meta.get('source', '?')}); use another --out"
+                )
+            return existing
     stop = should_stop or (lambda: False)
     dev = torch.device(device)
     cls = get_method(spec.method)
     cfg = resolve_config(spec)
-    stream = build_stream(spec, data_dir)
     evaluator = Evaluator(stream, cfg.split, cfg.train.eval_batch)
     fitter = Fitter(cfg, echo, stop)
     torch.manual_seed(spec.seed)
@@ -341,7 +353,6 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     method = cls(setup)
     names = stream.task_names
     m = len(names)
-    fingerprint = stream.fingerprint()
     metrics: list[list[dict | None]] = [[None] * m for _ in range(m)]
     timings: list[dict] = []
     start, spent, resumed_at = 0, 0.0, []
@@ -398,13 +409,14 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
 
     R = [[None if metrics[j][i] is None else metrics[j][i][evaluator.info(names[i]).metric] for i in range(m)]
          for j in range(m)]
-    tr = transfer(R, find_sinmo_diag(out, spec, names)) if not cls.joint else None
+    base_fingerprint = stream.fingerprint(skip=("noise",))
+    tr = transfer(R, find_sinmo_diag(out, spec, names, base_fingerprint)) if not cls.joint else None
     if spec.method == "sinmo" and tr is not None:
         tr["fwt"] = [None] + [0.0] * (m - 1)
     result = {
         "spec": spec.as_dict(), "spec_hash": spec.hash, "env": _env(dev),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": {"name": spec.dataset, "fingerprint": fingerprint, "n_users": stream.n_users,
+        "dataset": {"name": spec.dataset, "fingerprint": fingerprint, "base_fingerprint": base_fingerprint, "n_users": stream.n_users,
                     "n_items": stream.n_items, "seq_len": int(stream.sequences.shape[1]), "meta": dict(stream.meta)},
         "config": cfg.as_dict(),
         "tasks": [{"name": n, "kind": evaluator.info(n).kind, "metric": evaluator.info(n).metric,

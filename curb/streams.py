@@ -175,11 +175,14 @@ class TaskStream:
                 return t
         raise StreamError(f"no task {name!r} in stream {self.name!r}; tasks: {self.task_names}")
 
-    def fingerprint(self) -> str:
-        """Content hash of sequences and every task (order-independent), for result provenance."""
+    def fingerprint(self, skip: Sequence[str] = ()) -> str:
+        """Content hash of sequences and every task not in `skip` (order-independent), for
+        result provenance; `skip=("noise",)` identifies the data a noisy stream was built on."""
         h = hashlib.sha256()
         h.update(np.ascontiguousarray(self.sequences).tobytes())
         for t in sorted(self.tasks, key=lambda t: t.name):
+            if t.name in skip:
+                continue
             h.update(f"{t.name}|{t.kind}|{t.n_labels}".encode())
             for a in (t.targets.users, t.targets.ptr, t.targets.labels):
                 h.update(np.ascontiguousarray(a).tobytes())

@@ -147,3 +147,17 @@ def test_methods_only_receive_train_and_val_never_test(tmp_path):
         # Nothing reachable from what the method received leads to the evaluator.
         reach = [fit, *vars(fit).values(), getattr(fit.validate, "func", None), *getattr(fit.validate, "keywords", {}).values()]
         assert not any(isinstance(o, Evaluator) or getattr(o, "__self__", None).__class__ is Evaluator for o in reach)
+
+
+def test_results_of_other_data_are_never_reused(tmp_path, monkeypatch):
+    """Same spec, different data behind the dataset name: refuse instead of returning stale numbers."""
+    import curb.runner
+    from curb.datasets import synthetic
+    from curb.results import ResultError
+
+    spec = CellSpec("pop", "synthetic-mini")
+    first = run_cell(spec, tmp_path, echo=lambda *_: None)
+    assert first["dataset"]["base_fingerprint"] == first["dataset"]["fingerprint"]
+    monkeypatch.setattr(curb.runner, "build_stream", lambda spec, data_dir: synthetic.generate(400, 60, 12, seed=5))
+    with pytest.raises(ResultError, match="different data"):
+        run_cell(spec, tmp_path, echo=lambda *_: None)

@@ -79,10 +79,10 @@ class TaskMasks(nn.Module):
         return out
 
     def masks(self, tau: float) -> list[Tensor]:
-        """Float 0/1 masks; differentiable into the scores while they train."""
+        """The 0/1 masks: float and differentiable into the scores while they train, bool after."""
         if not self.binarised:
             return [_Binarize.apply(s, tau) for s in self.scores]
-        return [unpack_bits(getattr(self, f"bits{k}"), s).float() for k, s in enumerate(self.shapes)]
+        return [unpack_bits(getattr(self, f"bits{k}"), s) for k, s in enumerate(self.shapes)]
 
     def n_weights(self) -> int:
         return sum(math.prod(s) for s in self.shapes)
@@ -107,11 +107,13 @@ class Piggyback(Method):
         super().__init__(setup)
         self.model = PlainModel(setup.n_items, setup.backbone).to(self.device)
         self.masks = nn.ModuleDict()
-        self._cache: dict[str, list[Tensor]] = {}  # unpacked masks of finished tasks (not state)
+        self._cache: dict[str, list[Tensor]] = {}  # unpacked bool masks of finished tasks (not state)
 
     # ------------------------------------------------------------------ lifecycle
     def learn_task(self, task: TaskInfo, train: TaskData, val: TaskData, fit) -> None:
-        if not self.tasks and self.setup.pretrained_t1 is not None:
+        if not self.tasks:  # T1: the shared pre-trained model as is
+            if self.setup.pretrained_t1 is None:
+                raise ValueError("piggyback starts from the shared pre-trained T1 model: Setup.pretrained_t1 is required")
             self.tasks.append(task)
             self.model = self.setup.pretrained_t1()
             self._freeze_backbone()
@@ -119,31 +121,23 @@ class Piggyback(Method):
         super().learn_task(task, train, val, fit)
 
     def begin_task(self, task: TaskInfo) -> None:
-        if len(self.tasks) == 1:  # T1 without a shared pre-trained model: train it plainly here
-            self.model.add_head(task.name, task.n_labels)
-            return
-        self._freeze_backbone()
         self.model.add_head(task.name, task.n_labels)
         self.masks[task.name] = TaskMasks(self._shapes(), self.cfg.score_init, self.device)
-
-    def end_task(self, task: TaskInfo) -> None:
-        if task.name in self.masks:
-            self.masks[task.name] = TaskMasks.freeze(self.masks[task.name], self.cfg.tau)
         self._freeze_backbone()
 
+    def end_task(self, task: TaskInfo) -> None:
+        self.masks[task.name] = TaskMasks.freeze(self.masks[task.name], self.cfg.tau)
+
     def trainable_parameters(self, task: TaskInfo):
-        head = self.lr_for(task)
-        if task.name not in self.masks:  # plain T1
-            return [{"params": list(self.model.parameters()), "lr": head}]
-        return [{"params": list(self.masks[task.name].parameters()), "lr": self.cfg.mask_lr or head},
-                {"params": list(self.model.heads[task.name].parameters()), "lr": head}]
+        lr = self.lr_for(task)
+        return [{"params": list(self.masks[task.name].parameters()), "lr": self.cfg.mask_lr or lr},
+                {"params": list(self.model.heads[task.name].parameters()), "lr": lr}]
 
     # ------------------------------------------------------------------ forward
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch=None) -> Tensor:
-        if task not in self.masks:
-            return self.model.logits(task, x, all_positions=all_positions)
-        return self.model.logits(task, x, self.hooks(task), all_positions=all_positions)
+        hooks = self.hooks(task) if task in self.masks else Hooks()  # T1: unmasked
+        return self.model.logits(task, x, hooks, all_positions=all_positions)
 
     def hooks(self, task: str) -> Hooks:
         """Backbone hooks of a masked task: kernels W ⊙ mask (and embeddings, if masked)."""
@@ -168,9 +162,10 @@ class Piggyback(Method):
         return shapes
 
     def _freeze_backbone(self) -> None:
-        self.model.backbone.requires_grad_(False)
-        for t in self.tasks[:-1]:
-            self.model.heads[t.name].requires_grad_(False)
+        """Only scores and the newest head ever train (saves their backward through the rest)."""
+        self.model.requires_grad_(False)
+        if self.tasks:
+            self.model.heads[self.tasks[-1].name].requires_grad_(True)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "masks": self.masks}

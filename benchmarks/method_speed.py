@@ -102,16 +102,17 @@ def table(rows: list[dict]) -> str:
     out = []
     for r in rows:
         if "error" in r:
-            out.append([r["method"], "-", "-", "-", "-", "-", "-", r["error"]])
+            out.append([r["method"], "-", "-", "-", "-", "-", "-", "-", r["error"]])
             continue
         for k, p in enumerate(r["phases"]):
             first = k == 0
             out.append([r["method"] if first else "", p["phase"], f"{p['s_per_epoch']:.1f}", p["steps"],
                         f"{r['task_wall_s']:.1f}" if first else "",
+                        f"{r['rss_before_mib']:.0f}" if first else "",
                         f"{r['peak_rss_task_mib']:.0f}" if first else "",
                         f"{r['maxrss_mib']:.0f}" if first else "", ""])
     return tabulate(out, headers=["method", "phase", "s/epoch (train loop)", "steps/epoch", "task wall s (incl. val)",
-                                  "peak RSS during task (MiB)", "process maxrss (MiB)", "note"],
+                                  "RSS before task (MiB)", "peak RSS during task (MiB)", "process maxrss (MiB)", "note"],
                     tablefmt="github", disable_numparse=True)
 
 

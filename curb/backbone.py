@@ -8,6 +8,8 @@ Extension points, all passed per call through `Hooks` so one backbone serves eve
 - `conv_bias(i, b)`: effective bias of conv i (CONURE keeps biases at zero).
 - `patch(i, z, x)`: post-conv transform of conv i's output z given its input x (PeterRec patches).
 - `norms[k] = (ln1, ln2)`: replacement LayerNorm modules for block k (PeterRec's per-task LN2).
+- `embed(x, W)`: input embeddings [B, n, f] of ids x given the item-embedding matrix W
+  (Piggyback's optional embedding masks; a callable so a mask can be gathered per row).
 
 The causal convolution is computed as ONE matmul over the three dilated time shifts
 ([B, n, 3f] @ [3f, f]): no loops over positions, no transposes around the LayerNorms.
@@ -50,6 +52,7 @@ class Hooks:
     conv_bias: Callable[[int, Tensor], Tensor] | None = None
     patch: Callable[[int, Tensor, Tensor], Tensor] | None = None
     norms: Sequence[tuple[nn.Module | None, nn.Module | None]] | None = None
+    embed: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 NO_HOOKS = Hooks()
@@ -105,7 +108,7 @@ class NextItNet(nn.Module):
         return [c for b in self.blocks for c in (b.conv1, b.conv2)]
 
     def forward(self, x: Tensor, hooks: Hooks = NO_HOOKS) -> Tensor:
-        h = self.item_emb(x)
+        h = self.item_emb(x) if hooks.embed is None else hooks.embed(x, self.item_emb.weight)
         for k, block in enumerate(self.blocks):
             inp = h
             for r, (conv, ln) in enumerate(((block.conv1, block.ln1), (block.conv2, block.ln2))):

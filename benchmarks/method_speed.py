@@ -1,0 +1,154 @@
+"""Seconds per epoch and peak memory of methods on one task (default: ML-1M T2, paper preset).
+
+Each method runs in its own subprocess (so its peak memory is its own): it learns T1 (the
+shared pre-trained T1 model is trained once and cached under --cache; methods with their own
+T1 stage run it with --t1-epochs), then learns the target task for --epochs epochs per phase.
+Reported per phase: seconds per epoch of the training loop (the fit log's epoch time, without
+validation), steps per epoch, the wall time of the whole task (validation included), the peak
+resident memory sampled while the task was learned, and the process's lifetime peak (maxrss).
+
+    CURB_DATA=/work/shared/data python benchmarks/method_speed.py --methods piggyback,hat,conure
+
+The numbers are only comparable between rows of one invocation (same machine and load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS:
+    """Samples this process's resident memory in a background thread (torch allocates outside
+    Python's allocator, so tracemalloc would not see tensors)."""
+
+    def __init__(self, every_s: float = 0.02):
+        self.every_s, self.peak, self._stop = every_s, _rss_mib(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.peak = max(self.peak, _rss_mib())
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mib())
+
+
+def child(args: argparse.Namespace) -> dict:
+    """Run one method in this process and return its measurements."""
+    import numpy as np
+    import torch
+
+    from curb.evaluator import Evaluator
+    from curb.method import Setup, get_method
+    from curb.runner import CellSpec, Fitter, _t1_provider, build_stream, resolve_config
+
+    torch.set_num_threads(args.threads)
+    sets = dict(s.split("=", 1) for s in args.set)
+    sets.update({"train.t1_epochs": str(args.t1_epochs), "train.epochs": str(args.epochs)})
+    spec = CellSpec(args.child, args.dataset, seed=args.seed, preset=args.preset, overrides=tuple(sorted(sets.items())))
+    cfg = resolve_config(spec)
+    stream = build_stream(spec, args.data_dir)
+    ev = Evaluator(stream, cfg.split, cfg.train.eval_batch)
+    fitter = Fitter(cfg, lambda msg: print(msg, file=sys.stderr, flush=True))
+    t1 = stream.task_names[0]
+    dev = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, args.seed,
+                  pretrained_t1=_t1_provider(stream, ev.train_data(t1), ev.val_data(t1), cfg, args.seed, dev,
+                                             Path(args.cache) / "t1", fitter))
+    method = get_method(args.child)(setup)
+    method.learn_task(ev.info(t1), ev.train_data(t1), ev.val_data(t1), fitter)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # pay torch's one-time optimiser imports outside the timing
+    n_logs = len(fitter.logs)
+    task = ev.info(args.task)
+    before = _rss_mib()
+    t0 = time.perf_counter()
+    with PeakRSS() as peak:
+        method.learn_task(task, ev.train_data(task.name), ev.val_data(task.name), fitter)
+    wall = time.perf_counter() - t0
+    phases = [{"phase": log["phase"], "epochs": len(log["epochs"]),
+               "s_per_epoch": sum(e["seconds"] for e in log["epochs"]) / max(len(log["epochs"]), 1),
+               "steps": log["epochs"][0]["steps"] if log["epochs"] else 0}
+              for log in fitter.logs[n_logs:]]
+    return {"method": args.child, "task": task.name, "phases": phases, "task_wall_s": wall,
+            "rss_before_mib": before, "peak_rss_task_mib": peak.peak,
+            "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "threads": torch.get_num_threads(), "device": str(dev)}
+
+
+def table(rows: list[dict]) -> str:
+    from tabulate import tabulate
+
+    out = []
+    for r in rows:
+        if "error" in r:
+            out.append([r["method"], "-", "-", "-", "-", "-", "-", "-", r["error"]])
+            continue
+        for k, p in enumerate(r["phases"]):
+            first = k == 0
+            out.append([r["method"] if first else "", p["phase"], f"{p['s_per_epoch']:.1f}", p["steps"],
+                        f"{r['task_wall_s']:.1f}" if first else "",
+                        f"{r['rss_before_mib']:.0f}" if first else "",
+                        f"{r['peak_rss_task_mib']:.0f}" if first else "",
+                        f"{r['maxrss_mib']:.0f}" if first else "", ""])
+    return tabulate(out, headers=["method", "phase", "s/epoch (train loop)", "steps/epoch", "task wall s (incl. val)",
+                                  "RSS before task (MiB)", "peak RSS during task (MiB)", "process maxrss (MiB)", "note"],
+                    tablefmt="github", disable_numparse=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--methods", default="sinmo,fineall,piggyback,hat,conure", help="comma list of method names")
+    p.add_argument("--dataset", default="ml")
+    p.add_argument("--data-dir", type=Path, default=None, help="raw files (default: $CURB_DATA/<release>)")
+    p.add_argument("--task", default="T2", help="the task whose epochs are timed")
+    p.add_argument("--preset", default="paper")
+    p.add_argument("--epochs", type=int, default=1, help="epochs per phase of the timed task")
+    p.add_argument("--t1-epochs", type=int, default=1, help="epochs of any T1 stage before it")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or os.cpu_count())
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cache", default=str(Path.home() / ".cache" / "curb" / "bench"), help="T1 model cache")
+    p.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    p.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args)), flush=True)
+        return 0
+    rows = []
+    for m in [x.strip() for x in args.methods.split(",") if x.strip()]:
+        cmd = [sys.executable, __file__, "--child", m, *[a for a in (argv or sys.argv[1:])]]
+        print(f"[{m}] running ...", file=sys.stderr, flush=True)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        lines = proc.stdout.strip().splitlines()
+        rows.append(json.loads(lines[-1]) if proc.returncode == 0 and lines else
+                    {"method": m, "error": f"exit code {proc.returncode}"})
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

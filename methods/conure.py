@@ -1,0 +1,178 @@
+"""CONURE (METHODS.md §5.7; Yuan et al., SIGIR 2021): prune → retrain → freeze parameter isolation.
+
+Every conv kernel entry is owned by at most one task (an ownership map per kernel: 0 = free,
+j = the j-th task of the stream). Each task i runs three phases:
+1. train: forward with the whole kernel (owned + free entries, free ones keep whatever stale
+   values earlier tasks left); only free entries (and the head) receive gradient.
+2. prune: per kernel, the largest-|W| free entries, cutoff_i = (1 − p_i)·Π_{j<i} p_j of the
+   kernel, become task i's; the rest stay free.
+3. retrain: forward with the entries owned by tasks 1..i only; only task i's entries (and the
+   head) train. Then they are frozen for good.
+Inference for task i uses exactly the entries owned by tasks 1..i, which never change again,
+with item embeddings and LayerNorms frozen after T1's train phase and conv biases fixed at 0
+([C] creates them non-trainable): old tasks' predictions are bit-identical forever (BWT = 0),
+and capacity shrinks geometrically — when no free entry is left, a new task is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from curb.backbone import Hooks, NextItNet, make_head
+from curb.config import ConfigError
+from curb.method import Method, Setup, TaskData, TaskInfo, register
+
+
+class NoFreeWeightsError(ConfigError):
+    """CONURE has no free conv weight left for a new task: its capacity is fixed by the backbone
+    size and the prune schedule (the limitation the TERACON paper criticises). A ConfigError,
+    because the remedy is a configuration change (fewer tasks, larger p, bigger backbone)."""
+
+
+class ConureNet(nn.Module):
+    """Backbone, per-task heads and one ownership map (uint8, 0 = free) per conv kernel."""
+
+    def __init__(self, setup: Setup, train_bias: bool):
+        super().__init__()
+        self.backbone = NextItNet(setup.n_items, setup.backbone)
+        self.heads = nn.ModuleDict()
+        for i, conv in enumerate(self.backbone.convs()):
+            self.register_buffer(f"owner{i}", torch.zeros(conv.weight.shape, dtype=torch.uint8))
+            if not train_bias:
+                nn.init.zeros_(conv.bias)
+
+    def owners(self) -> list[Tensor]:
+        return [getattr(self, f"owner{i}") for i in range(len(self.backbone.convs()))]
+
+
+@register("conure")
+class Conure(Method):
+    summary = "prune -> retrain -> freeze: disjoint magnitude-pruned kernel entries per task (BWT = 0)"
+
+    @dataclass
+    class Config:
+        p: tuple[float, ...] = (0.7,)  # maskp of task 1, 2, ... ([C]); the last value repeats
+        train_bias: bool = False  # METHODS.md `conure_train_bias`: [C] keeps conv biases at 0
+
+        def __post_init__(self) -> None:
+            if not self.p or any(not 0.0 <= q < 1.0 for q in self.p):
+                raise ValueError(f"conure.p needs values in [0, 1), got {self.p}")
+
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        self.net = ConureNet(setup, self.cfg.train_bias).to(self.device)
+        self.phase: str | None = None  # "train" | "retrain" while the newest task is learned
+        self.kept: dict[str, float] = {}  # realised share of all kernel entries each task owns
+
+    def cutoff(self, j: int) -> float:
+        """Share of every kernel task j (1-based) keeps: (1 − p_j) · Π_{l<j} p_l."""
+        ps = [self.cfg.p[min(l, len(self.cfg.p) - 1)] for l in range(j)]
+        return (1.0 - ps[-1]) * math.prod(ps[:-1])
+
+    # ------------------------------------------------------------------ lifecycle
+    def learn_task(self, task: TaskInfo, train: TaskData, val: TaskData, fit) -> None:
+        self.tasks.append(task)
+        self.begin_task(task)
+        self.phase = "train"
+        self._set_trainable(task)
+        fit(self, task, train, val, phase="train")
+        self.prune(task)
+        self.phase = "retrain"
+        self._set_trainable(task)
+        fit(self, task, train, val, phase="retrain")
+        self.phase = None
+        self.end_task(task)
+
+    def begin_task(self, task: TaskInfo) -> None:
+        j = len(self.tasks)
+        free = sum(int((o == 0).sum()) for o in self.net.owners())
+        if free == 0 or j > 255:
+            done = ", ".join(t.name for t in self.tasks[:-1])
+            raise NoFreeWeightsError(
+                f"conure: no free conv weights left for task {task.name!r} (task {j}): tasks {done} own every "
+                f"kernel entry{' (at most 255 tasks)' if j > 255 else ''}. CONURE's capacity is fixed by the "
+                f"backbone and the prune schedule conure.p={self.cfg.p}; learn fewer tasks, raise p (each task "
+                f"keeps less), or use a wider backbone.")
+        self.net.heads[task.name] = make_head(self.setup.backbone.channels, task.n_labels).to(self.device)
+
+    @torch.no_grad()
+    def prune(self, task: TaskInfo) -> None:
+        """Give task j the top-|W| free entries of every kernel, cutoff_j of its size."""
+        j = len(self.tasks)
+        share, owned, total = self.cutoff(j), 0, 0
+        for conv, owner in zip(self.net.backbone.convs(), self.net.owners()):
+            free = owner == 0
+            k = min(round(share * owner.numel()), int(free.sum()))
+            mag = torch.where(free, conv.weight.abs(), torch.full_like(conv.weight, -1.0))
+            owner.view(-1)[torch.topk(mag.view(-1), k).indices] = j
+            owned, total = owned + k, total + owner.numel()
+        self.kept[task.name] = owned / total
+
+    def end_task(self, task: TaskInfo) -> None:
+        self.net.requires_grad_(False)  # everything task j trained is now frozen
+
+    def _set_trainable(self, task: TaskInfo) -> None:
+        """T1's train phase trains the whole backbone; afterwards only kernels (masked) + head."""
+        bb = self.net.backbone
+        self.net.requires_grad_(False)
+        first = len(self.tasks) == 1 and self.phase == "train"
+        bb.item_emb.requires_grad_(first)
+        for b in bb.blocks:
+            b.ln1.requires_grad_(first)
+            b.ln2.requires_grad_(first)
+        for conv in bb.convs():
+            conv.weight.requires_grad_(True)
+            conv.bias.requires_grad_(first and self.cfg.train_bias)
+        self.net.heads[task.name].requires_grad_(True)
+
+    def trainable_parameters(self, task: TaskInfo):
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ forward
+    def kernel(self, i: int, w: Tensor, task: str) -> Tensor:
+        """Effective kernel i for `task`; gradient flows only into the entries now being learned."""
+        j = self._index(task)
+        owner = self.net.owners()[i]
+        if j == len(self.tasks) and self.phase == "train":
+            return torch.where(owner == 0, w, w.detach())
+        used = (owner > 0) & (owner <= j)
+        if j == len(self.tasks) and self.phase == "retrain":
+            return torch.where(owner == j, w, w.detach() * used)
+        return w * used
+
+    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
+                       batch=None) -> Tensor:
+        h = self.net.backbone(x, Hooks(conv_weight=lambda i, w: self.kernel(i, w, task)))
+        return self.net.heads[task](h if all_positions else h[:, -1])
+
+    def _index(self, task: str) -> int:
+        return next(k for k, t in enumerate(self.tasks, 1) if t.name == task)
+
+    # ------------------------------------------------------------------ state
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net}
+
+    def extra_state(self) -> dict:
+        return {"phase": self.phase, "kept": dict(self.kept)}
+
+    def load_extra_state(self, state: dict) -> None:
+        for t in self.tasks:  # recreate per-task heads for the checkpoint to fill
+            if t.name not in self.net.heads:
+                self.net.heads[t.name] = make_head(self.setup.backbone.channels, t.n_labels).to(self.device)
+        self.phase, self.kept = state["phase"], dict(state["kept"])
+        if self.phase is not None:
+            self._set_trainable(self.tasks[-1])
+
+    def report(self) -> dict:
+        """Per task: scheduled and realised share of kernel entries owned, and the free share left."""
+        free, out = 1.0, {"scheduled": {}, "kept": {}, "free_after": {}}
+        for j, t in enumerate(self.tasks, 1):
+            free -= self.kept.get(t.name, 0.0)
+            out["scheduled"][t.name] = self.cutoff(j)
+            out["kept"][t.name] = self.kept.get(t.name)
+            out["free_after"][t.name] = free
+        return out

@@ -1,0 +1,128 @@
+"""HAT: gradient masking by the cumulative mask, annealed near-binary gates, the regulariser."""
+
+import pytest
+import torch
+
+from curb.backbone import Hooks
+from curb.method import Batch, anneal
+
+from masks_harness import Harness
+
+
+def _t1(**kw):
+    h = Harness("hat", **kw)
+    return h, h.learn(h.new(), "T1")
+
+
+def test_cumulative_mask_is_the_max_of_task_gates_at_smax():
+    h, m = _t1()
+    g1 = m.gates("T1", m.cfg.smax).detach()
+    assert torch.equal(m.net.cum, g1)
+    h.learn(m, "T2")
+    assert torch.equal(m.net.cum, torch.maximum(g1, m.gates("T2", m.cfg.smax).detach()))
+
+
+def test_units_with_cumulative_mask_one_receive_zero_update_on_a_later_task():
+    h, m = _t1()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a known cumulative mask: about half the units exactly 1, the rest 0
+        m.net.cum.copy_((torch.rand(m.net.cum.shape, generator=g) < 0.5).float())
+    a = m.net.cum.clone()
+    before = {k: v.clone() for k, v in m.net.backbone.state_dict().items()}
+    h.learn(m, "T2")
+    after = m.net.backbone.state_dict()
+    changed_somewhere = False
+    for k in range(a.shape[0]):
+        b = f"blocks.{k}."
+        frozen_w = [a[k, 0][:, None, None].expand_as(before[b + "conv1.weight"]) == 1,
+                    torch.minimum(a[k, 1][:, None], a[k, 0][None, :])[:, :, None].expand_as(before[b + "conv2.weight"]) == 1]
+        for r, name in enumerate(("conv1", "conv2")):
+            w0, w1 = before[f"{b}{name}.weight"], after[f"{b}{name}.weight"]
+            assert torch.equal(w0[frozen_w[r]], w1[frozen_w[r]]), f"{name} of block {k}: protected weights moved"
+            changed_somewhere |= not torch.equal(w0[~frozen_w[r]], w1[~frozen_w[r]])
+            if r == 1:  # conv2 rows of held units stay trainable from free input units: min, not max
+                open_in = ((a[k, 1][:, None] == 1) & (a[k, 0][None, :] == 0))[:, :, None].expand_as(w0)
+                assert open_in.any() and not torch.equal(w0[open_in], w1[open_in])
+            unit = a[k, r] == 1
+            for p in (f"{b}{name}.bias", f"{b}ln{r + 1}.weight", f"{b}ln{r + 1}.bias"):
+                assert torch.equal(before[p][unit], after[p][unit]), f"{p}: protected units moved"
+                changed_somewhere |= not torch.equal(before[p][~unit], after[p][~unit])
+    assert changed_somewhere, "nothing trained at all: the test would prove nothing"
+
+
+def test_gates_near_binary_at_smax_and_annealed_while_training():
+    h, m = _t1(train__t1_epochs="4")
+    smax = m.cfg.smax
+    g = m.gates("T1", smax)
+    near = torch.minimum(g, 1 - g) < 1e-2
+    assert near.float().mean() > 0.9
+    assert (torch.minimum(m.gates("T1", 1.0), 1 - m.gates("T1", 1.0)) < 1e-2).float().mean() < 0.5
+    x = h.x("T1", 16)
+
+    def manual(s):
+        return m.net.heads["T1"](m.net.backbone(x, Hooks(gates=list(m.gates("T1", s))))[:, -1])
+
+    assert torch.equal(m.score("T1", x), manual(smax).detach())  # inference at s = smax
+    batch = Batch(x, x, None, index=3, n_batches=10)
+    with torch.no_grad():
+        assert torch.equal(m.forward_logits("T1", x, train=True, batch=batch), manual(anneal(3, 10, smax)))
+
+
+def test_regulariser_falls_when_gates_close_and_ignores_units_old_tasks_hold():
+    h, m = _t1()
+    h.learn(m, "T2")  # gives cum > 0 somewhere
+    with torch.no_grad():
+        m.net.cum.zero_()
+        m.net.cum[0] = 1.0  # block 0 belongs to old tasks
+    e = torch.full_like(m.net.cum, 1.0)
+    reg = lambda e: float(m.regulariser(torch.sigmoid(m.cfg.smax * e)))  # noqa: E731
+    base = reg(e)
+    closed = e.clone()
+    closed[1, 0, :4] = -1.0  # close 4 free units
+    assert reg(closed) < base
+    held = e.clone()
+    held[0] = -1.0  # close units old tasks already hold: no change
+    assert reg(held) == base
+    with torch.no_grad():
+        m.net.cum.zero_()
+    g = torch.sigmoid(m.cfg.smax * closed)
+    assert float(m.regulariser(g)) == pytest.approx(float(g.mean()))  # first task: mean of all gates
+
+
+@pytest.mark.parametrize("comp", [True, False])
+def test_gradient_compensation_and_clamp(comp):
+    h, m = _t1(hat__grad_comp=str(comp), hat__clamp="0.5")
+    task = h.ev.info("T2")
+    m.tasks.append(task)
+    m.begin_task(task)
+    x = h.x("T2", 16)
+    batch = Batch(x, torch.zeros(16, dtype=torch.long), torch.arange(16), index=2, n_batches=8)
+    m.loss(task, batch).backward()
+    e = m.net.emb["T2"]
+    raw = e.grad.clone()
+    m.before_step(task)
+    s, smax = anneal(2, 8, m.cfg.smax), m.cfg.smax
+    scale = smax / s * (torch.cosh(torch.clamp(s * e.detach(), -50, 50)) + 1) / (torch.cosh(e.detach()) + 1)
+    assert torch.allclose(e.grad, raw * scale if comp else raw)
+    m.after_step(task)
+    assert float(e.detach().abs().max()) <= 0.5
+
+
+def test_checkpoint_round_trip():
+    h, m = _t1()
+    h.learn(m, "T2", "T3")
+    fresh = h.reload(m)
+    assert set(fresh.net.emb) == {"T1", "T2", "T3"}
+    assert all(torch.equal(fresh.net.emb[t], m.net.emb[t]) for t in m.net.emb)
+    assert torch.equal(fresh.net.cum, m.net.cum)
+    assert h.scores_equal(m, fresh)
+    h.learn(fresh, "T4")  # and it keeps learning from the checkpoint
+    assert fresh.net.cum.ge(m.net.cum).all()
+
+
+@pytest.mark.parametrize("order,noise", [("reversed", None), ("default", 2)])
+def test_any_order_and_noise_task(run_mini, order, noise):
+    r = run_mini("hat", order=order, noise=noise)
+    R = r["R"]
+    assert all(R[j][i] is not None for j in range(len(R)) for i in range(j + 1))
+    assert set(r["method_report"]["units_used"]) == {t["name"] for t in r["tasks"]}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from curb.cli import main
 from curb.grid import GridError, read_plan, status
@@ -55,7 +57,20 @@ def _interrupt_after_first_checkpoint(out: Path, sig: int) -> tuple[int, str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> dict:
     """SLOW_SPEC run uninterrupted, in-process."""
-    return run_cell(SLOW_SPEC, tmp_path_factory.mktemp("ref"), **QUIET)
+    with one_thread():
+        return run_cell(SLOW_SPEC, tmp_path_factory.mktemp("ref"), **QUIET)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The CLI's default of one torch thread per cell: float reductions differ with the thread
+    count, so in-process runs compared with `curb run` subprocesses must use the same one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_sigkill_mid_task_then_rerun_gives_identical_numbers(tmp_path, reference):
@@ -85,7 +100,8 @@ def test_sigterm_finishes_the_step_keeps_the_checkpoint_and_exits_cleanly(tmp_pa
     assert "interrupted" in output and "Traceback" not in output
     files = CellFiles.of(tmp_path, SLOW_SPEC.hash)
     assert files.checkpoint.exists() and not files.running.exists()
-    r = run_cell(SLOW_SPEC, tmp_path, **QUIET)
+    with one_thread():
+        r = run_cell(SLOW_SPEC, tmp_path, **QUIET)
     assert r["resumed_at"] and numbers(r) == numbers(reference)
 
 

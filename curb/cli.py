@@ -96,6 +96,8 @@ def _add_grid_options(r: argparse.ArgumentParser) -> None:
                    "a comma list such as none,1,3 gives one grid axis")
     r.add_argument("--epochs", type=int, default=None, help="cap on epochs per task (sets train.t1_epochs and train.epochs)")
     r.add_argument("--preset", default=None, help="model size preset: paper (256 ch, 8 blocks) or small; default: the dataset's")
+    r.add_argument("--precision", choices=["fp32", "bf16"], default=None,
+                   help="bf16 autocasts forward passes (meant for --device cuda); sets train.precision")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.lr=1e-3, split.level=pair, teracon.alpha=0.5 (repeatable)")
 
@@ -118,6 +120,8 @@ def _grid_specs(args: argparse.Namespace) -> list:
     overrides = parse_sets(args.sets)
     if args.epochs is not None:
         overrides = {"train.t1_epochs": str(args.epochs), "train.epochs": str(args.epochs), **overrides}
+    if args.precision is not None:
+        overrides = {"train.precision": args.precision, **overrides}
     specs = [CellSpec(m, d, o, n, s, args.preset, tuple(sorted(overrides.items())))
              for d in datasets for m in methods for o in orders for n in dict.fromkeys(args.noise_task)
              for s in args.seeds]
@@ -198,7 +202,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plan is not None:
         defaults = vars(build_parser().parse_args(["run"]))
         fixed = [f"--{k.replace('_', '-')}" for k in ("methods", "dataset", "seeds", "order", "noise_task", "epochs",
-                                                       "preset", "sets") if getattr(args, k) != defaults[k]]
+                                                       "precision", "preset", "sets") if getattr(args, k) != defaults[k]]
         if fixed:
             raise ConfigError(f"--plan FILE already fixes the grid; drop {', '.join(fixed)}")
         specs = read_plan(args.plan)

@@ -19,7 +19,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable, Literal
 
 import numpy as np
 import torch
@@ -77,6 +77,8 @@ class TrainConfig:
     patience: int = 5
     eval_batch: int = 512  # users scored per chunk
     ignore_pad: bool = False  # T1 loss: skip padding targets (reference counts them)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward passes (for GPUs)
+    compile: bool = False  # torch.compile each method's training loss (first steps compile)
 
     def __post_init__(self) -> None:
         for k in ("t1_lr", "lr", "t2_lr"):
@@ -219,12 +221,17 @@ class Method:
             return t.t2_lr
         return t.lr
 
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast when `train.precision=bf16` (a no-op context otherwise)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.setup.train.precision == "bf16")
+
     @torch.no_grad()
     def score(self, task: str, x: Tensor) -> Tensor:
         """Inference scores [B, C] for task `task` (already learned) on model inputs x."""
         for m in self.modules().values():
             m.eval()
-        out = self.forward_logits(task, x, train=False)
+        with self.autocast():
+            out = self.forward_logits(task, x, train=False)
         for m in self.modules().values():
             m.train()
         return out

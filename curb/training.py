@@ -83,11 +83,20 @@ class FitLog:
 Validate = Callable[[Method, TaskInfo, TaskData], dict[str, float]]
 
 
+def _compiled_loss(method: Method) -> Callable:
+    """One compiled loss per method instance (dynamic shapes: batches vary in users)."""
+    if getattr(method, "_compiled_loss", None) is None:
+        method._compiled_loss = torch.compile(method.loss, dynamic=True)
+    return method._compiled_loss
+
+
 def train_epoch(method: Method, task: TaskInfo, data: TaskData, opt: torch.optim.Optimizer,
                 batch_size: int, on_step: Callable[[int, int], None] | None = None) -> tuple[float, int]:
     total, steps = 0.0, 0
+    loss_fn = _compiled_loss(method) if method.setup.train.compile else method.loss
     for batch in batches(data, batch_size, method.rng, method.device):
-        loss = method.loss(task, batch)
+        with method.autocast():
+            loss = loss_fn(task, batch)
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             continue  # a non-finite step is skipped, as the reference does, and not counted

@@ -56,8 +56,8 @@ def test_pop_scores_match_a_direct_count(tiny_stream):
     from curb.streams import split_task
 
     ev = Evaluator(tiny_stream, SplitConfig())
-    setup = Setup(tiny_stream.n_items, 12, resolve_config(CellSpec("pop", "synthetic-mini")).backbone, None,
-                  None, torch.device("cpu"), 0)
+    cfg = resolve_config(CellSpec("pop", "synthetic-mini"))
+    setup = Setup(tiny_stream.n_items, 12, cfg.backbone, cfg.train, None, torch.device("cpu"), 0)
     from curb.methods.pop import Pop
 
     pop = Pop(setup)

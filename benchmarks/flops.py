@@ -12,7 +12,7 @@ real work the step does but is not counted, so the ratio is a lower bound):
   T2 step: R = U * L, H = U, C = |Y_T2|        (U users per step; each encoded once for all
                                                 its targets; the loss over P pairs adds no matmul)
 
-Usage:  python benchmarks/flops.py [--dataset ml --data-dir DIR] [--preset paper] [--steps 20]
+Usage:  python benchmarks/flops.py [--dataset ml --data-dir DIR] [--preset paper] [--steps 20] [--threads N]
 """
 
 from __future__ import annotations
@@ -74,7 +74,9 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--preset", default="paper", choices=list(PRESETS))
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads (default: all cores)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     stream = build_stream(CellSpec("sinmo", args.dataset), args.data_dir)
     cfg = PRESETS[args.preset].backbone

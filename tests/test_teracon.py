@@ -296,6 +296,7 @@ def test_kr_student_mask_knob(make, monkeypatch, choice):
     replay.bit_generator.state = m.rng.bit_generator.state
     m.loss(t3, b)
     s = anneal(b.index, b.n_batches, m.cfg.smax)
+    replay.permutation(len(b.x))  # T1's draw
     idx = torch.from_numpy(replay.permutation(len(b.x)))
     student, _ = spy.calls[1]  # T2's
     mask = m.mask("T2" if choice == "own" else "T3", s)

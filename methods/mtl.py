@@ -26,7 +26,7 @@ from curb.training import EpochLog, FitLog, batches
 
 @register("mtl")
 class MTL(Method):
-    summary = "multi-task learning: all tasks after T1 at once (not continual; upper-bound style baseline)"
+    summary = "multi-task learning: all tasks after T1 jointly (not continual: needs the whole stream up front)"
     joint = True
 
     @dataclass
@@ -54,7 +54,8 @@ class MTL(Method):
     def joint_loss(self, batch_of: list[Batch]) -> Tensor:
         """sum_i w_i CE_i over one mini-batch of every task (aligned with `self.tasks`)."""
         ignore_pad = self.setup.train.ignore_pad
-        return sum(w * task_loss(self.forward_logits(t.name, b.x, train=True, all_positions=b.rows is None), b, ignore_pad)
+        return sum(w * task_loss(self.forward_logits(t.name, b.x, train=True, all_positions=b.rows is None),
+                                 b, ignore_pad)
                    for t, b, w in zip(self.tasks, batch_of, self.weights()))
 
     def _endless(self, data: TaskData) -> Iterator[Batch]:

@@ -81,7 +81,10 @@ class PeterRec(Method):
             self.base = PlainModel(self.setup.n_items, self.setup.backbone).to(self.device)
             self.base.add_head(task.name, task.n_labels)
             return
-        self.adapters[task.name] = TaskPatch(self.base, task.n_labels, self.cfg.insertion == "parallel").to(self.device)
+        self.adapters[task.name] = self._new_patch(task)
+
+    def _new_patch(self, task: TaskInfo) -> TaskPatch:
+        return TaskPatch(self.base, task.n_labels, self.cfg.insertion == "parallel").to(self.device)
 
     def end_task(self, task: TaskInfo) -> None:
         self.base.requires_grad_(False)  # the shared model never changes after T1
@@ -116,7 +119,7 @@ class PeterRec(Method):
             self.base.add_head(self.tasks[0].name, self.tasks[0].n_labels)
         for t in self.tasks[1:]:
             if t.name not in self.adapters:
-                self.adapters[t.name] = TaskPatch(self.base, t.n_labels, self.cfg.insertion == "parallel").to(self.device)
+                self.adapters[t.name] = self._new_patch(t)
 
     def report(self) -> dict:
         per_task = {k: sum(p.numel() for p in a.parameters()) for k, a in self.adapters.items()}

@@ -6,10 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from curb.evaluator import Evaluator
-from curb.method import Batch, Method, get_method
+from curb.method import Batch, Method, Setup, get_method
 from curb.runner import CellSpec, Fitter, _t1_provider, build_stream, resolve_config
 from curb.training import batches
 
@@ -27,8 +28,6 @@ class Harness:
 
     def batch(self, name: str, index: int = 0) -> Batch:
         """The `index`-th training batch of task `name` (drawn with a fixed generator)."""
-        import numpy as np
-
         it = batches(self.ev.train_data(name), self.fit.train_cfg.batch, np.random.default_rng(123), self.method.device)
         for b in it:
             if b.index == index:
@@ -50,15 +49,14 @@ class Harness:
 
 
 def harness(method: str, cache: Path, seed: int = 0, **overrides) -> Harness:
-    spec = CellSpec(method, "synthetic-mini", seed=seed, overrides=tuple(sorted((k, str(v)) for k, v in overrides.items())))
+    spec = CellSpec(method, "synthetic-mini", seed=seed,
+                    overrides=tuple(sorted((k, str(v)) for k, v in overrides.items())))
     cfg = resolve_config(spec)
     stream = build_stream(spec, None)
     ev = Evaluator(stream, cfg.split, cfg.train.eval_batch)
     fit = Fitter(cfg, lambda *_: None)
     t1 = stream.tasks[0].name
     torch.manual_seed(seed)
-    from curb.method import Setup
-
     setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, torch.device("cpu"),
                   seed, pretrained_t1=_t1_provider(stream, ev.train_data(t1), ev.val_data(t1), cfg, seed,
                                                    torch.device("cpu"), Path(cache), fit))

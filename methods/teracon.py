@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import BackboneConfig, Hooks, NextItNet, make_head
-from curb.method import Batch, Method, Setup, TaskData, TaskInfo, anneal, register, task_loss
+from curb.method import Batch, Method, Setup, TaskInfo, anneal, register, task_loss
 
 
 def relation_rate(current: Tensor, past: Tensor, c: float) -> float:
@@ -146,7 +146,7 @@ class Teracon(Method):
         self.k = 2 * len(setup.backbone.dilations)
         self.teacher: TeraconNet | None = None  # frozen model after T(i-1), only while learning Ti
         self.rho: list[float] = []  # Eq. 15 rate per past task, from the previous step
-        self.stage_stats: dict[str, dict] = {}  # per learned task: KR statistics and epoch times
+        self.stage_stats: dict[str, dict] = {}  # per task from T2 on: realised retention statistics
         self._stats: _StageStats | None = None
         self._eval_masks: dict[str, Tensor] = {}  # inference masks at smax, valid until a step
 
@@ -180,13 +180,6 @@ class Teracon(Method):
         self.net.heads[task.name] = make_head(f, task.n_labels).to(self.device)
 
     # ------------------------------------------------------------------ lifecycle
-    def learn_task(self, task: TaskInfo, train: TaskData, val: TaskData, fit) -> None:
-        self.tasks.append(task)
-        self.begin_task(task)
-        log = fit(self, task, train, val)
-        self.end_task(task)
-        self.stage_stats[task.name]["epoch_seconds"] = [e.seconds for e in log.epochs]
-
     def begin_task(self, task: TaskInfo) -> None:
         self._eval_masks.clear()
         if len(self.tasks) > 1:
@@ -197,7 +190,8 @@ class Teracon(Method):
         self._build_relations()
 
     def end_task(self, task: TaskInfo) -> None:
-        self.stage_stats[task.name] = self._stats.summary() if self._stats is not None else {}
+        if self._stats is not None:
+            self.stage_stats[task.name] = self._stats.summary()
         self.teacher, self._stats = None, None
         self._eval_masks.clear()
 
@@ -285,4 +279,5 @@ class Teracon(Method):
         self._eval_masks.clear()
 
     def report(self) -> dict:
+        """Deterministic numbers only: per-epoch training seconds are in the result's `fits`."""
         return {"sampling": self.cfg.sampling, "stages": self.stage_stats}

@@ -277,7 +277,10 @@ def test_runs_end_to_end_in_any_order_with_noise_and_reports_rates(run_mini):
         stages = r["method_report"]["stages"]
         last = stages[r["tasks"][-1]["name"]]
         assert set(last["rho_mean"]) == {t["name"] for t in r["tasks"][:-1]}
-        assert all(len(s["epoch_seconds"]) >= 1 for s in stages.values())
+        assert set(stages) == {t["name"] for t in r["tasks"][1:]} and all(s["steps"] > 0 for s in stages.values())
+        # Per-epoch training seconds of every stage are in the shared fit logs.
+        assert [f["task"] for f in r["fits"] if f["phase"] == "train"] == [t["name"] for t in r["tasks"]]
+        assert all(e["seconds"] > 0 for f in r["fits"] for e in f["epochs"])
     assert set(last["sampled_fraction_mean"].values()) == {1.0}  # sampling=none: every user
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -65,7 +65,8 @@ class MTL(Method):
         while True:
             yield from batches(data, size, self.rng, self.device)
 
-    def train_epoch(self, trains: list[TaskData], opt: torch.optim.Optimizer) -> tuple[float, int]:
+    def train_epoch(self, trains: list[TaskData], opt: torch.optim.Optimizer,
+                    loss_fn: Callable[[list[Batch]], Tensor]) -> tuple[float, int]:
         streams = [self._endless(d) for d in trains]
         step_batches = [next(s) for s in streams]
         n_steps = max(b.n_batches for b in step_batches)  # one pass over the largest task
@@ -73,7 +74,8 @@ class MTL(Method):
         for step in range(n_steps):
             if step:
                 step_batches = [next(s) for s in streams]
-            loss = self.joint_loss(step_batches)
+            with self.autocast():  # train.precision, as in the shared loop
+                loss = loss_fn(step_batches)
             opt.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):
                 continue
@@ -92,13 +94,14 @@ class MTL(Method):
             self.model.add_head(t.name, t.n_labels)
         cfg = fit.train_cfg
         opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        loss_fn = torch.compile(self.joint_loss, dynamic=True) if cfg.compile else self.joint_loss  # train.compile
         log = FitLog("+".join(t.name for t in tasks), "joint")
         per_task: list[dict[str, float]] = []
         best, bad = None, 0
         echo = getattr(fit, "echo", None)
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
-            loss, steps = self.train_epoch(trains, opt)
+            loss, steps = self.train_epoch(trains, opt, loss_fn)
             secs = time.perf_counter() - t0
             scores = {t.name: fit.validate(self, t, v)[t.metric] for t, v in zip(tasks, vals)}
             score = float(np.mean(list(scores.values())))

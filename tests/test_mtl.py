@@ -71,7 +71,7 @@ def test_init_scratch_or_from_t1(make, init):
     pre = h.method.setup.pretrained_t1().backbone.state_dict()
     seen = {}
 
-    def first_epoch(trains, opt):  # look at the model the joint training starts from
+    def first_epoch(trains, opt, loss_fn):  # look at the model the joint training starts from
         seen.update(copy.deepcopy(h.method.model.backbone.state_dict()))
         raise _Stop
 
@@ -109,3 +109,20 @@ def test_runner_reports_only_the_final_row_without_t1_fwt_or_bwt(run_mini):
     assert cells[2] == "-" and cells[-2:] == ["-", "-"]  # T1, BWT, FWT
     noisy = run_mini("mtl", order="reversed", noise=2)
     assert all(v is not None for v in noisy["R"][-1][1:])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_joint_steps_follow_train_precision(make, precision):
+    h = make(**{"train.precision": precision})
+    m = h.method
+    m.tasks = [h.ev.info(n) for n in LATER]
+    for t in m.tasks:
+        m.model.add_head(t.name, t.n_labels)
+    seen = []
+
+    def loss_fn(step):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return m.joint_loss(step)
+
+    m.train_epoch([h.ev.train_data(n) for n in LATER], torch.optim.Adam(m.model.parameters()), loss_fn)
+    assert seen and all(s == (precision == "bf16") for s in seen)

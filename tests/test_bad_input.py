@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from curb.cli import USER_ERRORS, main
 from curb.config import ConfigError
 from curb.evaluator import Evaluator
-from curb.method import Setup, available_methods
+from curb.method import Setup, TrainConfig, available_methods
 from curb.methods.pop import Pop
 from curb.results import ResultError, load_result, load_sealed, save_result, save_sealed
 from curb.runner import CellSpec, resolve_config, run_cell
@@ -263,7 +263,7 @@ def test_well_formed_streams_split_and_evaluate_or_say_they_are_too_small(s):
         assert "too few" in str(e)
         return
     event("evaluated")
-    pop = Pop(Setup(s.n_items, s.sequences.shape[1], None, None, None, torch.device("cpu"), 0))
+    pop = Pop(Setup(s.n_items, s.sequences.shape[1], None, TrainConfig(), None, torch.device("cpu"), 0))
     for name in s.task_names:
         pop.learn_task(ev.info(name), ev.train_data(name), ev.val_data(name), None)
         assert all(0 <= v <= 1 for v in ev.test(pop, name).values())

@@ -1,0 +1,283 @@
+"""TERACON (METHODS.md §5.8): relation-aware task-specific masks + relation-aware knowledge retention.
+
+One shared, always-trainable NextItNet serves every task. Each task T owns an embedding e^T
+[K, f] (K = 2 x blocks gated sublayers, row 2k+r gates sublayer r of block k), a head, and,
+once at least two tasks are known, relation maps f^T [K, 2N-1 -> 1]. Its mask is
+
+    T1 stage (one task):      m = sigmoid(s * e^T)                                   (plain)
+    later (N known tasks):    m = sigmoid(s * f^T[tanh(s e^T), +-tanh(s e^T') for T' != T])
+
+applied to h1/h2 after the ReLU (the backbone's `gates` hook). Because the relation input of
+task T includes tasks learned after T, later tasks reshape old tasks' masks (positive BWT is
+possible); every task's relation map is re-initialised when a task arrives (its width changed).
+
+While learning Ti (i >= 2) a frozen copy of the model after T(i-1) (the teacher) labels, for
+every past task Tj, a random subset of the current mini-batch of size max(1, floor(B rho_ij))
+(never a mean over zero users, §10.2); the student's Tj outputs are pulled to the teacher's by
+MSE, weighted by rho_ij / sum_l rho_il; loss = CE + alpha * KR. rho_ij = 1 - mean_k
+sigmoid(c cos(m_k^{Ti}, m~_k^{Tj})) from this step's masks, used by the NEXT step (as [R]).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from curb.backbone import BackboneConfig, Hooks, NextItNet, make_head
+from curb.method import Batch, Method, Setup, TaskInfo, anneal, register, task_loss
+
+
+def relation_rate(current: Tensor, past: Tensor, c: float) -> float:
+    """Eq. 15: rho = 1 - (1/K) sum_k sigmoid(c * cos(m_k^{Ti}, m~_k^{Tj})); masks [K, f]."""
+    return 1.0 - torch.sigmoid(c * F.cosine_similarity(current, past, dim=-1, eps=1e-6)).mean().item()
+
+
+class RelationMaps(nn.Module):
+    """The relation maps f^T_{k,r} of one task: K independent Linear(width -> 1), each applied per
+    channel to the stacked [width, f] relation input of its sublayer (so 2N parameters each)."""
+
+    def __init__(self, k: int, width: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(k, width).normal_(0.0, 0.01))
+        self.bias = nn.Parameter(torch.full((k,), 0.1))
+
+    def forward(self, rows: Tensor) -> Tensor:
+        """rows [width, K, f] -> pre-activation [K, f]."""
+        return torch.einsum("wkf,kw->kf", rows, self.weight) + self.bias[:, None]
+
+
+class TeraconNet(nn.Module):
+    """Backbone, heads, task embeddings and relation maps: everything TERACON learns."""
+
+    def __init__(self, n_items: int, cfg: BackboneConfig):
+        super().__init__()
+        self.backbone = NextItNet(n_items, cfg)
+        self.heads = nn.ModuleDict()
+        self.emb = nn.ParameterDict()  # task -> [K, f]
+        self.rel = nn.ModuleDict()  # task -> RelationMaps (absent in the T1 stage)
+
+    def mask(self, task: str, others: list[str], s: float) -> Tensor:
+        """Task mask [K, f] at temperature s; relation-aware once the task has relation maps."""
+        e = self.emb[task]
+        if task not in self.rel:
+            return torch.sigmoid(s * e)
+        rows = [torch.tanh(s * e)]
+        for o in others:
+            rows += [torch.tanh(s * self.emb[o]), torch.tanh(-s * self.emb[o])]
+        return torch.sigmoid(s * self.rel[task](torch.stack(rows)))
+
+    def logits(self, task: str, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
+        gates = [(mask[2 * k], mask[2 * k + 1]) for k in range(len(self.backbone.blocks))]
+        h = self.backbone(x, Hooks(gates=gates))
+        return self.heads[task](h if all_positions else h[:, -1])
+
+
+@dataclass
+class _StageStats:
+    """Running statistics of one stage's knowledge retention (not checkpointed mid-stage)."""
+
+    past: list[str]
+    steps: int = 0
+    rho: np.ndarray = field(init=False)  # sum over steps of the Eq. 15 rate per past task
+    fraction: np.ndarray = field(init=False)  # sum of sampled users / batch users
+    users: np.ndarray = field(init=False)  # sum of sampled users
+
+    def __post_init__(self) -> None:
+        n = len(self.past)
+        self.rho, self.fraction, self.users = np.zeros(n), np.zeros(n), np.zeros(n)
+
+    def summary(self) -> dict:
+        d = max(self.steps, 1)
+        return {"steps": self.steps,
+                **{k: dict(zip(self.past, (getattr(self, a) / d).tolist()))
+                   for k, a in (("rho_mean", "rho"), ("sampled_fraction_mean", "fraction"),
+                                ("sampled_users_mean", "users"))}}
+
+
+@register("teracon")
+class Teracon(Method):
+    summary = "relation-aware task masks + relation-aware knowledge retention (KDD 2023; the paper's method)"
+
+    @dataclass
+    class Config:
+        smax: float = 50.0
+        alpha: float = 0.7  # weight of the knowledge-retention loss
+        c: float = 6.0  # Eq. 15 sharpness
+        rho_init: float = 0.9  # rate of every past task at the first step of a stage
+        sampling: str = "relation"  # relation (Eq. 15) | none (all users, rho = 1) | fixed:<rate>
+        emb_clamp: float = 6.0  # task embeddings clamped to [-clamp, clamp] after every step
+        t1_mask_reg: float = 0.0  # [O]'s lambda * mean(T1 masks) in the T1 stage ([R]: off; [O]: 0.75)
+        kr_student_mask: Literal["own", "current"] = "own"  # student's Tj output with m^{Tj} (code) or m^{Ti} (slides)
+        relation_set: Literal["all", "previous"] = "all"  # other tasks in a mask: all known (code) or earlier only
+        kr_max_users: int | None = None  # cap on KR users per past task and step (memory for huge |V|)
+
+        def __post_init__(self) -> None:
+            self.fixed_rate()  # validates `sampling`
+            if not self.smax > 0 or self.alpha < 0 or not 0 < self.rho_init <= 1 or not self.emb_clamp > 0:
+                raise ValueError("need smax > 0, alpha >= 0, 0 < rho_init <= 1, emb_clamp > 0")
+            if self.kr_max_users is not None and self.kr_max_users < 1:
+                raise ValueError("kr_max_users must be >= 1 or None")
+
+        def fixed_rate(self) -> float | None:
+            """The constant sampling rate, or None for Eq. 15."""
+            if self.sampling == "relation":
+                return None
+            if self.sampling == "none":
+                return 1.0
+            if self.sampling.startswith("fixed:"):
+                try:
+                    rate = float(self.sampling[len("fixed:"):])
+                except ValueError:
+                    rate = -1.0
+                if 0 < rate <= 1:
+                    return rate
+            raise ValueError(f"sampling must be relation, none or fixed:<rate in (0, 1]>, got {self.sampling!r}")
+
+    def __init__(self, setup: Setup):
+        super().__init__(setup)
+        self.net = TeraconNet(setup.n_items, setup.backbone).to(self.device)
+        self.k = 2 * len(setup.backbone.dilations)
+        self.teacher: TeraconNet | None = None  # frozen model after T(i-1), only while learning Ti
+        self.rho: list[float] = []  # Eq. 15 rate per past task, from the previous step
+        self.stage_stats: dict[str, dict] = {}  # per task from T2 on: realised retention statistics
+        self._stats: _StageStats | None = None
+        self._eval_masks: dict[str, Tensor] = {}  # inference masks at smax, valid until a step
+
+    # ------------------------------------------------------------------ masks
+    def others(self, task: str, known: list[str]) -> list[str]:
+        """The tasks whose embeddings enter `task`'s relation-aware mask, in stream order."""
+        if self.cfg.relation_set == "all":
+            return [t for t in known if t != task]
+        return known[: known.index(task)]
+
+    def known(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def mask(self, task: str, s: float) -> Tensor:
+        return self.net.mask(task, self.others(task, self.known()), s)
+
+    def _build_relations(self) -> None:
+        """(Re)create every relation map whose input width changed: with relation_set=all that is
+        every task's map whenever a task arrives (METHODS.md §5.8.2, [R] drops them all)."""
+        known = self.known()
+        if len(known) < 2:
+            return
+        for t in known:
+            width = 2 * len(self.others(t, known)) + 1
+            if t not in self.net.rel or self.net.rel[t].weight.shape[1] != width:
+                self.net.rel[t] = RelationMaps(self.k, width).to(self.device)
+
+    def _add_task_modules(self, task: TaskInfo) -> None:
+        f = self.setup.backbone.channels
+        self.net.emb[task.name] = nn.Parameter(torch.empty(self.k, f, device=self.device).uniform_(0.0, 2.0))
+        self.net.heads[task.name] = make_head(f, task.n_labels).to(self.device)
+
+    # ------------------------------------------------------------------ lifecycle
+    def begin_task(self, task: TaskInfo) -> None:
+        self._eval_masks.clear()
+        if len(self.tasks) > 1:
+            self.teacher = copy.deepcopy(self.net).requires_grad_(False)
+            self.rho = [self.cfg.rho_init] * (len(self.tasks) - 1)
+            self._stats = _StageStats(self.known()[:-1])
+        self._add_task_modules(task)
+        self._build_relations()
+
+    def end_task(self, task: TaskInfo) -> None:
+        if self._stats is not None:
+            self.stage_stats[task.name] = self._stats.summary()
+        self.teacher, self._stats = None, None
+        self._eval_masks.clear()
+
+    def trainable_parameters(self, task: TaskInfo):
+        return self.net.parameters()  # whole backbone, every embedding, relation map and head
+
+    def after_step(self, task: TaskInfo) -> None:
+        with torch.no_grad():
+            for e in self.net.emb.values():
+                e.clamp_(-self.cfg.emb_clamp, self.cfg.emb_clamp)
+        self._eval_masks.clear()
+
+    # ------------------------------------------------------------------ forward and loss
+    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
+                       batch: Batch | None = None) -> Tensor:
+        if train:
+            s = self.cfg.smax if batch is None else anneal(batch.index, batch.n_batches, self.cfg.smax)
+            m = self.mask(task, s)
+        else:  # masks do not depend on the input: computed once per task until the next step
+            if task not in self._eval_masks:
+                with torch.no_grad():
+                    self._eval_masks[task] = self.mask(task, self.cfg.smax)
+            m = self._eval_masks[task]
+        return self.net.logits(task, x, m, all_positions)
+
+    def loss(self, task: TaskInfo, batch: Batch) -> Tensor:
+        s = anneal(batch.index, batch.n_batches, self.cfg.smax)
+        m_cur = self.mask(task.name, s)
+        logits = self.net.logits(task.name, batch.x, m_cur, all_positions=batch.rows is None)
+        loss = task_loss(logits, batch, self.setup.train.ignore_pad)
+        if self.teacher is None:  # T1 stage
+            return loss + self.cfg.t1_mask_reg * m_cur.mean() if self.cfg.t1_mask_reg else loss
+        if self.cfg.alpha == 0:
+            return loss
+        return loss + self.cfg.alpha * self.retention(batch, m_cur, s)
+
+    def retention(self, batch: Batch, m_cur: Tensor, s: float) -> Tensor:
+        """L_KR+ (Eq. 16) on sampled users of this batch; updates rho for the next step (Eq. 15)."""
+        # Full sequences of the batch's users (a next-item batch holds x[:, :-1] and x[:, 1:]).
+        full = batch.x if batch.rows is not None else torch.cat([batch.x, batch.y[:, -1:]], dim=1)
+        n_users = full.shape[0]
+        past = self.tasks[:-1]
+        fixed = self.cfg.fixed_rate()
+        rates = self.rho if fixed is None else [fixed] * len(past)
+        total = sum(rates)
+        known, teacher_known = self.known(), self.known()[:-1]
+        kr = full.new_zeros((), dtype=m_cur.dtype)
+        new_rho = []
+        for j, (pt, rate) in enumerate(zip(past, rates)):
+            n = max(1, math.floor(n_users * rate))  # never a mean over zero users (§10.2)
+            if self.cfg.kr_max_users is not None:
+                n = min(n, self.cfg.kr_max_users)
+            idx = torch.from_numpy(self.rng.permutation(n_users)[:n]).to(full.device)
+            xj = full[idx, :-1] if pt.kind == "next_item" else full[idx]
+            with torch.no_grad():  # pseudo-labels: the teacher's Tj mask at the current annealed s
+                m_t = self.teacher.mask(pt.name, self.others(pt.name, teacher_known), s)
+                target = self.teacher.logits(pt.name, xj, m_t)
+                new_rho.append(relation_rate(m_cur.detach(), m_t, self.cfg.c))
+            m_s = self.net.mask(pt.name, self.others(pt.name, known), s) if self.cfg.kr_student_mask == "own" else m_cur
+            kr = kr + (rate / total) * F.mse_loss(self.net.logits(pt.name, xj, m_s), target)
+            st = self._stats
+            st.rho[j] += new_rho[-1]
+            st.fraction[j] += n / n_users
+            st.users[j] += n
+        self._stats.steps += 1
+        self.rho = new_rho
+        return kr
+
+    # ------------------------------------------------------------------ state
+    def modules(self) -> dict[str, nn.Module]:
+        return {"net": self.net}  # the teacher is a frozen copy, rebuilt by begin_task
+
+    def extra_state(self) -> dict:
+        return {"stage_stats": copy.deepcopy(self.stage_stats)}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.stage_stats = copy.deepcopy(state["stage_stats"])
+        for t in self.tasks:  # recreate what the checkpoint fills
+            if t.name not in self.net.emb:
+                self._add_task_modules(t)
+        self._build_relations()
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._eval_masks.clear()
+
+    def report(self) -> dict:
+        """Deterministic numbers only: per-epoch training seconds are in the result's `fits`."""
+        return {"sampling": self.cfg.sampling, "stages": self.stage_stats}

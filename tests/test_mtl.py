@@ -1,0 +1,128 @@
+"""MTL (METHODS.md §5.4): all tasks after T1 learned jointly; reported only at the end."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from curb.report import final_table
+from curb.training import batches
+from method_harness import harness
+
+LATER = ["T2", "T3", "T4", "T5"]
+
+
+@pytest.fixture
+def make(tmp_path_factory):
+    cache = tmp_path_factory.getbasetemp() / "t1-cache"
+
+    def build(**kw):
+        h = harness("mtl", cache, **kw)
+        h.learn_joint = lambda: h.method.learn_joint([h.ev.info(n) for n in LATER],
+                                                     [h.ev.train_data(n) for n in LATER],
+                                                     [h.ev.val_data(n) for n in LATER], h.fit)
+        return h
+
+    return build
+
+
+def test_every_head_and_the_backbone_get_gradient_in_one_step(make):
+    h = make(**{"mtl.mtl_task_weights": "1,2,0.5,1"})
+    m = h.method
+    m.tasks = [h.ev.info(n) for n in LATER]
+    for t in m.tasks:
+        m.model.add_head(t.name, t.n_labels)
+    step = [h.batch(n) for n in LATER]
+    loss = m.joint_loss(step)
+    loss.backward()
+    for n in LATER:
+        g = m.model.heads[n].weight.grad
+        assert g is not None and g.abs().sum() > 0, n
+    assert m.model.backbone.blocks[0].conv1.weight.grad.abs().sum() > 0
+    # The loss is the weighted sum of the per-task CEs.
+    from curb.method import task_loss
+
+    parts = [task_loss(m.forward_logits(n, b.x, train=True), b) for n, b in zip(LATER, step)]
+    assert loss.item() == pytest.approx(sum(w * p.item() for w, p in zip((1, 2, 0.5, 1), parts)), rel=1e-6)
+
+
+def test_epoch_is_one_pass_over_the_largest_task_and_log_has_history(make):
+    h = make(**{"train.epochs": "2"})
+    h.learn_joint()
+    size = h.fit.train_cfg.batch
+    n_steps = max(next(batches(h.ev.train_data(n), size, h.method.rng, h.method.device)).n_batches for n in LATER)
+    log = h.fit.logs[-1]
+    assert log["phase"] == "joint" and log["task"] == "+".join(LATER)
+    assert [e["steps"] for e in log["epochs"]] == [n_steps] * 2
+    assert len(log["val_per_task"]) == 2 and set(log["val_per_task"][0]) == set(LATER)
+    best = log["epochs"][log["best_epoch"]]["val"]
+    assert best == pytest.approx(sum(log["val_per_task"][log["best_epoch"]].values()) / 4)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("init", ["scratch", "t1"])
+def test_init_scratch_or_from_t1(make, init):
+    h = make(**{"mtl.mtl_init": init})
+    pre = h.method.setup.pretrained_t1().backbone.state_dict()
+    seen = {}
+
+    def first_epoch(trains, opt, loss_fn):  # look at the model the joint training starts from
+        seen.update(copy.deepcopy(h.method.model.backbone.state_dict()))
+        raise _Stop
+
+    h.method.train_epoch = first_epoch
+    with pytest.raises(_Stop):
+        h.learn_joint()
+    learned = [k for k in pre if "conv" in k or "item_emb" in k]
+    assert all(torch.equal(seen[k], pre[k]) == (init == "t1") for k in learned)
+
+
+def test_wrong_number_of_task_weights_is_rejected(make):
+    h = make(**{"mtl.mtl_task_weights": "1,2"})
+    with pytest.raises(ValueError, match="mtl_task_weights has 2 values for 4 tasks"):
+        h.learn_joint()
+
+
+def test_save_load_round_trip_gives_identical_scores(make):
+    h = make(**{"train.epochs": "1"})
+    h.learn_joint()
+    fresh = h.fresh()
+    fresh.load_state_dict(copy.deepcopy(h.method.state_dict()))
+    a, b = h.scores(), h.scores(fresh)
+    assert a.keys() == set(LATER) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_runner_reports_only_the_final_row_without_t1_fwt_or_bwt(run_mini):
+    r = run_mini("mtl")
+    m = len(r["tasks"])
+    assert all(r["R"][j][i] is None for j in range(m - 1) for i in range(m))
+    assert r["R"][m - 1][0] is None and all(v is not None for v in r["R"][m - 1][1:])
+    assert r["transfer"] is None and r["final"]["T1"] is None
+    assert any(f["phase"] == "joint" for f in r["fits"])
+    row = next(line for line in final_table([r]).splitlines() if line.startswith("| mtl"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == "-" and cells[-2:] == ["-", "-"]  # T1, BWT, FWT
+    noisy = run_mini("mtl", order="reversed", noise=2)
+    assert all(v is not None for v in noisy["R"][-1][1:])
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_joint_steps_follow_train_precision(make, precision):
+    h = make(**{"train.precision": precision})
+    m = h.method
+    m.tasks = [h.ev.info(n) for n in LATER]
+    for t in m.tasks:
+        m.model.add_head(t.name, t.n_labels)
+    seen = []
+
+    def loss_fn(step):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return m.joint_loss(step)
+
+    m.train_epoch([h.ev.train_data(n) for n in LATER], torch.optim.Adam(m.model.parameters()), loss_fn)
+    assert seen and all(s == (precision == "bf16") for s in seen)

@@ -18,7 +18,7 @@ The causal convolution is computed as ONE matmul over the three dilated time shi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch

@@ -174,12 +174,9 @@ def not_found_message(what: str, releases: Sequence[str], folders: Sequence[Path
 
 
 # ------------------------------------------------------------------------------- stream cache
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def stream_cache_dir() -> Path:
@@ -238,7 +235,7 @@ def cached_build(dataset: str, sources: Sequence[Path], parse: Callable[[], Task
     directory only costs the re-parse next time.
     """
     version = _DATASETS[dataset].version
-    digests = [file_sha256(Path(p)) for p in sources]
+    digests = [file_digest(Path(p)) for p in sources]
     key = hashlib.sha256(canonical({"dataset": dataset, "version": version, "options": options or {},
                                     "sources": [[Path(p).name, d] for p, d in zip(sources, digests)]}).encode())
     path = stream_cache_dir() / f"{dataset}-{key.hexdigest()[:20]}.npz"

@@ -8,7 +8,6 @@ interrupted fetch leaves the cache exactly as it was.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tarfile
@@ -20,19 +19,11 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
-from .data import Release, data_home
+from .data import Release, data_home, file_digest
 
 
 class FetchError(RuntimeError):
     """A download or install failed; nothing was changed in the destination."""
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def download(url: str, dest: Path, progress: bool = True, timeout: float = 60) -> int:
@@ -64,7 +55,7 @@ def verify(archive: Path, release: Release, check: bool, origin: str) -> None:
     if release.md5 is None:
         raise FetchError(f"no published checksum is pinned for {release.name}, so {origin} cannot be verified; "
                          "pass --no-verify to install it anyway")
-    got = _md5(archive)
+    got = file_digest(archive, "md5")
     if got != release.md5:
         raise FetchError(f"checksum mismatch for {origin}: md5 {got}, expected {release.md5} (published at "
                          f"{release.md5_source}); the file is corrupted or not the official archive. Nothing was "

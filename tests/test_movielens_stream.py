@@ -1,7 +1,6 @@
 """The `ml` recipe on the real MovieLens files reproduces the stream sizes of METHODS.md §10."""
 
 import numpy as np
-import pytest
 
 from conftest import data_root, needs_data
 from curb.data import get_dataset

@@ -10,7 +10,7 @@ from curb.evaluator import Evaluator
 from curb.method import Setup
 from curb.methods.sinmo import SinMo
 from curb.runner import CellSpec, build_stream, resolve_config
-from curb.training import batches, train_epoch
+from curb.training import train_epoch
 
 
 def _method(**train):

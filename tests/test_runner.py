@@ -1,14 +1,13 @@
 """Runner, evaluator and the two foundation methods, checked through real (tiny) runs."""
 
 import copy
-import json
 
 import numpy as np
 import pytest
 import torch
 
-from curb.evaluator import Evaluator, evaluate_data
-from curb.method import Batch, Method, Setup, TaskData, TaskInfo, register
+from curb.evaluator import Evaluator
+from curb.method import Method, Setup, TaskData, TaskInfo, register
 from curb.runner import CellSpec, Fitter, build_stream, resolve_config, run_cell
 from curb.streams import SplitConfig
 

@@ -76,3 +76,15 @@ def transfer(R: Sequence[Sequence[float | None]], sinmo_diag: Sequence[float | N
         xs = [x for x in xs if x is not None and not math.isnan(x)]
         return sum(xs) / len(xs) if xs else None
     return {"fwt": fw, "bwt": bw, "fwt_mean": mean(fw), "bwt_mean": mean(bw)}
+
+
+def mask_similarity(masks: dict[str, Tensor]) -> dict:
+    """Cosine similarity between tasks' inference masks (flattened), for the mask heatmaps.
+
+    Task-mask methods (HAT, TERACON) report it: similar masks mean shared units, which is what
+    TERACON's relation-aware sampling reads as "related tasks" (Eq. 15 uses the same cosine).
+    """
+    names = list(masks)
+    flat = torch.stack([masks[n].detach().float().flatten() for n in names])
+    sim = torch.nn.functional.cosine_similarity(flat[:, None], flat[None], dim=-1, eps=1e-12)
+    return {"tasks": names, "cosine": [[round(float(v), 6) for v in row] for row in sim]}

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from curb.backbone import Hooks, NextItNet, make_head
 from curb.method import Batch, Method, Setup, TaskInfo, anneal, register, task_loss
+from curb.metrics import mask_similarity
 
 
 class HatNet(nn.Module):
@@ -156,4 +157,5 @@ class Hat(Method):
             for t in self.tasks:
                 a = torch.maximum(a, self.gates(t.name, self.cfg.smax))
                 used[t.name] = float((a > 0.5).float().mean())
-        return {"units_used": used}
+            masks = {t.name: self.gates(t.name, self.cfg.smax) for t in self.tasks}
+        return {"units_used": used, "mask_similarity": mask_similarity(masks)}

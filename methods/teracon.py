@@ -32,6 +32,7 @@ from torch import Tensor, nn
 
 from curb.backbone import BackboneConfig, Hooks, NextItNet, make_head
 from curb.method import Batch, Method, Setup, TaskInfo, anneal, register, task_loss
+from curb.metrics import mask_similarity
 
 
 def relation_rate(current: Tensor, past: Tensor, c: float) -> float:
@@ -111,7 +112,7 @@ class Teracon(Method):
         alpha: float = 0.7  # weight of the knowledge-retention loss
         c: float = 6.0  # Eq. 15 sharpness
         rho_init: float = 0.9  # rate of every past task at the first step of a stage
-        sampling: str = "relation"  # relation (Eq. 15) | none (all users, rho = 1) | fixed:<rate>
+        sampling: str = "relation"  # relation (Eq. 15) | min (rho_min = 1 - sigmoid(c)) | none (rho = 1) | fixed:<rate>
         emb_clamp: float = 6.0  # task embeddings clamped to [-clamp, clamp] after every step
         t1_mask_reg: float = 0.0  # [O]'s lambda * mean(T1 masks) in the T1 stage ([R]: off; [O]: 0.75)
         kr_student_mask: Literal["own", "current"] = "own"  # student's Tj output with m^{Tj} (code) or m^{Ti} (slides)
@@ -131,6 +132,8 @@ class Teracon(Method):
                 return None
             if self.sampling == "none":
                 return 1.0
+            if self.sampling == "min":  # the smallest rate Eq. 15 can give (all masks identical)
+                return 1.0 - 1.0 / (1.0 + math.exp(-self.c))
             if self.sampling.startswith("fixed:"):
                 try:
                     rate = float(self.sampling[len("fixed:"):])
@@ -138,7 +141,7 @@ class Teracon(Method):
                     rate = -1.0
                 if 0 < rate <= 1:
                     return rate
-            raise ValueError(f"sampling must be relation, none or fixed:<rate in (0, 1]>, got {self.sampling!r}")
+            raise ValueError(f"sampling must be relation, min, none or fixed:<rate in (0, 1]>, got {self.sampling!r}")
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -280,4 +283,6 @@ class Teracon(Method):
 
     def report(self) -> dict:
         """Deterministic numbers only: per-epoch training seconds are in the result's `fits`."""
-        return {"sampling": self.cfg.sampling, "stages": self.stage_stats}
+        with torch.no_grad():
+            masks = {t.name: self.mask(t.name, self.cfg.smax) for t in self.tasks}
+        return {"sampling": self.cfg.sampling, "stages": self.stage_stats, "mask_similarity": mask_similarity(masks)}

@@ -126,3 +126,14 @@ def test_any_order_and_noise_task(run_mini, order, noise):
     R = r["R"]
     assert all(R[j][i] is not None for j in range(len(R)) for i in range(j + 1))
     assert set(r["method_report"]["units_used"]) == {t["name"] for t in r["tasks"]}
+
+
+def test_report_mask_similarity_matches_the_gates():
+    h, m = _t1()
+    for t in ("T2", "T3"):
+        h.learn(m, t)
+    sim = m.report()["mask_similarity"]
+    g = {t: m.gates(t, m.cfg.smax).flatten() for t in ("T1", "T2", "T3")}
+    assert sim["tasks"] == ["T1", "T2", "T3"]
+    want = torch.nn.functional.cosine_similarity(g["T1"], g["T3"], dim=0)
+    assert sim["cosine"][0][2] == pytest.approx(float(want), abs=1e-5)

@@ -80,3 +80,17 @@ def test_transfer_matches_paper_definitions():
     assert tr["fwt"][0] is None  # T1 has no FWT
     assert tr["fwt"][1] == pytest.approx(80.77, abs=0.01)
     assert tr["fwt"][2] == pytest.approx(20.0)
+
+
+def test_mask_similarity_is_cosine_of_flattened_masks():
+    from curb.metrics import mask_similarity
+
+    a = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    b = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    c = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    out = mask_similarity({"T1": a, "T2": b, "T3": c})
+    assert out["tasks"] == ["T1", "T2", "T3"]
+    sim = out["cosine"]
+    assert sim[0][0] == pytest.approx(1.0) and sim[1][1] == pytest.approx(1.0)
+    assert sim[0][1] == pytest.approx(2 ** -0.5) and sim[1][0] == pytest.approx(sim[0][1])
+    assert sim[0][2] == pytest.approx(0.0)

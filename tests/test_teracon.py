@@ -282,6 +282,17 @@ def test_runs_end_to_end_in_any_order_with_noise_and_reports_rates(run_mini):
         assert [f["task"] for f in r["fits"] if f["phase"] == "train"] == [t["name"] for t in r["tasks"]]
         assert all(e["seconds"] > 0 for f in r["fits"] for e in f["epochs"])
     assert set(last["sampled_fraction_mean"].values()) == {1.0}  # sampling=none: every user
+    sim = r["method_report"]["mask_similarity"]
+    assert sim["tasks"] == [t["name"] for t in r["tasks"]]
+    assert all(abs(sim["cosine"][i][i] - 1.0) < 1e-5 for i in range(m))
+
+
+def test_min_sampling_is_the_floor_of_eq15():
+    """rho_min = 1 - sigmoid(c): the rate Eq. 15 gives when current and past masks coincide."""
+    cfg = resolve_config(CellSpec("teracon", "synthetic-mini", overrides=(("teracon.sampling", "min"),))).method
+    ones = torch.ones(4, 8)
+    assert cfg.fixed_rate() == pytest.approx(tc.relation_rate(ones, ones, cfg.c), abs=1e-7)  # float32
+    assert cfg.fixed_rate() == pytest.approx(0.0024726, abs=1e-6)
 
 
 @pytest.mark.parametrize("choice", ["own", "current"])

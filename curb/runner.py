@@ -37,6 +37,9 @@ from .streams import StreamError, TaskStream
 from .training import FitLog, fit
 
 
+SHARED_SECTIONS = ("backbone", "train", "split")
+
+
 @dataclass(frozen=True)
 class CellSpec:
     """Everything that determines a cell's numbers (data location and device excluded)."""
@@ -62,6 +65,16 @@ class CellSpec:
     def order_tag(self) -> str:
         tag = self.order.replace(",", "-")
         return tag + (f"+noise{self.noise}" if self.noise is not None else "")
+
+    @property
+    def shared_overrides(self) -> tuple[tuple[str, str], ...]:
+        """Overrides every method of a comparison shares (backbone., train., split.)."""
+        return tuple((k, v) for k, v in self.overrides if k.split(".", 1)[0] in SHARED_SECTIONS)
+
+    @property
+    def method_overrides(self) -> tuple[tuple[str, str], ...]:
+        """Overrides of the method's own config (its variant, e.g. teracon.sampling=none)."""
+        return tuple((k, v) for k, v in self.overrides if k.split(".", 1)[0] not in SHARED_SECTIONS)
 
     def relpath(self) -> Path:
         return Path(self.dataset) / self.method / self.order_tag / f"seed{self.seed}-{self.hash}.json"
@@ -264,11 +277,12 @@ def _env(device: torch.device) -> dict:
 
 def find_sinmo_diag(out: Path, spec: CellSpec, task_names: list[str], fingerprint: str | None = None
                     ) -> list[float | None] | None:
-    """R(Ti, Ti) of the matching SinMo cell (same dataset, data, seed, preset, overrides), if run."""
+    """R(Ti, Ti) of the matching SinMo cell (same dataset, data, seed, preset and shared overrides;
+    a method's own overrides, e.g. teracon.sampling, do not change SinMo), if run."""
     if spec.method == "sinmo":
         return None
     for order, noise in ((spec.order, spec.noise), ("default", None)):
-        ref = dataclasses.replace(spec, method="sinmo", order=order, noise=noise)
+        ref = dataclasses.replace(spec, method="sinmo", order=order, noise=noise, overrides=spec.shared_overrides)
         p = out / ref.relpath()
         try:
             r = load_result(p)

@@ -36,6 +36,17 @@ def test_result_holds_R_fwt_bwt_config_and_reuses_t1(run_mini):
     assert any(f["phase"] == "pretrained (cached)" for f in fine["fits"])
 
 
+def test_fwt_reference_ignores_the_methods_own_overrides(run_mini):
+    """A variant (teracon.sampling=none) finds SinMo; a shared override (train.epochs) must match."""
+    sinmo = run_mini("sinmo", **{"train.epochs": "1"})
+    variant = run_mini("teracon", **{"train.epochs": "1", "teracon.sampling": "none"})
+    diag = [sinmo["R"][i][i] for i in range(5)]
+    assert variant["transfer"]["fwt"][1:] == pytest.approx(
+        [(variant["R"][i][i] - diag[i]) / diag[i] * 100 for i in range(1, 5)])
+    other = run_mini("teracon", **{"train.epochs": "2", "teracon.sampling": "none"})  # no SinMo with 2 epochs
+    assert all(v is None for v in other["transfer"]["fwt"])
+
+
 def test_existing_valid_result_is_reused_not_recomputed(run_mini):
     a = run_mini("pop")
     b = run_mini("pop")

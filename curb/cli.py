@@ -1,5 +1,5 @@
-"""Command line: `curb run`, `curb plan`, `curb status`, `curb methods`, `curb datasets`, `curb data`
-(see `curb --help`)."""
+"""Command line: `curb run`, `curb plan`, `curb status`, `curb reproduce`, `curb report`,
+`curb leaderboard`, `curb methods`, `curb datasets`, `curb data` (see `curb --help`)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,14 @@ import re
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from . import __version__
 from .config import ConfigError, parse_sets
 from .data import DataFormatError, DataNotFoundError, available_datasets, get_dataset
 from .datacli import add_parser as add_data_parser, cmd_data
 from .fetch import FetchError
+from .leaderboard import cmd_leaderboard
 from .method import UnknownNameError, available_methods, get_method
 from .results import ResultError
 from .grid import GridError
@@ -177,6 +179,51 @@ def build_parser() -> argparse.ArgumentParser:
                         "failure records) with its state and detail.")
     st.add_argument("run_dir", type=Path, metavar="RUN_DIR")
 
+    from .experiments import EXPERIMENTS
+    from .report import SECTIONS
+
+    rp = sub.add_parser(
+        "reproduce", help="run one of the paper's experiments (reusing finished cells) and render its tables",
+        description="Run the cells of one or more experiments on a dataset, then write their tables and figures "
+        "to OUT/report/ and print the tables. Cells shared with other experiments or earlier runs in OUT are "
+        "reused, never recomputed. Experiments: " + "; ".join(f"{e.name}: {e.summary}" for e in EXPERIMENTS.values()),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    rp.add_argument("experiments", metavar="EXPERIMENT", help=f"comma list of: {', '.join(EXPERIMENTS)}, or 'all'")
+    rp.add_argument("--dataset", required=True, help="dataset name (see `curb datasets`)")
+    rp.add_argument("--seeds", type=_csv_ints, default=[0, 1, 2], help="comma list of seeds")
+    rp.add_argument("--methods", default=None, help="override the experiment's methods (comma list)")
+    rp.add_argument("--preset", default=None, help="model size preset (paper or small); default: the dataset's")
+    rp.add_argument("--epochs", type=int, default=None, help="cap on epochs per task")
+    rp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="shared override (backbone., train., split.), repeatable")
+    rp.add_argument("--n-orders", type=_positive_int, default=6, help="orders: number of task orders")
+    rp.add_argument("--order-seed", type=int, default=0, help="orders: seed of the random task orders")
+    rp.add_argument("--noise-position", type=int, default=None,
+                    help="noisy: insert T' after this many tasks (default: 3, or M-1 on shorter streams)")
+    rp.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<dataset>)")
+    rp.add_argument("--data-dir", type=Path, default=None, help="folder holding the raw files")
+    rp.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
+    rp.add_argument("--jobs", type=_positive_int, default=1, help="cells run at once in local worker processes")
+    rp.add_argument("--threads", type=_positive_int, default=1, help="torch threads per cell")
+    rp.add_argument("--dry-run", action="store_true", help="list the cells and how many are done; run nothing")
+    rp.add_argument("--no-figures", action="store_true", help="tables only")
+
+    rep = sub.add_parser(
+        "report", help="render the tables (markdown, LaTeX) and figures of a run folder",
+        description="Read every result file under RUN_DIR, group them by setting (dataset, preset, shared "
+        "overrides, data) and write OUT/README.md, OUT/tables/*.md|.tex and OUT/figures/*.png|.svg: overall, "
+        "transfer, noisy, sampling, adaptation and order-robustness sections, each where its cells exist.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    rep.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/report)")
+    rep.add_argument("--sections", default="all", help=f"comma list of: {', '.join(SECTIONS)}, or 'all'")
+    rep.add_argument("--no-figures", action="store_true", help="tables only")
+
+    from .leaderboard import add_parser as add_leaderboard_parser
+
+    add_leaderboard_parser(sub)
     sub.add_parser("methods", help="list the available methods")
     sub.add_parser("datasets", help="list the available datasets")
     add_data_parser(sub)
@@ -273,6 +320,60 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str, valid: Sequence[str], what: str) -> list[str]:
+    names = list(valid) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise ConfigError(f"unknown {what} {', '.join(map(repr, bad)) or '(none given)'}; valid: {', '.join(valid)}, all")
+    return names
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .experiments import EXPERIMENTS, ExperimentArgs, experiment_cells
+    from .grid import run_grid
+    from .report import write_report
+
+    names = _names(args.experiments, list(EXPERIMENTS), "experiment")
+    get_dataset(args.dataset)
+    overrides = parse_sets(args.sets)
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
+        overrides = {"train.t1_epochs": str(args.epochs), "train.epochs": str(args.epochs), **overrides}
+    methods = tuple(_methods(args.methods)) if args.methods else None
+    exp = ExperimentArgs(args.dataset, tuple(args.seeds), args.preset, tuple(sorted(overrides.items())), methods,
+                         args.n_orders, args.order_seed, args.noise_position, args.data_dir)
+    specs = experiment_cells(names, exp)
+    out = args.out or Path("runs") / args.dataset
+    done = sum((out / s.relpath()).exists() for s in specs)
+    print(f"{', '.join(names)} on {args.dataset}: {len(specs)} cell(s), {done} already in {out}/")
+    if args.dry_run:
+        for s in specs:
+            print(f"  {'done' if (out / s.relpath()).exists() else 'todo'}  {s.relpath()}")
+        return 0
+    outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs, threads=args.threads)
+    written = write_report(out, out / "report", only=[*names, "overall"], figures=not args.no_figures)
+    print((out / "report" / "README.md").read_text())
+    print(f"report: {written[0]} ({len(written) - 1} table files, figures in {out / 'report' / 'figures'})")
+    failed = [o for o in outcomes if o["status"] != "done"]
+    for o in failed:
+        print(f"curb: cell {o['label']} {o['status']}; rerun the same command to resume", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import SECTIONS, write_report
+
+    if not args.run_dir.is_dir():
+        raise ConfigError(f"{args.run_dir} is not a folder")
+    only = _names(args.sections, list(SECTIONS), "section")
+    out = args.out or args.run_dir / "report"
+    written = write_report(args.run_dir, out, only=only, figures=not args.no_figures)
+    print(written[0].read_text())
+    print(f"wrote {written[0]} and {len(written) - 1} table file(s)" + ("" if args.no_figures else f"; figures in {out / 'figures'}"))
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     for name, cls in available_methods().items():
         print(f"{name:<10} {cls.summary}")
@@ -285,8 +386,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "methods": cmd_methods, "datasets": cmd_datasets,
-            "data": cmd_data}
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "reproduce": cmd_reproduce, "report": cmd_report,
+            "leaderboard": cmd_leaderboard, "methods": cmd_methods, "datasets": cmd_datasets, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,49 +1,548 @@
-"""Tables from result files (markdown/plain via tabulate). Numbers come only from results."""
+"""Tables and figures from result files only: what `curb report`, `curb reproduce` and the
+leaderboards print. Nothing here trains or evaluates; every number is read from a sealed result.
+
+Results are grouped by *setting* (dataset, preset, shared overrides and data fingerprint): only
+cells of one setting are ever compared. Within a setting the experiment of a cell follows from
+its spec: order (default / reversed / a custom order), noise task, and the method's own
+overrides (e.g. `teracon.sampling=none`). Each section is built only when its cells are present.
+Tables give mean ± sample std over seeds; the best mean per column is in bold.
+"""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
+import pandas as pd
 from tabulate import tabulate
 
+from .experiments import PAPER_METHODS
+from .results import ResultError, iter_results
+from .runner import CellSpec
 
-def _fmt(values: list[float], digits: int = 4) -> str:
-    vals = [v for v in values if v is not None and not math.isnan(v)]
+Value = float | None
+Cell = str | list[Value]  # a fixed string, or one value per seed (rendered mean ± std)
+
+
+# ---------------------------------------------------------------------------------- tables
+def _finite(values: Iterable[Value]) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
+
+
+def mean_std(values: Iterable[Value]) -> tuple[float, float] | None:
+    """(mean, sample std; 0 for one value) of the finite values, or None."""
+    vals = _finite(values)
     if not vals:
+        return None
+    return float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+
+
+def fmt_stat(values: Sequence[Value], digits: int = 4) -> str:
+    ms = mean_std(values)
+    if ms is None:
         return "-"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+    n = len(_finite(values))
+    return f"{ms[0]:.{digits}f}" if n == 1 else f"{ms[0]:.{digits}f} ± {ms[1]:.{digits}f}"
+
+
+@dataclass
+class Table:
+    """A result table: row cells are strings or per-seed value lists; `best` marks, per column,
+    whether the highest mean is bolded ("max") or nothing is (None). `digits` per column."""
+
+    name: str  # file stem
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]]
+    best: list[str | None] = field(default_factory=list)
+    digits: list[int] = field(default_factory=list)
+    note: str = ""
+
+    def _best_rows(self) -> dict[int, set[int]]:
+        out: dict[int, set[int]] = {}
+        for c, rule in enumerate(self.best):
+            if rule != "max":
+                continue
+            means = {r: ms[0] for r, row in enumerate(self.rows)
+                     if isinstance(row[c], list) and (ms := mean_std(row[c])) is not None}
+            if len(means) > 1:
+                top = max(means.values())
+                out[c] = {r for r, v in means.items() if round(v, self._digits(c)) == round(top, self._digits(c))}
+        return out
+
+    def _digits(self, c: int) -> int:
+        return self.digits[c] if c < len(self.digits) else 4
+
+    def cells(self, bold: Callable[[str], str]) -> list[list[str]]:
+        best = self._best_rows()
+        return [[(bold(s) if r in best.get(c, ()) else s)
+                 for c, cell in enumerate(row)
+                 for s in [cell if isinstance(cell, str) else fmt_stat(cell, self._digits(c))]]
+                for r, row in enumerate(self.rows)]
+
+    def markdown(self) -> str:
+        body = tabulate(self.cells(lambda s: f"**{s}**"), headers=self.headers, tablefmt="github",
+                        disable_numparse=True)
+        return body + (f"\n\n{self.note}" if self.note else "")
+
+    def latex(self) -> str:
+        esc = lambda s: s.replace("%", r"\%").replace("_", r"\_").replace("±", r"$\pm$").replace("ρ", r"$\rho$")
+        rows = [[esc(s) for s in row] for row in self.cells(lambda s: f"\\textbf{{{s}}}")]
+        return tabulate(rows, headers=[esc(h) for h in self.headers], tablefmt="latex_raw", disable_numparse=True)
+
+
+# ---------------------------------------------------------------------------------- loading
+@dataclass
+class Setting:
+    """The results of one comparable setting (same dataset, data, preset, shared overrides)."""
+
+    dataset: str
+    preset: str | None
+    overrides: tuple[tuple[str, str], ...]
+    results: list[dict]
+
+    @property
+    def label(self) -> str:
+        parts = [self.dataset] + ([self.preset] if self.preset else []) + [f"{k}={v}" for k, v in self.overrides]
+        return "-".join(parts)
+
+    def select(self, *, method: str | None = None, order: str | None = "default", noise: object = None,
+               variant: tuple[tuple[str, str], ...] | None = ()) -> list[dict]:
+        """Results matching the filters; `variant` = the method's own overrides (None: any)."""
+        out = []
+        for r in self.results:
+            s = spec_of(r)
+            if method is not None and s.method != method:
+                continue
+            if order is not None and s.order != order:
+                continue
+            if noise != "any" and s.noise != noise:
+                continue
+            if variant is not None and s.method_overrides != variant:
+                continue
+            out.append(r)
+        return sorted(out, key=lambda r: (spec_of(r).seed, spec_of(r).hash))
+
+    def methods(self, **filters) -> list[str]:
+        found = {spec_of(r).method for r in self.select(**filters)}
+        return sorted(found, key=method_rank)
+
+
+def spec_of(r: dict) -> CellSpec:
+    return CellSpec.from_dict(r["spec"])
+
+
+def method_rank(name: str) -> tuple[int, str]:
+    """pop first, then the paper's order, then any other method by name."""
+    order = ("pop", *PAPER_METHODS)
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
+def load_settings(run_dir: Path, echo: Callable[[str], None] = print) -> list[Setting]:
+    """Every valid result under `run_dir`, grouped by setting; damaged files are reported and skipped."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for path, r in iter_results(run_dir):
+        if isinstance(r, ResultError):
+            echo(f"warning: skipping {r}")
+            continue
+        s = spec_of(r)
+        groups[(s.dataset, s.preset or "", s.shared_overrides, r["dataset"]["base_fingerprint"])].append(r)
+    settings = [Setting(d, p or None, ov, rs) for (d, p, ov, _), rs in groups.items()]
+    labels = [s.label for s in settings]
+    for s in settings:  # the same label on different data: say so rather than mix them
+        if labels.count(s.label) > 1:
+            fp = s.results[0]["dataset"]["base_fingerprint"]
+            s.overrides = (*s.overrides, ("data", fp[:8]))
+    return sorted(settings, key=lambda s: s.label)
+
+
+def task_names(results: list[dict]) -> list[str]:
+    """Real task names in default stream order (the noise task is never reported)."""
+    names: list[str] = []
+    for r in sorted(results, key=lambda r: spec_of(r).order != "default"):
+        for t in r["tasks"]:
+            if t["name"] != "noise" and t["name"] not in names:
+                names.append(t["name"])
+    return names
+
+
+def metric_of(results: list[dict]) -> dict[str, str]:
+    return {t["name"]: t["metric"] for r in results for t in r["tasks"]}
+
+
+def final(r: dict, task: str) -> Value:
+    return r["final"].get(task)
+
+
+def mean_final(r: dict) -> Value:
+    vals = _finite(v for k, v in r["final"].items() if k != "noise")
+    return float(np.mean(vals)) if vals else None
+
+
+def transfer_of(r: dict, kind: str, task: str) -> Value:
+    """BWT/FWT (%) of a task by name (stored in training order)."""
+    tr = r.get("transfer")
+    if not tr or spec_of(r).method == "pop":  # pop is not a continual learner: no transfer
+        return None
+    names = [t["name"] for t in r["tasks"]]
+    return tr[kind][names.index(task)] if task in names else None
+
+
+def transfer_mean(r: dict, kind: str) -> Value:
+    tr = r.get("transfer")
+    if not tr or spec_of(r).method == "pop":
+        return None
+    names = [t["name"] for t in r["tasks"]]
+    vals = _finite(v for n, v in zip(names, tr[kind]) if n != "noise")
+    return float(np.mean(vals)) if vals else None
+
+
+def _seeds(rs: list[dict]) -> str:
+    return ",".join(str(spec_of(r).seed) for r in rs)
+
+
+# ---------------------------------------------------------------------------------- sections
+def overall_table(st: Setting) -> Table | None:
+    """Final R(T_M, T_i) per task, the mean over tasks, BWT and FWT (the paper's overall table)."""
+    methods = st.methods()
+    if not methods:
+        return None
+    rs = st.select()
+    names, metric = task_names(rs), metric_of(rs)
+    rows = []
+    for m in methods:
+        cells = st.select(method=m)
+        rows.append([m, *[[final(r, n) for r in cells] for n in names], [mean_final(r) for r in cells],
+                     [transfer_mean(r, "bwt") for r in cells], [transfer_mean(r, "fwt") for r in cells], _seeds(cells)])
+    k = len(names)
+    return Table("overall", f"Overall: final R(T_M, T_i), {st.label}",
+                 ["method", *[f"{n} ({metric[n]})" for n in names], "mean", "BWT %", "FWT %", "seeds"], rows,
+                 best=[None, *["max"] * (k + 1), "max", "max", None], digits=[0, *[4] * (k + 1), 2, 2, 0],
+                 note="Mean ± std over seeds; best mean per column in bold. BWT/FWT: relative %, METHODS.md §4.3 "
+                      "(FWT against SinMo of the same seed). `pop` is the popularity / majority-class baseline.")
+
+
+def transfer_tables(st: Setting) -> list[Table]:
+    """Final score, BWT and FWT per task for each method in original and reversed order."""
+    methods = [m for m in st.methods(order="reversed") if m != "pop"]
+    if not methods:
+        return []
+    rs = st.select(order=None)
+    names = task_names(rs)
+    pairs = [(m, o) for m in methods for o in ("default", "reversed") if st.select(method=m, order=o)]
+    tables = []
+    for kind, title, value, digits in (
+            ("score", "final score", final, 4),
+            ("bwt", "BWT %", lambda r, n: transfer_of(r, "bwt", n), 2),
+            ("fwt", "FWT %", lambda r, n: transfer_of(r, "fwt", n), 2)):
+        rows = [[m, o, *[[value(r, n) for r in st.select(method=m, order=o)] for n in names]] for m, o in pairs]
+        if kind == "score" and st.select(method="pop"):
+            rows.insert(0, ["pop", "any", *[[final(r, n) for r in st.select(method="pop")] for n in names]])
+        tables.append(Table(f"transfer-{kind}", f"Transfer ({title}), original vs reversed order, {st.label}",
+                            ["method", "order", *names], rows, best=[None, None, *["max"] * len(names)],
+                            digits=[0, 0, *[digits] * len(names)]))
+    tables[-1].note = ("Columns are tasks by name; the reversed stream learns them as T1, T_M, ..., T2 "
+                       "(T1 has no FWT; the last-learned task has no BWT).")
+    return tables
+
+
+def _rel(a: Value, b: Value) -> str:
+    return "" if a is None or b is None or b == 0 else f" ({(a - b) / b * 100:+.2f}%)"
+
+
+def noisy_table(st: Setting) -> Table | None:
+    """Each real task's final score with and without the noise task, and the relative change."""
+    noisy = [r for r in st.select(noise="any") if spec_of(r).noise is not None]
+    if not noisy:
+        return None
+    names = task_names(st.select())
+    rows = []
+    if st.select(method="pop"):
+        rows.append(["pop", "clean", *[[final(r, n) for r in st.select(method="pop")] for n in names]])
+    for m in sorted({spec_of(r).method for r in noisy}, key=method_rank):
+        clean = st.select(method=m)
+        rows.append([m, "clean", *[[final(r, n) for r in clean] for n in names]])
+        for pos in sorted({spec_of(r).noise for r in noisy if spec_of(r).method == m}):
+            cells = st.select(method=m, noise=pos)
+            row: list[Cell] = [m, f"T' after T{pos}"]
+            for n in names:
+                a, b = mean_std(final(r, n) for r in cells), mean_std(final(r, n) for r in clean)
+                row.append("-" if a is None else fmt_stat([final(r, n) for r in cells]) +
+                           _rel(a[0], b[0] if b else None))
+            rows.append(row)
+    return Table("noisy", f"Noisy task: scores with T' inserted (relative change of the mean vs clean), {st.label}",
+                 ["method", "stream", *names], rows,
+                 note="T' gives half the T1 users a uniformly random label out of 50 (METHODS.md §6.3); it is "
+                      "learned like any task and not reported.")
+
+
+def epoch_seconds(r: dict, task: str) -> Value:
+    """Mean training seconds per epoch of `task`'s main phase (from the fit logs)."""
+    secs = [e["seconds"] for f in r["fits"] if f["task"] == task and f["phase"] == "train" for e in f["epochs"]]
+    return float(np.mean(secs)) if secs else None
+
+
+def sampling_tables(st: Setting) -> list[Table]:
+    """TERACON with each sampling rate: final scores, seconds per epoch and users sampled."""
+    variants = {spec_of(r).method_overrides for r in st.select(method="teracon", order=None)}
+    if len(variants) < 2:
+        return []
+    names = task_names(st.select(order=None))
+    label = lambda v: dict(v).get("teracon.sampling", "relation") if v else "relation"
+    rank = {"min": 0, "relation": 1, "none": 2}
+    variants_sorted = sorted(variants, key=lambda v: (rank.get(label(v), 3), label(v)))
+    scores, speed = [], []
+    for o in ("default", "reversed"):
+        base = [r for r in st.select(method="teracon", order=o, variant=(("teracon.sampling", "none"),))]
+        base_s = _finite(sum(_finite(epoch_seconds(r, n) for n in names[1:])) for r in base)
+        for v in variants_sorted:
+            rs = st.select(method="teracon", order=o, variant=v)
+            if not rs:
+                continue
+            scores.append([o, label(v), *[[final(r, n) for r in rs] for n in names], [mean_final(r) for r in rs]])
+            total = [sum(_finite(epoch_seconds(r, n) for n in names[1:])) for r in rs]
+            frac = [float(np.mean(_finite(x for s in r["method_report"]["stages"].values()
+                                          for x in s["sampled_fraction_mean"].values()))) * 100 for r in rs]
+            ratio = f"{np.mean(total) / np.mean(base_s):.2f}" if base_s else "-"
+            speed.append([o, label(v), *[[epoch_seconds(r, n) for r in rs] for n in names[1:]], total, ratio, frac])
+    if st.select(method="pop"):
+        scores.insert(0, ["any", "pop", *[[final(r, n) for r in st.select(method="pop")] for n in names],
+                          [mean_final(r) for r in st.select(method="pop")]])
+    k = len(names)
+    return [
+        Table("sampling-score", f"Sampling (TERACON): final scores per ρ, {st.label}",
+              ["order", "ρ", *names, "mean"], scores, best=[None, None, *["max"] * (k + 1)],
+              note="ρ: `min` = ρ_min = 1 − σ(c) for every past task; `relation` = Eq. 15 (default); "
+                   "`none` = ρ = 1 (all users, no sampling)."),
+        Table("sampling-time", f"Sampling (TERACON): training seconds per epoch, {st.label}",
+              ["order", "ρ", *[f"{n} s/epoch" for n in names[1:]], "sum s/epoch", "× of ρ=1", "users sampled %"],
+              speed, digits=[0, 0, *[1] * (k - 1), 1, 0, 2],
+              note="Seconds are hardware-specific (see each result's env); compare the ratios."),
+    ]
+
+
+def adaptation_data(st: Setting) -> pd.DataFrame:
+    """Per-epoch validation metric of the last task for every method (default order, clean)."""
+    rows = []
+    for r in st.select():
+        s = spec_of(r)
+        last = r["tasks"][-1]["name"]
+        fits = [f for f in r["fits"] if f["task"] == last and f["phase"] == "train"]
+        if s.method == "pop" or not fits:
+            continue
+        rows += [{"method": s.method, "x": e["epoch"] + 1, "value": e["val"], "seed": s.seed} for e in fits[-1]["epochs"]]
+    return pd.DataFrame(rows, columns=["method", "x", "value", "seed"])
+
+
+def adaptation_table(st: Setting) -> Table | None:
+    data = adaptation_data(st)
+    if data.empty:
+        return None
+    last = st.select()[0]["tasks"][-1]
+    rows = []
+    for m in sorted(data["method"].unique(), key=method_rank):
+        d = data[data.method == m]
+        by_seed = d.groupby("seed")
+        rows.append([m, by_seed.apply(lambda g: g.sort_values("x")["value"].iloc[0], include_groups=False).tolist(),
+                     by_seed["value"].max().tolist(),
+                     by_seed.apply(lambda g: float(g.loc[g["value"].idxmax(), "x"]), include_groups=False).tolist()])
+    return Table("adaptation", f"Adaptation to {last['name']} (validation {last['metric']}), {st.label}",
+                 ["method", "after epoch 1", "best", "epoch of best"], rows, best=[None, "max", "max", None],
+                 digits=[0, 4, 4, 1],
+                 note="The last task's validation curve per epoch, learned on top of each method's representation "
+                      "after the earlier tasks (MTL has none: it learns the later tasks jointly).")
+
+
+def orders_data(st: Setting) -> pd.DataFrame:
+    """Mean final score per (method, order, seed) for methods run in at least 2 orders."""
+    rows = []
+    for m in st.methods(order=None):
+        rs = [r for r in st.select(method=m, order=None)]
+        if len({spec_of(r).order for r in rs}) < 2:
+            continue
+        rows += [{"method": m, "order": spec_of(r).order, "seed": spec_of(r).seed, "value": mean_final(r),
+                  **{f"task:{k}": v for k, v in r["final"].items() if k != "noise"}} for r in rs]
+    return pd.DataFrame(rows)
+
+
+def orders_table(st: Setting) -> Table | None:
+    data = orders_data(st)
+    if data.empty:
+        return None
+    names = task_names(st.select(order=None))
+    rows = []
+    if st.select(method="pop"):
+        pops = st.select(method="pop")
+        rows.append(["pop", "1", *[[final(r, n) for r in pops] for n in names], [mean_final(r) for r in pops], "-"])
+    for m in sorted(data["method"].unique(), key=method_rank):
+        d = data[data.method == m]
+        per_order = d.groupby("order")["value"].mean()
+        rows.append([m, str(len(per_order)), *[d[f"task:{n}"].tolist() for n in names], d["value"].tolist(),
+                     f"{per_order.max() - per_order.min():.4f}"])
+    return Table("orders", f"Order robustness: final scores over task orders, {st.label}",
+                 ["method", "orders", *names, "mean", "range of order means"], rows,
+                 best=[None, None, *["max"] * (len(names) + 1), None],
+                 note="Mean ± std over all (order, seed) cells: the std is the spread a method's numbers have when "
+                      "only the order of the tasks changes. Range: best minus worst order (mean over seeds).")
+
+
+def r_matrices(st: Setting) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
+    """Mean R matrix (over seeds) per method, default order, clean stream."""
+    panels = {}
+    for m in st.methods():
+        rs = st.select(method=m)
+        names = [t["name"] for t in rs[0]["tasks"]]
+        arr = np.array([[[np.nan if v is None else v for v in row] for row in r["R"]] for r in rs], dtype=float)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(arr, axis=0) if not np.isnan(arr).all() else arr[0]
+        panels[m] = ([f"after {n}" for n in names], names, mean)
+    return panels
+
+
+def mask_similarity(st: Setting) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
+    """Mean task-mask cosine similarity (over seeds) of the methods that report it."""
+    panels = {}
+    for m in st.methods():
+        sims = [r["method_report"]["mask_similarity"] for r in st.select(method=m)
+                if "mask_similarity" in (r.get("method_report") or {})]
+        if sims:
+            names = sims[0]["tasks"]
+            panels[m] = (names, names, np.mean([s["cosine"] for s in sims if s["tasks"] == names], axis=0))
+    return panels
+
+
+def transfer_data(st: Setting) -> pd.DataFrame:
+    rows = []
+    names = task_names(st.select())
+    for m in st.methods():
+        if m in ("pop", "mtl"):
+            continue
+        rs = st.select(method=m)
+        for kind in ("FWT", "BWT"):
+            for n in names:
+                ms = mean_std(transfer_of(r, kind.lower(), n) for r in rs)
+                if ms is not None and not (m == "sinmo" and kind == "FWT"):
+                    rows.append({"method": m, "task": n, "kind": kind, "value": ms[0], "err": ms[1]})
+    return pd.DataFrame(rows, columns=["method", "task", "kind", "value", "err"])
+
+
+def score_data(st: Setting) -> pd.DataFrame:
+    rows = [{"method": spec_of(r).method, "task": n, "value": final(r, n)}
+            for r in st.select() for n in task_names(st.select()) if final(r, n) is not None]
+    return pd.DataFrame(rows, columns=["method", "task", "value"]).sort_values(
+        "method", key=lambda s: s.map(method_rank), kind="stable")
+
+
+# ---------------------------------------------------------------------------------- rendering
+SECTIONS = ("overall", "transfer", "noisy", "sampling", "adaptation", "orders")
+
+
+@dataclass
+class Section:
+    name: str
+    tables: list[Table]
+    figures: list[tuple[str, str]]  # (file stem, caption)
+
+
+def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = SECTIONS) -> list[Section]:
+    """Every section of `only` that has results in this setting; figures written to `figures_dir`
+    (skipped when None)."""
+    if figures_dir is not None:
+        from . import plots  # matplotlib only when figures are drawn
+
+    def fig(stem: str, caption: str, draw: Callable[[Path], object]) -> list[tuple[str, str]]:
+        """The figure's (stem, caption); drawn only when there is a folder to draw into."""
+        if figures_dir is not None:
+            draw(figures_dir / stem)
+        return [(stem, caption)]
+
+    out = []
+    tag = st.label
+    if "overall" in only and (t := overall_table(st)):
+        figs = fig(f"{tag}-scores", "Final score per task (bars: mean ± std over seeds; dashed: pop)",
+                   lambda p: plots.score_bars(score_data(st), p, title=f"Final scores, {tag}", ylabel="score"))
+        figs += fig(f"{tag}-R", "R matrices (mean over seeds): row = after learning T_j, column = T_i",
+                    lambda p: plots.heatmaps(r_matrices(st), p, title=f"R(T_j, T_i), {tag}"))
+        if not (td := transfer_data(st)).empty:
+            figs += fig(f"{tag}-fwt-bwt", "FWT and BWT per task (mean ± std over seeds)",
+                        lambda p: plots.transfer_bars(td, p, title=f"Transfer, {tag}"))
+        if ms := mask_similarity(st):
+            figs += fig(f"{tag}-masks", "Cosine similarity between the tasks' masks (mean over seeds)",
+                        lambda p: plots.heatmaps(ms, p, title=f"Task-mask similarity, {tag}", fmt=".2f",
+                                                 vmin=0.0, vmax=1.0, cbar_label="cosine"))
+        out.append(Section("overall", [t], figs))
+    if "transfer" in only and (ts := transfer_tables(st)):
+        out.append(Section("transfer", ts, []))
+    if "noisy" in only and (t := noisy_table(st)):
+        out.append(Section("noisy", [t], []))
+    if "sampling" in only and (ts := sampling_tables(st)):
+        out.append(Section("sampling", ts, []))
+    if "adaptation" in only and (t := adaptation_table(st)):
+        data = adaptation_data(st)
+        out.append(Section("adaptation", [t], fig(f"{tag}-adaptation", "Validation curve of the last task per epoch",
+                                                  lambda p: plots.curves(data, p, title=f"Adaptation, {tag}",
+                                                                         ylabel="validation metric"))))
+    if "orders" in only and (t := orders_table(st)):
+        data = orders_data(st)
+        out.append(Section("orders", [t], fig(f"{tag}-orders", "Mean final score per (order, seed) cell",
+                                              lambda p: plots.boxes(data, p, title=f"Order robustness, {tag}",
+                                                                    ylabel="mean final score"))))
+    return out
+
+
+def render_markdown(sections: list[Section], figures_rel: str | None = "figures", level: int = 2) -> str:
+    parts = []
+    for sec in sections:
+        parts.append(f"{'#' * level} {sec.name}\n")
+        for t in sec.tables:
+            parts.append(f"**{t.title}**\n\n{t.markdown()}\n")
+        if figures_rel is not None:
+            parts += [f"![{cap}]({figures_rel}/{stem}.png)\n\n*{cap}.*\n" for stem, cap in sec.figures]
+    return "\n".join(parts)
+
+
+def write_report(run_dir: Path, out: Path, only: Sequence[str] = SECTIONS, figures: bool = True,
+                 echo: Callable[[str], None] = print) -> list[Path]:
+    """Render every setting of `run_dir` into `out`: README.md, tables/*.md|.tex, figures/*.png|.svg."""
+    settings = load_settings(run_dir, echo)
+    if not settings:
+        raise ResultError(f"no result files under {run_dir}")
+    written = []
+    doc = [f"# Report: {run_dir}\n", "Generated by `curb report` from the result files only.\n"]
+    for st in settings:
+        sections = build_sections(st, out / "figures" if figures else None, only)
+        doc.append(f"## {st.label} ({len({r['spec_hash'] for r in st.results})} result files)\n")
+        doc.append(render_markdown(sections, "figures" if figures else None, level=3))
+        for sec in sections:
+            for t in sec.tables:
+                for ext, text in (("md", t.markdown()), ("tex", t.latex())):
+                    p = out / "tables" / f"{st.label}-{t.name}.{ext}"
+                    p.parent.mkdir(parents=True, exist_ok=True)
+                    p.write_text(text + "\n")
+                    written.append(p)
+    readme = out / "README.md"
+    readme.parent.mkdir(parents=True, exist_ok=True)
+    readme.write_text("\n".join(doc))
+    return [readme, *written]
 
 
 def final_table(results: Iterable[dict], tablefmt: str = "github") -> str:
-    """One row per (method, order): final R(T_M, T_i) per task (mean ± std over seeds),
-    the mean over tasks, and mean BWT / FWT in % (relative, METHODS.md §4.3)."""
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    task_order: list[str] = []
+    """The end-of-run summary of `curb run`: one row per (method, order, variant), every cell given."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in results:
-        groups[(r["spec"]["method"], _order_tag(r))].append(r)
-        for t in r["tasks"]:
-            if t["name"] not in task_order:
-                task_order.append(t["name"])
-    metric_of = {}
-    for rs in groups.values():
-        for t in rs[0]["tasks"]:
-            metric_of[t["name"]] = t["metric"]
-    headers = ["method", "order"] + [f"{n} ({metric_of[n]})" for n in task_order] + ["mean", "BWT %", "FWT %"]
-    rows = []
-    for (method, order), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "pop", kv[0])):
-        cells = [_fmt([r["final"].get(n) for r in rs]) for n in task_order]
-        means = [np.mean([v for v in r["final"].values() if v is not None]) for r in rs]
-        bwt = [r["transfer"]["bwt_mean"] if r.get("transfer") else None for r in rs]
-        fwt = [r["transfer"]["fwt_mean"] if r.get("transfer") else None for r in rs]
-        rows.append([method, order, *cells, _fmt(means), _fmt(bwt, 2), _fmt(fwt, 2)])
+        s = spec_of(r)
+        groups[(method_rank(s.method), s.method, s.order_tag, ",".join(f"{k}={v}" for k, v in s.method_overrides))
+               ].append(r)
+    names = task_names([r for rs in groups.values() for r in rs])
+    metric = metric_of([r for rs in groups.values() for r in rs])
+    rows = [[m, o, *([v] if any(k[3] for k in groups) else []),
+             *[fmt_stat([final(r, n) for r in rs]) for n in names], fmt_stat([mean_final(r) for r in rs]),
+             fmt_stat([transfer_mean(r, "bwt") for r in rs], 2), fmt_stat([transfer_mean(r, "fwt") for r in rs], 2)]
+            for (_, m, o, v), rs in sorted(groups.items())]
+    headers = ["method", "order", *(["variant"] if any(k[3] for k in groups) else []),
+               *[f"{n} ({metric[n]})" for n in names], "mean", "BWT %", "FWT %"]
     return tabulate(rows, headers=headers, tablefmt=tablefmt, disable_numparse=True)
-
-
-def _order_tag(r: dict) -> str:
-    s = r["spec"]
-    return s["order"].replace(",", "-") + (f"+noise{s['noise']}" if s.get("noise") is not None else "")

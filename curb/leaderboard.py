@@ -1,0 +1,258 @@
+"""Leaderboards: versioned tables built from committed result files, and a check that they still are.
+
+`leaderboards/boards.toml` names each board: its folder, version (e.g. `ml-v1`), the run folder
+holding its result JSONs and the setting (dataset, preset, shared overrides) it ranks. `build`
+writes `<board>/README.md` (ranked table, provenance of every row, exact config, every experiment
+section whose cells exist, figures) and `<board>/results.csv` (one row per result file), plus an
+index. `check` rebuilds the text files in memory and fails on any difference, so a published
+number can only change together with the result files behind it. Figures are drawn by `build`
+and only checked for presence: PNG/SVG bytes depend on the matplotlib version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .config import ConfigError
+from .report import (SECTIONS, Setting, Table, build_sections, load_settings, mean_final, method_rank, overall_table,
+                     render_markdown, spec_of, task_names, transfer_mean)
+from .results import ResultError, iter_results
+
+BOARDS_FILE = Path("leaderboards") / "boards.toml"
+_KEYS = {"title", "version", "results", "dataset", "preset", "overrides", "description", "command"}
+
+
+@dataclass(frozen=True)
+class Board:
+    key: str  # folder under leaderboards/
+    title: str
+    version: str  # benchmark version: a change of data, protocol or config makes a new one
+    results: Path  # run folder of the result JSONs (relative paths: to the boards file's folder)
+    dataset: str
+    preset: str | None = None
+    overrides: tuple[tuple[str, str], ...] = ()
+    description: str = ""
+    command: str = ""  # how the rows were produced
+
+
+def read_boards(path: Path) -> list[Board]:
+    """The boards of a boards.toml; a bad entry names the file, board and key."""
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    boards = []
+    for key, d in raw.items():
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: [{key}] must be a table")
+        unknown = set(d) - _KEYS
+        missing = {"title", "version", "results", "dataset"} - set(d)
+        if unknown or missing:
+            raise ConfigError(f"{path}: [{key}] " + (f"unknown keys {sorted(unknown)}; " if unknown else "")
+                              + (f"missing keys {sorted(missing)}; " if missing else "") + f"valid keys: {sorted(_KEYS)}")
+        ov = d.get("overrides", {})
+        if not isinstance(ov, dict) or not all(isinstance(v, str) for v in ov.values()):
+            raise ConfigError(f"{path}: [{key}] overrides must map keys to strings")
+        boards.append(Board(key, d["title"], d["version"], (Path(path).parent / d["results"]).resolve(), d["dataset"],
+                            d.get("preset"), tuple(sorted(ov.items())), d.get("description", ""), d.get("command", "")))
+    return boards
+
+
+def board_setting(board: Board) -> Setting:
+    """The board's results; any damaged result file under its run folder is an error here."""
+    bad = [str(r) for _, r in iter_results(board.results) if isinstance(r, ResultError)]
+    if bad:
+        raise ResultError(f"board {board.key}: damaged result file(s): " + "; ".join(bad))
+    found = [s for s in load_settings(board.results, lambda _: None)
+             if (s.dataset, s.preset, s.overrides) == (board.dataset, board.preset, board.overrides)]
+    if len(found) != 1:
+        raise ResultError(f"board {board.key}: {'no' if not found else 'several data versions of'} results for dataset "
+                          f"{board.dataset!r}, preset {board.preset!r}, overrides {dict(board.overrides)} under "
+                          f"{board.results}")
+    return found[0]
+
+
+# ---------------------------------------------------------------------------------- tables
+def ranked_table(st: Setting) -> Table:
+    """The overall table ranked by mean final score (pop keeps its place: a method below it learned nothing)."""
+    t = overall_table(st)
+    if t is None:
+        raise ResultError(f"{st.label}: no default-order results to rank")
+    col = t.headers.index("mean")
+    key = lambda row: -(np.mean([v for v in row[col] if v is not None]) if any(v is not None for v in row[col]) else -1)
+    rows = sorted(t.rows, key=key)
+    t.rows = [[str(i + 1), *row] for i, row in enumerate(rows)]
+    t.headers, t.best, t.digits = ["rank", *t.headers], [None, *t.best], [0, *t.digits]
+    t.name, t.title = "leaderboard", f"Leaderboard, {st.label}"
+    return t
+
+
+def _hardware(env: dict) -> str:
+    return f"{env['device_name']} ({env['machine']}, {env['threads']} thread{'s' if env['threads'] != 1 else ''})"
+
+
+def provenance_table(st: Setting) -> Table:
+    """Who computed each row: seeds, curb/torch versions, hardware, cell time and dates."""
+    rows = []
+    for m in st.methods():
+        rs = st.select(method=m)
+        envs = [r["env"] for r in rs]
+        rows.append([m, str(len(rs)), ",".join(str(spec_of(r).seed) for r in rs),
+                     ", ".join(sorted({e["curb"] for e in envs})), ", ".join(sorted({e["torch"] for e in envs})),
+                     "; ".join(sorted({_hardware(e) for e in envs})),
+                     f"{np.mean([r['timings']['total_s'] for r in rs]):.0f}",
+                     ", ".join(sorted({r["created"][:10] for r in rs}))])
+    return Table("provenance", "Provenance of each row", ["method", "cells", "seeds", "curb", "torch", "hardware",
+                                                          "mean cell s", "computed"], rows)
+
+
+def config_markdown(st: Setting) -> str:
+    """The exact configuration: the shared part once, each method's own knobs per row."""
+    rs = st.select()
+    shared = {k: rs[0]["config"][k] for k in ("preset", "backbone", "train", "split")}
+    differs = [spec_of(r).method for r in rs if {k: r["config"][k] for k in shared} != shared]
+    lines = ["Shared by every row (`preset`, `backbone`, `train`, `split`):", "", "```json",
+             json.dumps(shared, indent=1, sort_keys=True), "```", ""]
+    if differs:
+        lines += [f"Rows whose shared config differs: {', '.join(sorted(set(differs)))} (see their result files).", ""]
+    lines += ["| method | method config |", "|---|---|"]
+    for m in st.methods():
+        cfg = st.select(method=m)[0]["config"]["method"]
+        lines.append(f"| {m} | `{json.dumps(cfg, sort_keys=True)}` |")
+    return "\n".join(lines)
+
+
+def results_frame(board: Board, st: Setting) -> pd.DataFrame:
+    """One row per result file of the setting: identity, per-task finals, means, provenance."""
+    names = task_names(st.results)
+    rows = []
+    for r in sorted(st.results, key=lambda r: (method_rank(spec_of(r).method), spec_of(r).order_tag,
+                                               spec_of(r).method_overrides, spec_of(r).seed)):
+        s = spec_of(r)
+        rows.append({"board": board.key, "version": board.version, "method": s.method, "order": s.order,
+                     "noise": s.noise, "variant": ";".join(f"{k}={v}" for k, v in s.method_overrides),
+                     "seed": s.seed, "cell": s.hash, **{n: r["final"].get(n) for n in names},
+                     "mean": mean_final(r), "bwt_mean": transfer_mean(r, "bwt"), "fwt_mean": transfer_mean(r, "fwt"),
+                     "curb": r["env"]["curb"], "torch": r["env"]["torch"], "hardware": _hardware(r["env"]),
+                     "total_s": round(r["timings"]["total_s"], 1), "created": r["created"],
+                     "fingerprint": r["dataset"]["fingerprint"]})
+    return pd.DataFrame(rows)
+
+
+def render_board(board: Board, st: Setting, figures_dir: Path | None) -> tuple[str, str]:
+    """(README.md, results.csv) of a board; figures drawn into `figures_dir` when given."""
+    sections = build_sections(st, figures_dir, SECTIONS)
+    overall = next(s for s in sections if s.name == "overall")
+    rest = [s for s in sections if s.name != "overall"]
+    ranked = ranked_table(st)
+    n_seeds = sorted({spec_of(r).seed for r in st.select()})
+    doc = [f"# {board.title}", "",
+           f"Benchmark version **{board.version}** · dataset `{board.dataset}` · preset `{board.preset or 'default'}`"
+           f" · seeds {', '.join(map(str, n_seeds))} · {len(st.results)} result files in "
+           f"`{board.results.name}/` · built by `curb leaderboard build` from those files only.", ""]
+    if board.description:
+        doc += [board.description.strip(), ""]
+    if board.command:
+        doc += ["Reproduce the rows:", "", "```", board.command.strip(), "```", ""]
+    doc += ["## Leaderboard", "", ranked.markdown(), ""]
+    doc += [f"![{cap}](figures/{stem}.png)\n\n*{cap}.*\n" for stem, cap in overall.figures]
+    doc += ["## Provenance", "", provenance_table(st).markdown(), "", "## Configuration", "", config_markdown(st), ""]
+    if rest:
+        doc += ["## Experiments", "", render_markdown(rest, "figures", level=3)]
+    doc += ["", "How to add a row: see [docs/leaderboards.md](../../docs/leaderboards.md).", ""]
+    return "\n".join(doc), results_frame(board, st).to_csv(index=False, float_format="%.6g")
+
+
+def render_index(boards: list[Board], settings: dict[str, Setting]) -> str:
+    lines = ["# curb leaderboards", "",
+             "Built from committed result files by `curb leaderboard build`; `curb leaderboard check` (run in CI) "
+             "fails when a table no longer matches its results. Every board carries the `pop` "
+             "(popularity / majority-class) baseline.", "",
+             "| board | version | dataset | rows | best mean (method) | pop mean |", "|---|---|---|---|---|---|"]
+    for b in boards:
+        st = settings[b.key]
+        means = {m: np.mean([mean_final(r) for r in st.select(method=m)]) for m in st.methods()}
+        best = max((m for m in means if m != "pop"), key=lambda m: means[m], default=None)
+        pop = f"{means['pop']:.4f}" if "pop" in means else "-"
+        lines.append(f"| [{b.title}]({b.key}/README.md) | {b.version} | `{b.dataset}` | {len(means)} | "
+                     f"{means[best]:.4f} ({best}) | {pop} |" if best else f"| {b.title} | {b.version} | - | 0 | - | - |")
+    lines += ["", "How an outside method gets a row: [docs/leaderboards.md](../docs/leaderboards.md).", ""]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- build / check
+def _render_all(boards_file: Path, figures: bool) -> dict[Path, str]:
+    root = Path(boards_file).parent
+    boards = read_boards(boards_file)
+    files, settings = {}, {}
+    for b in boards:
+        st = settings[b.key] = board_setting(b)
+        readme, csv = render_board(b, st, root / b.key / "figures" if figures else None)
+        files[root / b.key / "README.md"] = readme
+        files[root / b.key / "results.csv"] = csv
+    files[root / "README.md"] = render_index(boards, settings)
+    return files
+
+
+def build(boards_file: Path = BOARDS_FILE, echo: Callable[[str], None] = print, figures: bool = True) -> list[Path]:
+    files = _render_all(boards_file, figures)
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        echo(f"wrote {path}")
+    return list(files)
+
+
+def check(boards_file: Path = BOARDS_FILE) -> list[str]:
+    """Differences between the committed leaderboards and a rebuild from their results (empty: all current)."""
+    problems = []
+    for path, text in _render_all(boards_file, figures=False).items():
+        if not path.exists():
+            problems.append(f"{path}: missing (run `curb leaderboard build`)")
+            continue
+        old = path.read_text()
+        if old != text:
+            diff = next(i for i, (a, b) in enumerate(zip(old.splitlines() + [""], text.splitlines() + [""]))
+                        if a != b)
+            problems.append(f"{path}: differs from its results from line {diff + 1} "
+                            f"(stored: {(old.splitlines() + [''])[diff][:80]!r}, "
+                            f"rebuilt: {(text.splitlines() + [''])[diff][:80]!r})")
+        for link in (ln.split("](", 1)[1].split(")", 1)[0] for ln in text.splitlines() if ln.startswith("![")):
+            if not (path.parent / link).exists():
+                problems.append(f"{path}: figure {link} is missing (run `curb leaderboard build`)")
+    return problems
+
+
+# ---------------------------------------------------------------------------------- CLI
+def add_parser(sub) -> None:
+    lb = sub.add_parser("leaderboard", help="build or check the published leaderboards from result files",
+                        description="build: write leaderboards/<board>/README.md, results.csv and figures from the "
+                        "result JSONs named in the boards file; check: rebuild the text in memory and fail on any "
+                        "difference (CI runs it).")
+    lb.add_argument("action", choices=("build", "check"))
+    lb.add_argument("--boards", type=Path, default=BOARDS_FILE, help="boards file (default: %(default)s)")
+    lb.add_argument("--no-figures", action="store_true", help="build: tables only")
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    if args.action == "build":
+        build(args.boards, figures=not args.no_figures)
+        return 0
+    problems = check(args.boards)
+    for p in problems:
+        print(f"curb: leaderboard check: {p}")
+    if problems:
+        print("curb: leaderboard check FAILED: rebuild with `curb leaderboard build` after changing results")
+        return 1
+    print(f"leaderboards in {args.boards.parent} match their result files")
+    return 0

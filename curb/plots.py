@@ -1,0 +1,321 @@
+"""Figures for curb reports and leaderboards (matplotlib + seaborn).
+
+Why this module looks the way it does:
+- Figures are drawn only from result-derived data handed in by the report layer (R matrices,
+  transfer numbers, validation curves, final scores); nothing here computes a result, so a
+  figure can never disagree with the tables built from the same result files.
+- Output is deterministic: the same input gives byte-identical PNG and SVG files on the same
+  matplotlib version (no date or software stamp, fixed SVG hash salt, deterministic jitter), so
+  the leaderboard check can regenerate the figures and compare them with the committed ones.
+- No pyplot state: every figure is a bare `matplotlib.figure.Figure` (never registered with
+  pyplot, so nothing is left open and no backend is chosen for the caller), styled inside an
+  `rc_context` that is undone on return.
+- A method keeps its colour in every figure (`method_colors`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable, Iterable
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+KNOWN_METHODS = ("pop", "sinmo", "fineall", "peterrec", "mtl", "piggyback", "hat", "conure", "teracon")
+# What a baseline is, for its legend entry in `score_bars`.
+BASELINE_NOTES = {"pop": "popularity / majority"}
+DPI = 150
+_MAX_PANEL_COLS = 4
+_GROUP_WIDTH = 0.8  # share of a task slot taken by its group of bars
+_LEGEND_WIDTH = 1.8  # inches added to a figure for the legend outside the axes
+
+
+def method_colors(methods: Iterable[str]) -> dict[str, tuple]:
+    """Fixed RGB colour per method: the known methods always take the same "tab10" colour (in
+    KNOWN_METHODS order); unknown names take the free colours in sorted-name order, so a set of
+    methods gets the same colours whatever order a figure lists them in."""
+    palette = sns.color_palette("tab10") + sns.color_palette("tab20")[1::2]
+    colors = {m: tuple(palette[i]) for i, m in enumerate(KNOWN_METHODS)}
+    unknown = sorted({str(m) for m in methods} - set(colors))
+    free = palette[len(KNOWN_METHODS):]
+    if len(unknown) > len(free):
+        free = free + sns.color_palette("husl", len(unknown) - len(free))
+    colors.update({m: tuple(c) for m, c in zip(unknown, free)})
+    return {str(m): colors[str(m)] for m in methods}
+
+
+# ----------------------------------------------------------------------------------- public API
+
+
+def heatmaps(panels: dict[str, tuple[list[str], list[str], np.ndarray]], path: Path, *, title: str = "",
+             fmt: str = ".3f", vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis",
+             cbar_label: str = "") -> list[Path]:
+    """One annotated heatmap per panel (title = key; value = (row labels, column labels, 2-D
+    array)) on one shared colour scale, at most 4 panels a row; NaN cells stay blank (e.g. the
+    upper triangle of an R matrix). vmin/vmax default to the finite range over all panels."""
+    return _render(path, _heatmaps_figure, panels, title=title, fmt=fmt, vmin=vmin, vmax=vmax, cmap=cmap,
+                   cbar_label=cbar_label)
+
+
+def transfer_bars(data: pd.DataFrame, path: Path, *, title: str = "") -> list[Path]:
+    """FWT and BWT panels of grouped bars (x = task, hue = method) from columns method, task,
+    kind ("FWT"/"BWT"), value (mean, %), err (std over seeds, may be NaN)."""
+    return _render(path, _transfer_figure, data, title=title)
+
+
+def curves(data: pd.DataFrame, path: Path, *, title: str = "", xlabel: str = "epoch",
+           ylabel: str = "") -> list[Path]:
+    """One line per method (mean over seeds at each x, ±1 std band where more than one seed
+    reached x) from columns method, x, value, seed."""
+    return _render(path, _curves_figure, data, title=title, xlabel=xlabel, ylabel=ylabel)
+
+
+def boxes(data: pd.DataFrame, path: Path, *, title: str = "", ylabel: str = "") -> list[Path]:
+    """Box per method with every value overlaid as a jittered point, from columns method, value."""
+    return _render(path, _boxes_figure, data, title=title, ylabel=ylabel)
+
+
+def score_bars(data: pd.DataFrame, path: Path, *, title: str = "", ylabel: str = "",
+               baseline: str = "pop") -> list[Path]:
+    """Grouped bars (x = task, hue = method; mean ± std over seeds) from columns method, task,
+    value (one row per seed). The `baseline` method is drawn as a dashed line at its mean across
+    each task group instead of a bar, so beating the trivial baseline is visible at a glance."""
+    return _render(path, _score_figure, data, title=title, ylabel=ylabel, baseline=baseline)
+
+
+# ------------------------------------------------------------------------------ shared plumbing
+
+
+def _render(path: Path, draw: Callable[..., Figure], *args, **kwargs) -> list[Path]:
+    """Draw and save under the house style; returns [png, svg]."""
+    with mpl.rc_context({**sns.axes_style("whitegrid"), "svg.hashsalt": "curb", "svg.fonttype": "path"}):
+        fig = draw(*args, **kwargs)
+        return _save(fig, Path(path))
+
+
+def _save(fig: Figure, path: Path) -> list[Path]:
+    """Write path.png (dpi 150) and path.svg without date/software stamps (reproducible bytes).
+    The figure was never registered with pyplot, so there is nothing to close."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png, svg = path.with_suffix(".png"), path.with_suffix(".svg")
+    fig.savefig(png, dpi=DPI, metadata={"Software": None})
+    fig.savefig(svg, metadata={"Date": None})
+    return [png, svg]
+
+
+def _new_figure(nrows: int, ncols: int, panel_w: float, panel_h: float, title: str,
+                extra_w: float = 0.0) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure with an nrows x ncols grid of axes (always a 2-D array)."""
+    fig = Figure(figsize=(ncols * panel_w + extra_w, nrows * panel_h + (0.4 if title else 0.0)),
+                 layout="constrained")
+    if title:
+        fig.suptitle(title)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _legend(fig: Figure, handles: list) -> None:
+    """Legend outside the axes, to the right, so it never covers data."""
+    fig.legend(handles=handles, loc="outside right upper", frameon=False)
+
+
+def _check(data: pd.DataFrame, required: list[str], what: str, *, finite: bool = True) -> pd.DataFrame:
+    """Validate columns; returns a copy with str methods/tasks, float values and (if finite)
+    only the rows whose value is finite. Raises ValueError on missing columns or no data."""
+    missing = [c for c in required if c not in data.columns]
+    if missing:
+        raise ValueError(f"{what}: data lacks column(s) {missing}; it has {list(data.columns)}")
+    out = data[required].copy()
+    out["method"] = out["method"].astype(str)
+    if "task" in out:
+        out["task"] = out["task"].astype(str)
+    out["value"] = out["value"].astype(float)
+    if finite:
+        out = out[np.isfinite(out["value"])]
+    if out.empty:
+        raise ValueError(f"no data to plot in {what}: " + ("no finite value" if len(data) else "no rows"))
+    return out
+
+
+def _order(values: pd.Series) -> list[str]:
+    """Distinct values in order of first appearance."""
+    return list(pd.unique(values))
+
+
+def _grouped_bars(ax: Axes, mean: pd.DataFrame, err: pd.DataFrame, colors: dict[str, tuple]) -> np.ndarray:
+    """Bars for mean (index = task, columns = method) with black error bars where err is finite;
+    non-finite means draw no bar. Returns the x centre of each task group."""
+    methods = list(mean.columns)
+    width = _GROUP_WIDTH / max(len(methods), 1)
+    centres = np.arange(len(mean.index), dtype=float)
+    for j, m in enumerate(methods):
+        x = centres + (j - (len(methods) - 1) / 2) * width
+        y, e = mean[m].to_numpy(float), err[m].to_numpy(float)
+        ok = np.isfinite(y)
+        ax.bar(x[ok], y[ok], width, color=colors[m], label=m)
+        has_err = ok & np.isfinite(e)
+        if has_err.any():
+            ax.errorbar(x[has_err], y[has_err], yerr=e[has_err], fmt="none", ecolor="black", elinewidth=0.8,
+                        capsize=2)
+    ax.set_xticks(centres, labels=list(mean.index))
+    ax.set_xlim(-0.5, len(centres) - 0.5)
+    ax.grid(False, axis="x")  # vertical grid lines would cut through the groups
+    return centres
+
+
+def _bar_panel_width(n_tasks: int, n_methods: int) -> float:
+    """Inches for one panel of grouped bars: room for ~0.18 in per bar, at least 3.5 in."""
+    return max(3.5, n_tasks * max(0.6, 0.18 * n_methods) + 1.0)
+
+
+def _method_patches(methods: list[str], colors: dict[str, tuple]) -> list[Patch]:
+    return [Patch(facecolor=colors[m], label=m) for m in methods]
+
+
+# ------------------------------------------------------------------------------------ figures
+
+
+def _heatmaps_figure(panels: dict[str, tuple[list[str], list[str], np.ndarray]], *, title: str = "",
+                     fmt: str = ".3f", vmin: float | None = None, vmax: float | None = None,
+                     cmap: str = "viridis", cbar_label: str = "") -> Figure:
+    if not panels:
+        raise ValueError("no data to plot in heatmaps: no panels")
+    arrays = {}
+    for name, (rows, cols, values) in panels.items():
+        a = np.asarray(values, dtype=float)
+        if a.shape != (len(rows), len(cols)):
+            raise ValueError(f"heatmaps: panel {name!r} has an array of shape {a.shape} but "
+                             f"{len(rows)} row and {len(cols)} column labels")
+        arrays[name] = a
+    finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()])
+    if finite.size == 0:
+        raise ValueError("no data to plot in heatmaps: every cell is NaN")
+    lo = float(finite.min()) if vmin is None else vmin
+    hi = float(finite.max()) if vmax is None else vmax
+    n = len(panels)
+    ncols = min(_MAX_PANEL_COLS, n)
+    max_r = max(a.shape[0] for a in arrays.values())
+    max_c = max(a.shape[1] for a in arrays.values())
+    fig, axes = _new_figure(math.ceil(n / ncols), ncols, panel_w=max(2.5, 0.6 * max_c + 1.3),
+                            panel_h=max(2.2, 0.45 * max_r + 1.2), title=title, extra_w=1.0)
+    for ax, (name, (rows, cols, _)) in zip(axes.flat, panels.items()):
+        a = arrays[name]
+        sns.heatmap(a, ax=ax, mask=~np.isfinite(a), vmin=lo, vmax=hi, cmap=cmap, cbar=False, annot=True,
+                    fmt=fmt, annot_kws={"fontsize": 7}, xticklabels=list(cols), yticklabels=list(rows),
+                    linewidths=0.5, linecolor="white")
+        ax.grid(False)
+        ax.tick_params(axis="y", labelrotation=0)
+        ax.set_title(name)
+    for ax in axes.flat[n:]:
+        ax.remove()
+    fig.colorbar(axes.flat[0].collections[0], ax=list(axes.flat[:n]), label=cbar_label)
+    return fig
+
+
+def _transfer_figure(data: pd.DataFrame, *, title: str = "") -> Figure:
+    d = _check(data, ["method", "task", "kind", "value", "err"], "transfer_bars", finite=False)
+    d["err"] = d["err"].astype(float)
+    bad = sorted(set(d["kind"]) - {"FWT", "BWT"})
+    if bad:
+        raise ValueError(f"transfer_bars: kind must be 'FWT' or 'BWT', got {bad}")
+    dup = d.duplicated(["method", "task", "kind"])
+    if dup.any():
+        raise ValueError(f"transfer_bars: several rows for (method, task, kind) "
+                         f"{d.loc[dup, ['method', 'task', 'kind']].values.tolist()}")
+    tasks, methods = _order(d["task"]), _order(d["method"])
+    colors = method_colors(methods)
+    shown = d[np.isfinite(d["value"])]
+    width = max(_bar_panel_width(len(_order(shown.loc[shown["kind"] == k, "task"])), len(methods))
+                for k in ("FWT", "BWT"))
+    fig, axes = _new_figure(1, 2, width, 3.4, title, extra_w=_LEGEND_WIDTH)
+    for ax, kind in zip(axes.flat, ("FWT", "BWT")):
+        ax.set_title(kind)
+        part = shown[shown["kind"] == kind]
+        if part.empty:
+            ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        row_order = [t for t in tasks if t in set(part["task"])]
+        col_order = [m for m in methods if m in set(part["method"])]
+        mean = part.pivot(index="task", columns="method", values="value").reindex(index=row_order, columns=col_order)
+        err = part.pivot(index="task", columns="method", values="err").reindex(index=row_order, columns=col_order)
+        _grouped_bars(ax, mean, err, colors)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_ylabel("%")
+    _legend(fig, _method_patches(methods, colors))
+    return fig
+
+
+def _curves_figure(data: pd.DataFrame, *, title: str = "", xlabel: str = "epoch", ylabel: str = "") -> Figure:
+    d = _check(data, ["method", "x", "value", "seed"], "curves")
+    methods = _order(d["method"])
+    colors = method_colors(methods)
+    fig, axes = _new_figure(1, 1, 6.0, 3.6, title, extra_w=_LEGEND_WIDTH)
+    ax = axes[0, 0]
+    for m in methods:
+        # Seeds may stop at different epochs (early stopping): each x averages the seeds that reached it.
+        g = d[d["method"] == m].groupby("x")["value"].agg(["mean", "std"]).sort_index()
+        x, mean, sd = g.index.to_numpy(), g["mean"].to_numpy(), g["std"].to_numpy()
+        ax.plot(x, mean, marker="o", markersize=3, color=colors[m], label=m)
+        band = np.isfinite(sd)  # std is NaN where a single seed reached x: no band there
+        if band.any():
+            ax.fill_between(x, mean - sd, mean + sd, where=band, color=colors[m], alpha=0.2, linewidth=0)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel=xlabel, ylabel=ylabel)
+    _legend(fig, ax.get_lines())
+    return fig
+
+
+def _boxes_figure(data: pd.DataFrame, *, title: str = "", ylabel: str = "") -> Figure:
+    d = _check(data, ["method", "value"], "boxes")
+    methods = _order(d["method"])
+    colors = method_colors(methods)
+    values = [d.loc[d["method"] == m, "value"].to_numpy() for m in methods]
+    fig, axes = _new_figure(1, 1, max(4.0, 0.8 * len(methods) + 1.5), 3.6, title)
+    ax = axes[0, 0]
+    positions = np.arange(len(methods), dtype=float)
+    drawn = ax.boxplot(values, positions=positions, widths=0.6, patch_artist=True, showfliers=False,
+                       medianprops={"color": "black"})
+    rng = np.random.default_rng(0)  # deterministic jitter: same input, same file
+    for pos, box, m, v in zip(positions, drawn["boxes"], methods, values):
+        box.set(facecolor=(*colors[m], 0.45), edgecolor="black")
+        ax.scatter(pos + rng.uniform(-0.15, 0.15, size=len(v)), v, s=10, color=colors[m], edgecolors="black",
+                   linewidths=0.3, zorder=3)
+    ax.set_xticks(positions, labels=[f"{m}\n(n={len(v)})" for m, v in zip(methods, values)])
+    ax.grid(False, axis="x")
+    ax.set_ylabel(ylabel)
+    return fig
+
+
+def _score_figure(data: pd.DataFrame, *, title: str = "", ylabel: str = "", baseline: str = "pop") -> Figure:
+    d = _check(data, ["method", "task", "value"], "score_bars")
+    tasks, methods = _order(d["task"]), _order(d["method"])
+    colors = method_colors(methods)
+    stats = d.groupby(["task", "method"])["value"].agg(["mean", "std"])
+    mean = stats["mean"].unstack("method").reindex(index=tasks, columns=methods)
+    err = stats["std"].unstack("method").reindex(index=tasks, columns=methods)
+    bar_methods = [m for m in methods if m != baseline]
+    fig, axes = _new_figure(1, 1, _bar_panel_width(len(tasks), len(bar_methods)), 3.6, title,
+                            extra_w=_LEGEND_WIDTH)
+    ax = axes[0, 0]
+    centres = _grouped_bars(ax, mean[bar_methods], err[bar_methods], colors)
+    handles: list = _method_patches(bar_methods, colors)
+    if baseline in methods:
+        label = f"{baseline} ({BASELINE_NOTES.get(baseline, 'baseline')})"
+        y = mean[baseline].to_numpy(float)
+        ok = np.isfinite(y)
+        half = _GROUP_WIDTH / 2 + 0.05
+        ax.hlines(y[ok], centres[ok] - half, centres[ok] + half, colors=[colors[baseline]], linestyles="--",
+                  linewidth=1.6, label=label, zorder=4)
+        handles.append(Line2D([], [], color=colors[baseline], linestyle="--", linewidth=1.6, label=label))
+    ax.set_ylabel(ylabel)
+    _legend(fig, handles)
+    return fig

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .config import ConfigError
-from .report import (SECTIONS, Setting, Table, build_sections, load_settings, mean_final, method_rank, overall_table,
+from .report import (SECTIONS, Setting, Table, build_sections, load_settings, mean_final, mean_std, method_rank, overall_table,
                      render_markdown, spec_of, task_names, transfer_mean)
 from .results import ResultError, iter_results
 
@@ -89,11 +89,12 @@ def ranked_table(st: Setting) -> Table:
     if t is None:
         raise ResultError(f"{st.label}: no default-order results to rank")
     col = t.headers.index("mean")
-    key = lambda row: -(np.mean([v for v in row[col] if v is not None]) if any(v is not None for v in row[col]) else -1)
-    rows = sorted(t.rows, key=key)
-    t.rows = [[str(i + 1), *row] for i, row in enumerate(rows)]
+    means = [mean_std(row[col]) for row in t.rows]
+    order = sorted(range(len(t.rows)), key=lambda i: (means[i] is None, -(means[i] or (0.0,))[0]))
+    t.rows = [[str(k + 1) if means[i] is not None else "-", *t.rows[i]] for k, i in enumerate(order)]
     t.headers, t.best, t.digits = ["rank", *t.headers], [None, *t.best], [0, *t.digits]
     t.name, t.title = "leaderboard", f"Leaderboard, {st.label}"
+    t.note += " Ranked by the all-task mean; a row without one (MTL) is listed last, unranked."
     return t
 
 
@@ -121,8 +122,8 @@ def config_markdown(st: Setting) -> str:
     rs = st.select()
     shared = {k: rs[0]["config"][k] for k in ("preset", "backbone", "train", "split")}
     differs = [spec_of(r).method for r in rs if {k: r["config"][k] for k in shared} != shared]
-    lines = ["Shared by every row (`preset`, `backbone`, `train`, `split`):", "", "```json",
-             json.dumps(shared, indent=1, sort_keys=True), "```", ""]
+    lines = ["Shared by every row:", "", "| section | config |", "|---|---|",
+             *[f"| {k} | `{json.dumps(v, sort_keys=True)}` |" for k, v in shared.items()], ""]
     if differs:
         lines += [f"Rows whose shared config differs: {', '.join(sorted(set(differs)))} (see their result files).", ""]
     lines += ["| method | method config |", "|---|---|"]
@@ -181,10 +182,10 @@ def render_index(boards: list[Board], settings: dict[str, Setting]) -> str:
              "| board | version | dataset | rows | best mean (method) | pop mean |", "|---|---|---|---|---|---|"]
     for b in boards:
         st = settings[b.key]
-        means = {m: np.mean([mean_final(r) for r in st.select(method=m)]) for m in st.methods()}
+        means = {m: ms[0] for m in st.methods() if (ms := mean_std(mean_final(r) for r in st.select(method=m)))}
         best = max((m for m in means if m != "pop"), key=lambda m: means[m], default=None)
         pop = f"{means['pop']:.4f}" if "pop" in means else "-"
-        lines.append(f"| [{b.title}]({b.key}/README.md) | {b.version} | `{b.dataset}` | {len(means)} | "
+        lines.append(f"| [{b.title}]({b.key}/README.md) | {b.version} | `{b.dataset}` | {len(st.methods())} | "
                      f"{means[best]:.4f} ({best}) | {pop} |" if best else f"| {b.title} | {b.version} | - | 0 | - | - |")
     lines += ["", "How an outside method gets a row: [docs/leaderboards.md](../docs/leaderboards.md).", ""]
     return "\n".join(lines)

@@ -11,6 +11,8 @@ Tables give mean ± sample std over seeds; the best mean per column is in bold.
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +112,11 @@ class Setting:
         parts = [self.dataset] + ([self.preset] if self.preset else []) + [f"{k}={v}" for k, v in self.overrides]
         return "-".join(parts)
 
+    @property
+    def file_tag(self) -> str:
+        """The label as a file-name stem (no dots: they would read as a suffix)."""
+        return re.sub(r"[^A-Za-z0-9=+_-]", "_", self.label)
+
     def select(self, *, method: str | None = None, order: str | None = "default", noise: object = None,
                variant: tuple[tuple[str, str], ...] | None = ()) -> list[dict]:
         """Results matching the filters; `variant` = the method's own overrides (None: any)."""
@@ -178,9 +185,14 @@ def final(r: dict, task: str) -> Value:
     return r["final"].get(task)
 
 
-def mean_final(r: dict) -> Value:
-    vals = _finite(v for k, v in r["final"].items() if k != "noise")
-    return float(np.mean(vals)) if vals else None
+def mean_final(r: dict, later_only: bool = False) -> Value:
+    """Mean final score over the stream's real tasks (or over T2..T_M); None when one is missing
+    (MTL has no T1 score: its all-task mean would average a different set of tasks)."""
+    names = [t["name"] for t in r["tasks"] if t["name"] != "noise"][1 if later_only else 0:]
+    vals = [r["final"].get(n) for n in names]
+    if not vals or any(v is None or math.isnan(v) for v in vals):
+        return None
+    return float(np.mean(vals))
 
 
 def transfer_of(r: dict, kind: str, task: str) -> Value:
@@ -217,13 +229,17 @@ def overall_table(st: Setting) -> Table | None:
     for m in methods:
         cells = st.select(method=m)
         rows.append([m, *[[final(r, n) for r in cells] for n in names], [mean_final(r) for r in cells],
+                     [mean_final(r, later_only=True) for r in cells],
                      [transfer_mean(r, "bwt") for r in cells], [transfer_mean(r, "fwt") for r in cells], _seeds(cells)])
     k = len(names)
     return Table("overall", f"Overall: final R(T_M, T_i), {st.label}",
-                 ["method", *[f"{n} ({metric[n]})" for n in names], "mean", "BWT %", "FWT %", "seeds"], rows,
-                 best=[None, *["max"] * (k + 1), "max", "max", None], digits=[0, *[4] * (k + 1), 2, 2, 0],
-                 note="Mean ± std over seeds; best mean per column in bold. BWT/FWT: relative %, METHODS.md §4.3 "
-                      "(FWT against SinMo of the same seed). `pop` is the popularity / majority-class baseline.")
+                 ["method", *[f"{n} ({metric[n]})" for n in names], "mean", f"mean {names[1]}-{names[-1]}",
+                  "BWT %", "FWT %", "seeds"], rows,
+                 best=[None, *["max"] * (k + 2), "max", "max", None], digits=[0, *[4] * (k + 2), 2, 2, 0],
+                 note="Mean ± std over seeds; best mean per column in bold. `mean`: over all tasks (none for MTL, "
+                      "which has no T1 score); the next column leaves T1 out so MTL can be compared. BWT/FWT: "
+                      "relative %, METHODS.md §4.3 (FWT against SinMo of the same seed). `pop` is the popularity / "
+                      "majority-class baseline.")
 
 
 def transfer_tables(st: Setting) -> list[Table]:
@@ -288,7 +304,7 @@ def epoch_seconds(r: dict, task: str) -> Value:
 
 def sampling_tables(st: Setting) -> list[Table]:
     """TERACON with each sampling rate: final scores, seconds per epoch and users sampled."""
-    variants = {spec_of(r).method_overrides for r in st.select(method="teracon", order=None)}
+    variants = {spec_of(r).method_overrides for r in st.select(method="teracon", order=None, variant=None)}
     if len(variants) < 2:
         return []
     names = task_names(st.select(order=None))
@@ -319,7 +335,7 @@ def sampling_tables(st: Setting) -> list[Table]:
               note="ρ: `min` = ρ_min = 1 − σ(c) for every past task; `relation` = Eq. 15 (default); "
                    "`none` = ρ = 1 (all users, no sampling)."),
         Table("sampling-time", f"Sampling (TERACON): training seconds per epoch, {st.label}",
-              ["order", "ρ", *[f"{n} s/epoch" for n in names[1:]], "sum s/epoch", "× of ρ=1", "users sampled %"],
+              ["order", "ρ", *[f"{n} s/epoch" for n in names[1:]], "sum s/epoch", "time vs ρ=1", "users sampled %"],
               speed, digits=[0, 0, *[1] * (k - 1), 1, 0, 2],
               note="Seconds are hardware-specific (see each result's env); compare the ratios."),
     ]
@@ -397,8 +413,9 @@ def r_matrices(st: Setting) -> dict[str, tuple[list[str], list[str], np.ndarray]
         rs = st.select(method=m)
         names = [t["name"] for t in rs[0]["tasks"]]
         arr = np.array([[[np.nan if v is None else v for v in row] for row in r["R"]] for r in rs], dtype=float)
-        with np.errstate(all="ignore"):
-            mean = np.nanmean(arr, axis=0) if not np.isnan(arr).all() else arr[0]
+        with warnings.catch_warnings():  # cells never filled (upper triangle, MTL's rows) stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(arr, axis=0)
         panels[m] = ([f"after {n}" for n in names], names, mean)
     return panels
 
@@ -461,18 +478,18 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
         return [(stem, caption)]
 
     out = []
-    tag = st.label
+    tag = st.file_tag
     if "overall" in only and (t := overall_table(st)):
         figs = fig(f"{tag}-scores", "Final score per task (bars: mean ± std over seeds; dashed: pop)",
-                   lambda p: plots.score_bars(score_data(st), p, title=f"Final scores, {tag}", ylabel="score"))
+                   lambda p: plots.score_bars(score_data(st), p, title=f"Final scores, {st.label}", ylabel="score"))
         figs += fig(f"{tag}-R", "R matrices (mean over seeds): row = after learning T_j, column = T_i",
-                    lambda p: plots.heatmaps(r_matrices(st), p, title=f"R(T_j, T_i), {tag}"))
+                    lambda p: plots.heatmaps(r_matrices(st), p, title=f"R(T_j, T_i), {st.label}"))
         if not (td := transfer_data(st)).empty:
             figs += fig(f"{tag}-fwt-bwt", "FWT and BWT per task (mean ± std over seeds)",
-                        lambda p: plots.transfer_bars(td, p, title=f"Transfer, {tag}"))
+                        lambda p: plots.transfer_bars(td, p, title=f"Transfer, {st.label}"))
         if ms := mask_similarity(st):
             figs += fig(f"{tag}-masks", "Cosine similarity between the tasks' masks (mean over seeds)",
-                        lambda p: plots.heatmaps(ms, p, title=f"Task-mask similarity, {tag}", fmt=".2f",
+                        lambda p: plots.heatmaps(ms, p, title=f"Task-mask similarity, {st.label}", fmt=".2f",
                                                  vmin=0.0, vmax=1.0, cbar_label="cosine"))
         out.append(Section("overall", [t], figs))
     if "transfer" in only and (ts := transfer_tables(st)):
@@ -484,12 +501,12 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
     if "adaptation" in only and (t := adaptation_table(st)):
         data = adaptation_data(st)
         out.append(Section("adaptation", [t], fig(f"{tag}-adaptation", "Validation curve of the last task per epoch",
-                                                  lambda p: plots.curves(data, p, title=f"Adaptation, {tag}",
+                                                  lambda p: plots.curves(data, p, title=f"Adaptation, {st.label}",
                                                                          ylabel="validation metric"))))
     if "orders" in only and (t := orders_table(st)):
         data = orders_data(st)
         out.append(Section("orders", [t], fig(f"{tag}-orders", "Mean final score per (order, seed) cell",
-                                              lambda p: plots.boxes(data, p, title=f"Order robustness, {tag}",
+                                              lambda p: plots.boxes(data, p, title=f"Order robustness, {st.label}",
                                                                     ylabel="mean final score"))))
     return out
 
@@ -520,7 +537,7 @@ def write_report(run_dir: Path, out: Path, only: Sequence[str] = SECTIONS, figur
         for sec in sections:
             for t in sec.tables:
                 for ext, text in (("md", t.markdown()), ("tex", t.latex())):
-                    p = out / "tables" / f"{st.label}-{t.name}.{ext}"
+                    p = out / "tables" / f"{st.file_tag}-{t.name}.{ext}"
                     p.parent.mkdir(parents=True, exist_ok=True)
                     p.write_text(text + "\n")
                     written.append(p)

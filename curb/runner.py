@@ -265,12 +265,24 @@ def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunCon
     return provide
 
 
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what `platform` knows: leaderboard rows say
+    which hardware produced them."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def _env(device: torch.device) -> dict:
     return {
         "curb": __version__, "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "machine": platform.machine(), "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
         "threads": torch.get_num_threads(),
     }
 

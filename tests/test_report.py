@@ -1,0 +1,221 @@
+"""Experiments, report and leaderboards on stored results (tests/data/mini-run: every experiment of
+`curb reproduce all` on synthetic-mini, seeds 0 and 1). Golden texts: tests/data/golden (rewrite
+them with `python tests/data/regen_golden.py` after an intended rendering change)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curb.cli import main
+from curb.config import ConfigError
+from curb.experiments import ExperimentArgs, experiment_cells, get_experiment, task_orders
+from curb.leaderboard import board_setting, build, check, read_boards, render_board
+from curb.report import load_settings, mean_std, noisy_table, overall_table, sampling_tables, write_report
+from curb.results import load_result, save_result
+
+DATA = Path(__file__).parent / "data"
+RUN = DATA / "mini-run"
+
+
+@pytest.fixture(scope="module")
+def setting():
+    (st,) = load_settings(RUN)
+    return st
+
+
+def _mean(text: str) -> float:
+    return float(text.strip().strip("*").split(" ± ")[0].split(" (")[0])
+
+
+# ---------------------------------------------------------------------------------- experiments
+def test_task_orders_are_distinct_start_with_t1_and_are_seeded():
+    names = ["T1", "T2", "T3", "T4", "T5"]
+    orders = task_orders(names, 6, seed=0)
+    assert orders[:2] == ["default", "reversed"] and len(orders) == 6
+    custom = [o.split(",") for o in orders[2:]]
+    assert all(o[0] == "T1" and sorted(o) == names for o in custom)
+    assert len({tuple(o) for o in custom} | {tuple(names[1:]), tuple(reversed(names[1:]))}) == 6
+    assert task_orders(names, 6, seed=0) == orders and task_orders(names, 6, seed=1) != orders
+    assert task_orders(["T1", "T2", "T3"], 10, 0) == ["default", "reversed"]  # only 2! orders exist
+    assert task_orders(["T1", "T2"], 3, 0) == ["default"]
+
+
+def test_experiments_share_cells_instead_of_recomputing():
+    a = ExperimentArgs("synthetic-mini", seeds=(0, 1))
+    overall = set(get_experiment("overall").cells(a))
+    transfer = set(get_experiment("transfer").cells(a))
+    sampling = get_experiment("sampling").cells(a)
+    # The default-order HAT/CONURE/TERACON cells of `transfer` are exactly those of `overall`.
+    assert {s for s in transfer if s.order == "default"} <= overall
+    # `sampling`'s relation row is the default TERACON cell (no override), the others are variants.
+    assert {s.method_overrides for s in sampling if s.method == "teracon"} == {
+        (), (("teracon.sampling", "min"),), (("teracon.sampling", "none"),)}
+    union = experiment_cells(["overall", "transfer", "sampling"], a)
+    assert len(union) == len(set(union)) == len(overall | transfer | set(sampling))
+
+
+def test_noisy_experiment_inserts_t_prime_after_t3_or_before_the_last_task():
+    cells = get_experiment("noisy").cells(ExperimentArgs("synthetic-mini"))
+    assert {s.noise for s in cells} == {None, 3}  # 5 tasks: after T3, as on TTL
+    with pytest.raises(ConfigError, match="noise position"):
+        get_experiment("noisy").cells(ExperimentArgs("synthetic-mini", noise_position=9))
+
+
+def test_unknown_experiment_lists_the_valid_ones(capsys):
+    assert main(["reproduce", "overal", "--dataset", "synthetic-mini"]) == 2
+    err = capsys.readouterr().err
+    assert "overal" in err and "overall, transfer, noisy, sampling, adaptation, orders" in err
+
+
+def test_reproduce_reuses_stored_cells(tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(RUN, run)
+    assert main(["reproduce", "transfer", "--dataset", "synthetic-mini", "--seeds", "0,1", "--out", str(run),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "transfer on synthetic-mini: 16 cell(s), 16 already in" in out and "todo" not in out
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("seed*.json")}
+    assert main(["reproduce", "transfer", "--dataset", "synthetic-mini", "--seeds", "0,1", "--out", str(run),
+                 "--no-figures"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("seed*.json")} == before  # nothing recomputed
+    assert "Transfer (BWT %)" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------- tables
+def test_overall_table_is_mean_and_std_of_the_result_files_with_the_best_in_bold(setting):
+    t = overall_table(setting)
+    md = t.markdown().splitlines()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in md[2:] if "|" in line}
+    assert list(rows)[0] == "pop"  # the trivial baseline is always there, first
+    files = [json.loads(p.read_text()) for p in RUN.rglob("seed*.json")]
+    t3 = [f["final"]["T3"] for f in files if f["spec"]["method"] == "conure" and f["spec"]["order"] == "default"
+          and f["spec"]["noise"] is None]
+    assert len(t3) == 2
+    assert rows["conure"][2].strip("*") == f"{np.mean(t3):.4f} ± {np.std(t3, ddof=1):.4f}"
+    assert _mean(rows["conure"][2]) == pytest.approx(np.mean(t3), abs=5e-5)
+    # Bold exactly on the highest mean of each task column.
+    for c in range(5):
+        col = {m: _mean(v[c]) for m, v in rows.items() if v[c] != "-"}
+        bold = {m for m, v in rows.items() if v[c].startswith("**")}
+        assert bold == {m for m, x in col.items() if x == max(col.values())}
+    assert rows["mtl"][0] == "-" and rows["mtl"][5] == "-"  # no T1 score, hence no all-task mean
+    assert rows["pop"][7] == "-"  # pop is no continual learner: no BWT
+
+
+def test_noisy_change_is_relative_to_the_clean_mean(setting):
+    t = noisy_table(setting)
+    (noisy_row,) = [r for r in t.rows if r[0] == "conure" and r[1].startswith("T'")]
+    clean = [load_result(p)["final"]["T4"] for p in RUN.glob("synthetic-mini/conure/default/*.json")]
+    noisy = [load_result(p)["final"]["T4"] for p in RUN.glob("synthetic-mini/conure/default+noise3/*.json")]
+    want = (np.mean(noisy) - np.mean(clean)) / np.mean(clean) * 100
+    assert noisy_row[5].endswith(f"({want:+.2f}%)")
+    # CONURE isolates the tasks before T': their scores do not move.
+    assert all(noisy_row[2 + i].endswith("(+0.00%)") for i in range(3))
+
+
+def test_sampling_time_table_is_relative_to_rho_one(setting):
+    scores, times = sampling_tables(setting)
+    rates = [r[1] for r in times.rows if r[0] == "default"]
+    assert rates == ["min", "relation", "none"]
+    ratio = {r[1]: r[-2] for r in times.rows if r[0] == "default"}
+    assert ratio["none"] == "1.00"
+    used = {r[1]: mean_std(r[-1])[0] for r in times.rows if r[0] == "default"}
+    assert used["none"] == pytest.approx(100.0) and used["min"] < used["none"]
+
+
+def test_latex_bolds_and_escapes(setting):
+    tex = overall_table(setting).latex()
+    assert r"\textbf{" in tex and r"$\pm$" in tex and "±" not in tex and r"BWT \%" in tex
+
+
+def test_report_matches_golden_and_writes_figures(tmp_path):
+    write_report(RUN, tmp_path / "plain", figures=False, echo=lambda _: None)
+    gold = DATA / "golden" / "report"
+    for p in gold.rglob("*"):
+        if p.is_file():
+            assert (tmp_path / "plain" / p.relative_to(gold)).read_text() == p.read_text(), p.name
+    written = write_report(RUN, tmp_path / "figs", echo=lambda _: None)
+    readme = written[0].read_text()
+    links = [ln.split("](", 1)[1].rstrip(")") for ln in readme.splitlines() if ln.startswith("![")]
+    assert len(links) == 6 and all((tmp_path / "figs" / link).is_file() for link in links)
+    assert all((tmp_path / "figs" / link).with_suffix(".svg").is_file() for link in links)
+
+
+def test_damaged_result_is_skipped_with_a_warning(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(RUN / "synthetic-mini" / "pop", run / "synthetic-mini" / "pop")
+    victim = next(run.rglob("seed*.json"))
+    victim.write_text(victim.read_text().replace('"final"', '"finale"', 1))
+    said = []
+    (st,) = load_settings(run, said.append)
+    assert len(st.results) == 1 and "checksum mismatch" in said[0]
+
+
+# ---------------------------------------------------------------------------------- leaderboards
+def test_leaderboard_matches_golden_and_ranks_by_mean():
+    board = read_boards(DATA / "mini-boards.toml")[0]
+    readme, csv = render_board(board, board_setting(board), None)
+    assert readme == (DATA / "golden" / "leaderboard.md").read_text()
+    assert csv == (DATA / "golden" / "leaderboard.csv").read_text()
+    table = [ln for ln in readme.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
+    means = [_mean(ln.split("|")[8]) for ln in table]
+    assert means == sorted(means, reverse=True) and len(table) == 8  # MTL unranked (no T1)
+    assert "| -      | mtl" in readme and "pop" in readme
+
+
+def _board(tmp_path: Path) -> Path:
+    shutil.copytree(RUN, tmp_path / "mini-run")
+    shutil.copy(DATA / "mini-boards.toml", tmp_path / "boards.toml")
+    build(tmp_path / "boards.toml", echo=lambda _: None)
+    return tmp_path / "boards.toml"
+
+
+def test_leaderboard_check_fails_on_changed_results_tables_or_missing_figures(tmp_path):
+    boards = _board(tmp_path)
+    assert check(boards) == []
+    assert (tmp_path / "mini" / "figures" / "synthetic-mini-scores.png").is_file()
+    # A re-sealed result with another number: the table no longer matches it.
+    victim = next((tmp_path / "mini-run" / "synthetic-mini" / "teracon" / "default").glob("seed0-*.json"))
+    r = load_result(victim)
+    r["final"]["T2"] += 0.01
+    r["R"][-1][1] += 0.01
+    save_result(victim, {k: v for k, v in r.items() if k not in ("checksum", "schema")})
+    problems = check(boards)
+    assert any("mini/README.md: differs" in p for p in problems) and any("results.csv" in p for p in problems)
+    build(boards, echo=lambda _: None)
+    assert check(boards) == []
+    readme = tmp_path / "mini" / "README.md"
+    readme.write_text(readme.read_text().replace("teracon", "TERACON!", 1))
+    assert any("README.md: differs" in p for p in check(boards))
+    build(boards, echo=lambda _: None)
+    (tmp_path / "mini" / "figures" / "synthetic-mini-R.png").unlink()
+    assert any("figure figures/synthetic-mini-R.png is missing" in p for p in check(boards))
+
+
+def test_leaderboard_check_refuses_a_tampered_result_file(tmp_path):
+    boards = _board(tmp_path)
+    victim = next((tmp_path / "mini-run").rglob("seed*.json"))
+    victim.write_text(victim.read_text().replace('"seed": 0', '"seed": 7', 1).replace('"seed": 1', '"seed": 7', 1))
+    with pytest.raises(Exception, match="damaged result"):
+        check(boards)
+
+
+def test_bad_boards_file_names_board_and_keys(tmp_path):
+    p = tmp_path / "boards.toml"
+    p.write_text('[x]\ntitle = "t"\nversion = "v"\nresults = "r"\ndataset = "d"\ncolour = "red"\n')
+    with pytest.raises(ConfigError, match=r"\[x\] unknown keys \['colour'\]"):
+        read_boards(p)
+    p.write_text('[x]\ntitle = "t"\n')
+    with pytest.raises(ConfigError, match="missing keys"):
+        read_boards(p)
+
+
+def test_committed_leaderboards_match_their_results():
+    """What CI guards: every published table equals a rebuild from the committed result files."""
+    boards = Path(__file__).parents[1] / "leaderboards" / "boards.toml"
+    assert check(boards) == []

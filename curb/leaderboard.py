@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from .report import (SECTIONS, Setting, Table, build_sections, load_settings, me
 from .results import ResultError, iter_results
 
 BOARDS_FILE = Path("leaderboards") / "boards.toml"
+_MARK = re.compile(r"(<!-- leaderboard:([\w-]+) -->)\n(?:.*?\n)?(<!-- /leaderboard -->)", re.S)
 _KEYS = {"title", "version", "results", "dataset", "preset", "overrides", "description", "command"}
 
 
@@ -202,6 +204,14 @@ def _render_all(boards_file: Path, figures: bool) -> dict[Path, str]:
         files[root / b.key / "README.md"] = readme
         files[root / b.key / "results.csv"] = csv
     files[root / "README.md"] = render_index(boards, settings)
+    readme = root.parent / "README.md"  # the repository README may embed one board's table
+    if readme.exists() and _MARK.search(readme.read_text()):
+        def table(m: re.Match) -> str:
+            if m.group(2) not in settings:
+                raise ConfigError(f"{readme} embeds board {m.group(2)!r}, which {boards_file} does not define")
+            return f"{m.group(1)}\n{ranked_table(settings[m.group(2)]).markdown()}\n{m.group(3)}"
+
+        files[readme] = _MARK.sub(table, readme.read_text())
     return files
 
 

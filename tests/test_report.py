@@ -219,3 +219,19 @@ def test_committed_leaderboards_match_their_results():
     """What CI guards: every published table equals a rebuild from the committed result files."""
     boards = Path(__file__).parents[1] / "leaderboards" / "boards.toml"
     assert check(boards) == []
+
+
+def test_readme_embedded_board_table_is_written_and_checked(tmp_path):
+    shutil.copytree(RUN, tmp_path / "lb" / "mini-run")
+    shutil.copy(DATA / "mini-boards.toml", tmp_path / "lb" / "boards.toml")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- leaderboard:mini -->\n<!-- /leaderboard -->\noutro\n")
+    build(tmp_path / "lb" / "boards.toml", echo=lambda _: None, figures=False)
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- leaderboard:mini -->\n| rank") and text.endswith("<!-- /leaderboard -->\noutro\n")
+    assert "| 1      | sinmo" in text
+    readme.write_text(text.replace("| 1      | sinmo", "| 1      | teracon"))
+    assert any("README.md: differs" in p for p in check(tmp_path / "lb" / "boards.toml"))
+    readme.write_text("<!-- leaderboard:nope -->\n<!-- /leaderboard -->\n")
+    with pytest.raises(ConfigError, match="embeds board 'nope'"):
+        build(tmp_path / "lb" / "boards.toml", echo=lambda _: None, figures=False)

@@ -421,14 +421,21 @@ def r_matrices(st: Setting) -> dict[str, tuple[list[str], list[str], np.ndarray]
 
 
 def mask_similarity(st: Setting) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
-    """Mean task-mask cosine similarity (over seeds) of the methods that report it."""
+    """Mean task-mask cosine similarity (over seeds) of the methods that report it: default-order
+    cells, else those of the first other order that has it (named in the panel title)."""
     panels = {}
-    for m in st.methods():
-        sims = [r["method_report"]["mask_similarity"] for r in st.select(method=m)
-                if "mask_similarity" in (r.get("method_report") or {})]
-        if sims:
-            names = sims[0]["tasks"]
-            panels[m] = (names, names, np.mean([s["cosine"] for s in sims if s["tasks"] == names], axis=0))
+    for m in st.methods(order=None):
+        by_order: dict[str, list[dict]] = defaultdict(list)
+        for r in st.select(method=m, order=None):
+            if "mask_similarity" in (r.get("method_report") or {}):
+                by_order[spec_of(r).order].append(r["method_report"]["mask_similarity"])
+        if not by_order:
+            continue
+        order = "default" if "default" in by_order else sorted(by_order)[0]
+        sims = by_order[order]
+        names = sims[0]["tasks"]
+        panels[m if order == "default" else f"{m} ({order} order)"] = (
+            names, names, np.mean([s["cosine"] for s in sims if s["tasks"] == names], axis=0))
     return panels
 
 

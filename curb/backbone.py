@@ -11,15 +11,21 @@ Extension points, all passed per call through `Hooks` so one backbone serves eve
 - `embed(x, W)`: input embeddings [B, n, f] of ids x given the item-embedding matrix W
   (Piggyback's optional embedding masks; a callable so a mask can be gathered per row).
 
+Item-embedding init (`BackboneConfig.item_init`): `random` (uniform, below) or `text`, where the
+config carries `ItemRows` computed from item texts (curb/text.py) and every NextItNet built from
+that config writes them over its random table: no method builds its model differently.
+
 The causal convolution is computed as ONE matmul over the three dilated time shifts
 ([B, n, 3f] @ [3f, f]): no loops over positions, no transposes around the LayerNorms.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +38,37 @@ class BackboneConfig:
     kernel: int = 3
     dilations: tuple[int, ...] = (1, 4, 1, 4, 1, 4, 1, 4)
     ln_eps: float = 1e-8
+    item_init: Literal["random", "text"] = "random"  # text: item rows from title embeddings (curb/text.py)
+    text_proj: Literal["pca", "random"] = "pca"  # text -> width f: PCA, or a fixed Gaussian projection
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.kernel < 1 or not self.dilations or min(self.dilations) < 1 or not self.ln_eps > 0:
             raise ValueError(f"invalid backbone config {self}: channels, kernel, dilations and ln_eps must be positive")
+        if self.item_init not in ("random", "text") or self.text_proj not in ("pca", "random"):
+            raise ValueError(f"invalid backbone config {self}: item_init must be random|text, text_proj pca|random")
+
+    def with_item_rows(self, rows: "ItemRows") -> "BackboneConfig":
+        """A copy carrying the text-derived item rows. They are data, not a config value: kept out of
+        the dataclass fields (so `asdict`, equality and the result's config are unchanged) and
+        recorded by the runner in the result's `item_init`."""
+        cfg = dataclasses.replace(self)
+        object.__setattr__(cfg, "_item_rows", rows)
+        return cfg
+
+    @property
+    def item_rows(self) -> "ItemRows | None":
+        return self.__dict__.get("_item_rows")
+
+    def model_key(self) -> dict:
+        """What a model built from this config depends on (the pre-trained T1 cache key). The
+        text-init knobs appear only when they matter, so random-init keys match those written
+        before the knobs existed."""
+        key = dataclasses.asdict(self)
+        if self.item_init == "random":
+            del key["item_init"], key["text_proj"]
+        else:
+            key["item_rows"] = self.item_rows.digest if self.item_rows is not None else None
+        return key
 
     @property
     def n_convs(self) -> int:
@@ -56,6 +89,35 @@ class Hooks:
 
 
 NO_HOOKS = Hooks()
+
+
+def item_init_bound(n_items: int) -> float:
+    """The random item-embedding init is U(-b, b), b = 1/sqrt(n_items) (per-entry std b/sqrt(3))."""
+    return 1 / math.sqrt(n_items)
+
+
+@dataclass(frozen=True, eq=False)
+class ItemRows:
+    """Initial values for the first `values.shape[1]` columns of the item rows `items`; every
+    other entry keeps the random init (items without text, columns beyond the text's rank)."""
+
+    items: Tensor  # [m] int64 item ids (never the padding id 0)
+    values: Tensor  # [m, k] float32, k <= channels
+    n_items: int
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256(self.items.numpy().tobytes())
+        h.update(self.values.numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def write(self, weight: Tensor) -> None:
+        n, f = weight.shape
+        if n != self.n_items or self.values.shape[1] > f:
+            raise ValueError(f"item rows for {self.n_items} items x {self.values.shape[1]} columns do not fit an "
+                             f"item table of {n} x {f}")
+        with torch.no_grad():
+            weight[self.items, : self.values.shape[1]] = self.values.to(weight.dtype)
 
 
 class CausalConv(nn.Module):
@@ -99,8 +161,13 @@ class NextItNet(nn.Module):
         self.cfg = cfg
         self.n_items = n_items
         self.item_emb = nn.Embedding(n_items, cfg.channels)
-        bound = 1 / math.sqrt(n_items)
+        bound = item_init_bound(n_items)
         nn.init.uniform_(self.item_emb.weight, -bound, bound)
+        if cfg.item_init == "text":  # after the random draw, so the RNG stream (other weights) is the same
+            if cfg.item_rows is None:
+                raise ValueError("backbone.item_init=text, but the config carries no item rows: the runner adds "
+                                 "them (curb.text.prepare) from the dataset's item texts")
+            cfg.item_rows.write(self.item_emb.weight)
         self.blocks = nn.ModuleList(ResidualBlock(cfg, d) for d in cfg.dilations)
 
     def convs(self) -> list[CausalConv]:

@@ -100,6 +100,9 @@ def _add_grid_options(r: argparse.ArgumentParser) -> None:
     r.add_argument("--preset", default=None, help="model size preset: paper (256 ch, 8 blocks) or small; default: the dataset's")
     r.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="bf16 autocasts forward passes (meant for --device cuda); sets train.precision")
+    r.add_argument("--item-init", choices=["random", "text"], default=None,
+                   help="item embeddings: random, or text (movie titles through a sentence encoder; needs "
+                   "pip install \"curb[text]\"); text sets backbone.item_init=text")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.lr=1e-3, split.level=pair, teracon.alpha=0.5 (repeatable)")
 
@@ -124,6 +127,8 @@ def _grid_specs(args: argparse.Namespace) -> list:
         overrides = {"train.t1_epochs": str(args.epochs), "train.epochs": str(args.epochs), **overrides}
     if args.precision is not None:
         overrides = {"train.precision": args.precision, **overrides}
+    if args.item_init == "text":  # random is the default: such cells are the ordinary ones (results reused)
+        overrides = {"backbone.item_init": "text", **overrides}
     specs = [CellSpec(m, d, o, n, s, args.preset, tuple(sorted(overrides.items())))
              for d in datasets for m in methods for o in orders for n in dict.fromkeys(args.noise_task)
              for s in args.seeds]
@@ -249,7 +254,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plan is not None:
         defaults = vars(build_parser().parse_args(["run"]))
         fixed = [f"--{k.replace('_', '-')}" for k in ("methods", "dataset", "seeds", "order", "noise_task", "epochs",
-                                                       "precision", "preset", "sets") if getattr(args, k) != defaults[k]]
+                                                       "precision", "item_init", "preset", "sets") if getattr(args, k) != defaults[k]]
         if fixed:
             raise ConfigError(f"--plan FILE already fixes the grid; drop {', '.join(fixed)}")
         specs = read_plan(args.plan)

@@ -71,6 +71,16 @@ class Release:
 
 
 @dataclass(frozen=True)
+class ItemTexts:
+    """One text per item (a movie title), keyed by the source ids the recipe keeps in the stream's
+    `item_ids`; read for `backbone.item_init=text` (curb/text.py aligns them with the item table)."""
+
+    ids: np.ndarray  # int64 source ids, unique
+    texts: tuple[str, ...]  # non-empty, aligned with ids
+    source: Path  # the file they were read from (provenance)
+
+
+@dataclass(frozen=True)
 class DatasetRecipe:
     name: str
     summary: str
@@ -78,6 +88,7 @@ class DatasetRecipe:
     defaults: dict[str, str] = field(default_factory=dict)  # config defaults, e.g. preset
     version: str = "1"  # bump whenever the recipe's output changes: invalidates cached streams
     releases: tuple[str, ...] = ()  # releases the recipe reads, in lookup preference order
+    item_texts: Callable[[Path | None], ItemTexts] | None = None  # None: the dataset's items have no text
 
 
 _DATASETS: dict[str, DatasetRecipe] = {}
@@ -85,11 +96,12 @@ _RELEASES: dict[str, Release] = {}
 
 
 def register_dataset(name: str, summary: str, defaults: dict[str, str] | None = None, version: str = "1",
-                     releases: Sequence[str] = ()):
-    """Decorator for a builder `build(data_dir: Path | None) -> TaskStream`."""
+                     releases: Sequence[str] = (), item_texts: Callable[[Path | None], ItemTexts] | None = None):
+    """Decorator for a builder `build(data_dir: Path | None) -> TaskStream`; `item_texts(data_dir)`
+    reads the items' texts when the dataset has them (the stream must then carry `item_ids`)."""
 
     def deco(fn: Callable[[Path | None], TaskStream]):
-        _DATASETS[name] = DatasetRecipe(name, summary, fn, dict(defaults or {}), version, tuple(releases))
+        _DATASETS[name] = DatasetRecipe(name, summary, fn, dict(defaults or {}), version, tuple(releases), item_texts)
         return fn
 
     return deco
@@ -192,16 +204,21 @@ def _small(a: np.ndarray) -> np.ndarray:
     return a.astype(dt)
 
 
+STREAM_FORMAT = 2  # 2: item_ids stored. Part of the cache key, so older cache files are simply not found
+
+
 def save_stream(stream: TaskStream, path: Path) -> None:
     """Write `stream` as an .npz (no pickles), atomically."""
     import io
 
     header = {
-        "format": 1, "name": stream.name, "n_items": stream.n_items, "meta": stream.meta,
+        "format": STREAM_FORMAT, "name": stream.name, "n_items": stream.n_items, "meta": stream.meta,
         "tasks": [{"name": t.name, "kind": t.kind, "n_labels": t.n_labels, "description": t.description,
                    "label_names": list(t.label_names) if t.label_names is not None else None} for t in stream.tasks],
     }
     arrays = {"header": np.array(json.dumps(header)), "sequences": _small(stream.sequences)}
+    if stream.item_ids is not None:
+        arrays["item_ids"] = _small(stream.item_ids)
     for i, t in enumerate(stream.tasks):
         arrays.update({f"t{i}_users": _small(t.targets.users), f"t{i}_ptr": _small(t.targets.ptr),
                        f"t{i}_labels": _small(t.targets.labels)})
@@ -213,7 +230,7 @@ def save_stream(stream: TaskStream, path: Path) -> None:
 def load_stream(path: Path) -> TaskStream:
     with np.load(path, allow_pickle=False) as z:
         header = json.loads(str(z["header"]))
-        if header.get("format") != 1:
+        if header.get("format") != STREAM_FORMAT:
             raise ValueError(f"unknown stream cache format {header.get('format')!r}")
         i64 = lambda k: z[k].astype(np.int64)  # noqa: E731
         tasks = tuple(
@@ -223,7 +240,8 @@ def load_stream(path: Path) -> TaskStream:
                  description=t["description"])
             for i, t in enumerate(header["tasks"])
         )
-        return TaskStream(header["name"], i64("sequences"), header["n_items"], tasks, meta=header["meta"])
+        return TaskStream(header["name"], i64("sequences"), header["n_items"], tasks, meta=header["meta"],
+                          item_ids=i64("item_ids") if "item_ids" in z else None)
 
 
 def cached_build(dataset: str, sources: Sequence[Path], parse: Callable[[], TaskStream],
@@ -236,7 +254,8 @@ def cached_build(dataset: str, sources: Sequence[Path], parse: Callable[[], Task
     """
     version = _DATASETS[dataset].version
     digests = [file_digest(Path(p)) for p in sources]
-    key = hashlib.sha256(canonical({"dataset": dataset, "version": version, "options": options or {},
+    key = hashlib.sha256(canonical({"dataset": dataset, "version": version, "format": STREAM_FORMAT,
+                                    "options": options or {},
                                     "sources": [[Path(p).name, d] for p, d in zip(sources, digests)]}).encode())
     path = stream_cache_dir() / f"{dataset}-{key.hexdigest()[:20]}.npz"
     where = {"sources": {str(p): d for p, d in zip(sources, digests)}}

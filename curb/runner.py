@@ -34,6 +34,7 @@ from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
 from .results import ResultError, canonical, load_result, load_sealed, save_result, save_sealed
 from .streams import StreamError, TaskStream
+from .text import prepare as prepare_item_init
 from .training import FitLog, fit
 
 
@@ -218,8 +219,8 @@ def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunCon
                  device: torch.device, cache_dir: Path, fitter: Fitter) -> Callable[[], PlainModel]:
     """Returns a function giving the plain pre-trained T1 model (trained once, then cached).
 
-    The cache key covers everything the T1 model depends on (sequences, T1 task, split, backbone,
-    T1 training protocol, seed, device type and, on CPU, the torch thread count, since float
+    The cache key covers everything the T1 model depends on (sequences, T1 task, split, backbone
+    with its text-init rows, T1 training protocol, seed, device type and, on CPU, the torch thread count, since float
     reductions differ with it) and nothing else, so all methods and orders share one entry.
     The returned function closes over T1's train/val data only, never over the stream.
     """
@@ -228,7 +229,7 @@ def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunCon
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(stream.sequences).tobytes())
     h.update(canonical({"n_items": n_items, "task": t1.name, "split": dataclasses.asdict(cfg.split),
-                        "backbone": dataclasses.asdict(cfg.backbone), "seed": seed,
+                        "backbone": cfg.backbone.model_key(), "seed": seed,
                         "train": {k: v for k, v in dataclasses.asdict(cfg.train).items()
                                   if k in ("t1_lr", "t1_batch", "t1_epochs", "patience", "ignore_pad")},
                         "device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None,
@@ -368,6 +369,8 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     dev = torch.device(device)
     cls = get_method(spec.method)
     cfg = resolve_config(spec)
+    backbone, item_init = prepare_item_init(spec.dataset, data_dir, stream, cfg.backbone, echo)
+    cfg = dataclasses.replace(cfg, backbone=backbone)  # every model of the cell is built from it
     evaluator = Evaluator(stream, cfg.split, cfg.train.eval_batch)
     fitter = Fitter(cfg, echo, stop)
     torch.manual_seed(spec.seed)
@@ -444,7 +447,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"name": spec.dataset, "fingerprint": fingerprint, "base_fingerprint": base_fingerprint, "n_users": stream.n_users,
                     "n_items": stream.n_items, "seq_len": int(stream.sequences.shape[1]), "meta": dict(stream.meta)},
-        "config": cfg.as_dict(),
+        "config": cfg.as_dict(), "item_init": item_init,
         "tasks": [{"name": n, "kind": evaluator.info(n).kind, "metric": evaluator.info(n).metric,
                    "n_labels": evaluator.info(n).n_labels, "split": evaluator.split_sizes()[n]} for n in names],
         "R": R, "metrics": metrics,

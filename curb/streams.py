@@ -141,6 +141,9 @@ class TaskStream:
     n_items: int  # vocabulary size, padding id 0 included
     tasks: tuple[Task, ...]
     meta: dict = field(default_factory=dict, compare=False)
+    # The source id of each item id (raw movie id, custom token; [0] = 0 for padding), kept by recipes
+    # whose items have texts, so the texts can be aligned with the item table (curb/text.py).
+    item_ids: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         seqs = self.sequences
@@ -160,6 +163,9 @@ class TaskStream:
         for t in self.tasks:
             if t.targets.users.max() >= len(seqs):
                 raise StreamError(f"task {t.name!r} names a user outside the stream")
+        ids = self.item_ids
+        if ids is not None and (not isinstance(ids, np.ndarray) or ids.shape != (self.n_items,) or ids.dtype.kind not in "iu"):
+            raise StreamError(f"stream {self.name!r}: item_ids must be an integer array of n_items ({self.n_items}) source ids")
 
     @property
     def task_names(self) -> list[str]:

@@ -6,8 +6,10 @@ File format (the reference code's, TERACON README):
   later tasks: `<input sequence>,,<target>[,<target>...]`, the user's sequence, the separator
       `,,`, then the targets (item ids or class labels, non-negative integers).
 Manifest `stream.json` in the same folder (see docs/datasets.md):
-  {"name": "...", "unseen": "error" | "pad", "padded": false, "max_len": null,
+  {"name": "...", "unseen": "error" | "pad", "padded": false, "max_len": null, "item_text": null,
    "tasks": [{"name": "T1", "kind": "next_item", "file": "t1.csv", "description": "..."}, ...]}
+Optional item texts (`"item_text": "items.csv"`, for `backbone.item_init=text`): a UTF-8 CSV with
+the header `item,text`, one line per item id of the task files, texts quoted when they hold commas.
 
 Indexing follows the reference [R]: input item tokens are sorted numerically and numbered from
 1 (padding `0` -> 0); each later task's targets get their own sorted dictionary 0..K-1.
@@ -20,6 +22,7 @@ default, as the reference crashes on them) or mapped to padding (`unseen: "pad"`
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 from dataclasses import dataclass, fields, replace
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from curb.data import DataFormatError, DataNotFoundError, cached_build, check_splittable, register_dataset
+from curb.data import DataFormatError, DataNotFoundError, ItemTexts, cached_build, check_splittable, register_dataset
 from curb.streams import KINDS, Targets, Task, TaskStream
 
 VERSION = "1"
@@ -54,12 +57,17 @@ class Manifest:
     unseen: str = "error"  # a later task's input item absent from the first file: "error" or "pad"
     padded: bool = False  # every line must have the same number of tokens (reference files)
     max_len: int | None = None  # keep the last max_len items of every sequence (None: longest)
+    item_text: str | None = None  # CSV `item,text` for backbone.item_init=text (does not change the stream)
 
     def options(self) -> dict:
         return {"unseen": self.unseen, "padded": self.padded, "max_len": self.max_len}
 
 
-_OPTION_KEYS = ("name", "unseen", "padded", "max_len")
+_OPTION_KEYS = ("name", "unseen", "padded", "max_len", "item_text")
+
+
+def _relative(v: object) -> bool:
+    return isinstance(v, str) and bool(v) and not Path(v).is_absolute() and ".." not in Path(v).parts
 
 
 def parse_options(obj: dict, where: Path | str, base: Manifest) -> Manifest:
@@ -71,10 +79,12 @@ def parse_options(obj: dict, where: Path | str, base: Manifest) -> Manifest:
         v = obj[key]
         ok = {"name": isinstance(v, str) and bool(_NAME.fullmatch(v)), "unseen": v in UNSEEN,
               "padded": isinstance(v, bool),
-              "max_len": v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 2)}[key]
+              "max_len": v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 2),
+              "item_text": v is None or _relative(v)}[key]
         if not ok:
             want = {"name": f"a name matching {_NAME.pattern}", "unseen": f"one of {list(UNSEEN)}",
-                    "padded": "true or false", "max_len": "an integer >= 2 or null"}[key]
+                    "padded": "true or false", "max_len": "an integer >= 2 or null",
+                    "item_text": "a path relative to the manifest, or null"}[key]
             raise DataFormatError(where, None, f"manifest key {key!r} must be {want}, got {v!r}")
         changes[key] = v
     return replace(base, **changes)
@@ -107,7 +117,7 @@ def read_manifest(path: Path) -> Manifest:
         if (k == 0) != (t["kind"] == "next_item"):
             raise DataFormatError(path, None, f"{where}: the first task, and only the first, must be of kind "
                                               f"next_item (got {t['kind']!r})")
-        if not isinstance(t["file"], str) or Path(t["file"]).is_absolute() or ".." in Path(t["file"]).parts:
+        if not _relative(t["file"]):
             raise DataFormatError(path, None, f"{where}: file {t['file']!r} must be a path relative to the manifest")
         specs.append(TaskSpec(t["name"], t["kind"], t["file"], str(t.get("description", ""))))
     names = [s.name for s in specs]
@@ -367,7 +377,8 @@ def build(folder: Path, manifest: Manifest) -> TaskStream:
                           label_names=tuple(map(str, labels_raw)) if spec.kind == "classify" else None))
     meta = {"format": "curb-custom", "files": {s.name: s.file for s in manifest.tasks}, "options": manifest.options(),
             "users_outside_T1": added, **({"unseen_items_padded": unseen} if manifest.unseen == "pad" else {})}
-    stream = TaskStream(manifest.name, seqs, len(vocab) + 1, tuple(tasks), meta=meta)
+    stream = TaskStream(manifest.name, seqs, len(vocab) + 1, tuple(tasks), meta=meta,
+                        item_ids=np.concatenate([[0], vocab]).astype(np.int64))
     check_splittable(stream, {k: str(v) for k, v in files.items()})
     return stream
 
@@ -381,9 +392,52 @@ def load(folder: Path, manifest: Manifest, manifest_path: Path | None, dataset: 
                         options=manifest.options())
 
 
-@register_dataset("custom", f"your own stream: --data-dir DIR holding {MANIFEST} and per-task CSV files "
-                  "(docs/datasets.md)", defaults={"preset": "small"}, version=VERSION)
-def build_custom(data_dir: Path | None = None) -> TaskStream:
+# ------------------------------------------------------------------------------- item texts
+ITEM_TEXT_HEADER = ("item", "text")
+
+
+def read_item_texts(path: Path) -> ItemTexts:
+    """Parse an `item,text` CSV strictly: every error names the file, the line and the problem."""
+    if not path.is_file():
+        raise DataNotFoundError(f"item-text file {path} is missing (named by \"item_text\" in {MANIFEST})")
+    try:
+        raw = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, path.read_bytes().count(b"\n", 0, e.start) + 1, "not UTF-8 text") from None
+    if not raw.strip():
+        raise DataFormatError(path, None, "file is empty")
+    reader = csv.reader(raw.splitlines(keepends=True), strict=True)
+    ids, texts, line_of = [], [], {}
+    try:
+        for row in reader:
+            lineno = reader.line_num
+            if lineno == 1:
+                if tuple(row) != ITEM_TEXT_HEADER:
+                    raise DataFormatError(path, 1, f"expected the header 'item,text', got {','.join(row)[:80]!r}")
+                continue
+            if len(row) != 2:
+                raise DataFormatError(path, lineno, f"{len(row)} fields, expected 2 (item,text); quote a text holding "
+                                                    f"commas: 12,\"Shoes, red\" (in {','.join(row)[:80]!r})")
+            item, text = row[0].strip(), row[1].strip()
+            if not item.isdigit() or int(item) == 0:
+                raise DataFormatError(path, lineno, f"item id {item!r} must be a positive integer (an item id of the "
+                                                    "task files; 0 is padding)")
+            if not text:
+                raise DataFormatError(path, lineno, f"empty text for item {item} (leave the item out instead: it "
+                                                    "then keeps a random embedding)")
+            if int(item) in line_of:
+                raise DataFormatError(path, lineno, f"item {item} listed twice (first on line {line_of[int(item)]})")
+            line_of[int(item)] = lineno
+            ids.append(int(item))
+            texts.append(text)
+    except csv.Error as e:
+        raise DataFormatError(path, reader.line_num, f"malformed CSV: {e}") from None
+    if not ids:
+        raise DataFormatError(path, None, "no item lines after the header")
+    return ItemTexts(np.array(ids, dtype=np.int64), tuple(texts), path)
+
+
+def _manifest_path(data_dir: Path | None) -> Path:
     if data_dir is None:
         raise DataNotFoundError(f"dataset `custom` reads a stream you describe: pass --data-dir DIR, a folder holding "
                                 f"{MANIFEST} and the task files (format: docs/datasets.md, 'Custom streams')")
@@ -392,4 +446,21 @@ def build_custom(data_dir: Path | None = None) -> TaskStream:
     if not mpath.is_file():
         raise DataNotFoundError(f"no manifest {mpath}: a custom stream folder needs {MANIFEST} listing its tasks "
                                 "(format: docs/datasets.md, 'Custom streams')")
+    return mpath
+
+
+def load_item_texts(data_dir: Path | None) -> ItemTexts:
+    mpath = _manifest_path(data_dir)
+    manifest = read_manifest(mpath)
+    if manifest.item_text is None:
+        raise DataNotFoundError(f"{mpath} names no item-text file, which backbone.item_init=text needs: add "
+                                "\"item_text\": \"items.csv\", a CSV with the header item,text (docs/datasets.md, "
+                                "'Custom streams')")
+    return read_item_texts(mpath.parent / manifest.item_text)
+
+
+@register_dataset("custom", f"your own stream: --data-dir DIR holding {MANIFEST} and per-task CSV files "
+                  "(docs/datasets.md)", defaults={"preset": "small"}, version=VERSION, item_texts=load_item_texts)
+def build_custom(data_dir: Path | None = None) -> TaskStream:
+    mpath = _manifest_path(data_dir)
     return load(mpath.parent, read_manifest(mpath), mpath, "custom")

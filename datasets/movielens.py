@@ -13,11 +13,15 @@ Files understood (release detected from what is present in the data directory):
           (user_id,movie_id,rating,seq_idx,orig_line; chronological `seq_idx`)
   ML-100K official `u.data` (+ `u.user`), or RecBole atomic `ml-100k.inter` (+ `ml-100k.user`)
   ML-25M  official `ratings.csv` (no user attributes: `ml-profile` is unavailable)
+Item titles (for `backbone.item_init=text`): `movies.dat` (ML-1M), `u.item` or RecBole's
+`ml-100k.item` (ML-100K), `movies.csv` (ML-25M); the stream keeps each item id's movie id.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from curb.data import (DataFormatError, DataNotFoundError, Release, cached_build, candidate_dirs, check_splittable,
-                       get_release, not_found_message, register_dataset, register_release)
+from curb.data import (DataFormatError, DataNotFoundError, ItemTexts, Release, cached_build, candidate_dirs,
+                       check_splittable, get_release, not_found_message, register_dataset, register_release)
 from curb.streams import Targets, Task, TaskStream
 
 VERSION = "1"
@@ -65,17 +69,18 @@ class Layout:
     columns: tuple[str, ...]  # every field of a ratings line, in order
     header: tuple[str, ...] | None = None  # exact header line fields, when the file has one
     half_stars: bool = False
+    items: str = ""  # the file holding the movie titles
 
 
 _LAYOUTS = (
-    Layout("ml-1m", "ratings.dat", "users.dat", "::", ("user", "item", "rating", "ts")),
+    Layout("ml-1m", "ratings.dat", "users.dat", "::", ("user", "item", "rating", "ts"), items="movies.dat"),
     Layout("ml-1m", "ratings_reconstructed.csv.gz", "users.dat", ",", ("user", "item", "rating", "ts", "orig"),
-           ("user_id", "movie_id", "rating", "seq_idx", "orig_line")),
-    Layout("ml-100k", "u.data", "u.user", "\t", ("user", "item", "rating", "ts")),
+           ("user_id", "movie_id", "rating", "seq_idx", "orig_line"), items="movies.dat"),
+    Layout("ml-100k", "u.data", "u.user", "\t", ("user", "item", "rating", "ts"), items="u.item"),
     Layout("ml-100k", "ml-100k.inter", "ml-100k.user", "\t", ("user", "item", "rating", "ts"),
-           ("user_id:token", "item_id:token", "rating:float", "timestamp:float")),
+           ("user_id:token", "item_id:token", "rating:float", "timestamp:float"), items="ml-100k.item"),
     Layout("ml-25m", "ratings.csv", None, ",", ("user", "item", "rating", "ts"),
-           ("userId", "movieId", "rating", "timestamp"), half_stars=True),
+           ("userId", "movieId", "rating", "timestamp"), half_stars=True, items="movies.csv"),
 )
 
 
@@ -308,7 +313,8 @@ def build_stream(ratings: pd.DataFrame, users: pd.DataFrame | None, name: str, r
             Task("T6", "classify", len(occ_names), Targets(rows, ptr, occ.astype(np.int64)),
                  label_names=tuple(str(o) for o in occ_names), description="occupation"),
         ]
-    return TaskStream(name, seqs, len(vocab) + 1, tuple(tasks), meta={"release": release})
+    return TaskStream(name, seqs, len(vocab) + 1, tuple(tasks), meta={"release": release},
+                      item_ids=np.concatenate([[0], vocab]).astype(np.int64))
 
 
 def load(data_dir: Path | None, profile: bool) -> TaskStream:
@@ -338,13 +344,74 @@ def load(data_dir: Path | None, profile: bool) -> TaskStream:
     return cached_build(name, sources, parse)
 
 
+# ------------------------------------------------------------------------------- item titles
+_TITLE_FORMATS = {  # file name -> (separator, fields, header); the title is field 1 (RecBole: + year, field 2)
+    "movies.dat": ("::", ("item", "title", "genres"), None),
+    "u.item": ("|", ("item", "title", "date", "video_date", "url", *(f"genre{k}" for k in range(19))), None),
+    "ml-100k.item": ("\t", ("item", "title", "year", "genres"),
+                     ("item_id:token", "movie_title:token_seq", "release_year:token", "class:token_seq")),
+    "movies.csv": (",", ("item", "title", "genres"), ("movieId", "title", "genres")),
+}
+
+
+def read_titles(path: Path) -> ItemTexts:
+    """Movie id -> title from a GroupLens / RecBole item file, strictly (file, line, problem)."""
+    sep, names, header = _TITLE_FORMATS[path.name]
+    raw = path.read_bytes().decode("utf-8" if path.suffix == ".csv" else "latin-1")  # GroupLens' encodings
+    if not raw.strip():
+        raise DataFormatError(path, None, "file is empty")
+    if sep == ",":  # ML-25M quotes titles holding commas
+        rows = list(csv.reader(io.StringIO(raw)))
+        lines = [",".join(r) for r in rows]
+    else:
+        lines = raw.splitlines()
+        rows = [line.split(sep) for line in lines]
+    skip = 1 if header is not None else 0
+    if header is not None and tuple(rows[0]) != header:
+        raise DataFormatError(path, 1, f"expected the header {sep.join(header)!r}, got {lines[0][:80]!r}")
+    ids, texts = [], []
+    for lineno, fields in enumerate(rows[skip:], skip + 1):
+        if len(fields) != len(names):
+            if sep == ",":
+                raise DataFormatError(path, lineno, f"{len(fields)} fields, expected {len(names)} ({sep.join(names)}) "
+                                                    f"in {lines[lineno - 1][:80]!r}")
+            raise diagnose(path, lineno, sep, names, numeric=("item",))
+        if not fields[0].isdigit():
+            raise DataFormatError(path, lineno, f"movie id {fields[0]!r} is not a non-negative integer")
+        title = fields[1].strip()
+        if not title:
+            raise DataFormatError(path, lineno, f"empty title for movie {fields[0]}")
+        year = fields[2].strip() if path.name == "ml-100k.item" else ""
+        ids.append(int(fields[0]))
+        texts.append(f"{title} ({year})" if year else title)  # RecBole splits the year off GroupLens' title
+    ids_a = np.array(ids, dtype=np.int64)
+    uniq, first, counts = np.unique(ids_a, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        k = int(np.flatnonzero(counts > 1)[0])
+        again = int(np.flatnonzero(ids_a == uniq[k])[1])
+        raise DataFormatError(path, again + 1 + skip, f"movie {uniq[k]} listed twice")
+    return ItemTexts(ids_a, tuple(texts), path)
+
+
+def load_titles(data_dir: Path | None) -> ItemTexts:
+    """The titles of the release the stream is built from (same lookup as the ratings)."""
+    layout, folder = locate(data_dir)
+    path = folder / layout.items
+    if not path.is_file():
+        raise DataNotFoundError(f"backbone.item_init=text reads the movie titles from {path}, which is missing (found "
+                                f"the ratings {folder / layout.ratings}); reinstall the release with "
+                                f"`curb data fetch {layout.release} --force`, or use backbone.item_init=random")
+    return read_titles(path)
+
+
 @register_dataset("ml", "MovieLens (ML-1M, ML-100K or ML-25M files): T1 clicks (<4 stars), T2 4-star, T3 5-star",
-                  defaults={"preset": "paper"}, version=VERSION, releases=("ml-1m", "ml-100k", "ml-25m"))
+                  defaults={"preset": "paper"}, version=VERSION, releases=("ml-1m", "ml-100k", "ml-25m"),
+                  item_texts=load_titles)
 def build_ml(data_dir: Path | None = None) -> TaskStream:
     return load(data_dir, profile=False)
 
 
 @register_dataset("ml-profile", "MovieLens + profile tasks: T4 age, T5 gender, T6 occupation (curb extension)",
-                  defaults={"preset": "paper"}, version=VERSION, releases=("ml-1m", "ml-100k"))
+                  defaults={"preset": "paper"}, version=VERSION, releases=("ml-1m", "ml-100k"), item_texts=load_titles)
 def build_ml_profile(data_dir: Path | None = None) -> TaskStream:
     return load(data_dir, profile=True)

@@ -110,6 +110,7 @@ def _add_grid_options(r: argparse.ArgumentParser) -> None:
 def _grid_specs(args: argparse.Namespace) -> list:
     """The cell specs of the grid options, each config resolved (bad values fail here)."""
     from .runner import CellSpec, resolve_config
+    from .text import check_dataset
 
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
@@ -133,7 +134,8 @@ def _grid_specs(args: argparse.Namespace) -> list:
              for d in datasets for m in methods for o in orders for n in dict.fromkeys(args.noise_task)
              for s in args.seeds]
     for spec in specs:
-        resolve_config(spec)
+        if resolve_config(spec).backbone.item_init == "text":
+            check_dataset(spec.dataset)  # before any cell runs: e.g. synthetic items have no text
     return specs
 
 

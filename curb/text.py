@@ -100,13 +100,18 @@ def _load_minilm(folder: Path) -> Callable[[list[str]], np.ndarray]:
 
 
 # ------------------------------------------------------------------------------- texts and cache
-def aligned_texts(dataset: str, data_dir: Path | None, stream: TaskStream) -> tuple[list[str | None], Path]:
-    """The text of every item id of `stream` (None for padding and items without text) and its file."""
-    recipe = get_dataset(dataset)
-    if recipe.item_texts is None:
+def check_dataset(dataset: str) -> None:
+    """Refuse, naming it, a dataset whose items have no texts (checked when a grid is planned)."""
+    if get_dataset(dataset).item_texts is None:
         with_text = [n for n, r in available_datasets().items() if r.item_texts is not None]
         raise TextInitError(f"dataset {dataset!r} has no item texts, so backbone.item_init=text cannot be used with "
                             f"it (datasets with item texts: {', '.join(with_text)}); use backbone.item_init=random")
+
+
+def aligned_texts(dataset: str, data_dir: Path | None, stream: TaskStream) -> tuple[list[str | None], Path]:
+    """The text of every item id of `stream` (None for padding and items without text) and its file."""
+    check_dataset(dataset)
+    recipe = get_dataset(dataset)
     if stream.item_ids is None:
         raise TextInitError(f"the {dataset!r} stream keeps no source item ids, so its texts cannot be aligned "
                             "with the item table (recipe bug: set TaskStream.item_ids)")

@@ -253,12 +253,15 @@ def test_runner_records_item_init_and_keeps_t1_caches_apart(ml, encoder, tmp_pat
 
 def test_cli_item_init_flag():
     def overrides(*argv):
-        return dict(_grid_specs(build_parser().parse_args(["run", "--methods", "sinmo", *argv]))[0].overrides)
+        args = build_parser().parse_args(["run", "--methods", "sinmo", "--dataset", "ml", *argv])
+        return dict(_grid_specs(args)[0].overrides)
 
     assert overrides("--item-init", "text") == {"backbone.item_init": "text"}
     assert overrides("--item-init", "random") == {}  # the default: the ordinary cells, results reused
     assert overrides("--item-init", "text", "--set", "backbone.text_proj=random") == {
         "backbone.item_init": "text", "backbone.text_proj": "random"}
+    with pytest.raises(text.TextInitError, match="dataset 'synthetic' has no item texts"):
+        overrides("--item-init", "text", "--dataset", "synthetic")  # refused before any cell runs
 
 
 @needs_data("ml-1m")

@@ -256,7 +256,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plan is not None:
         defaults = vars(build_parser().parse_args(["run"]))
         fixed = [f"--{k.replace('_', '-')}" for k in ("methods", "dataset", "seeds", "order", "noise_task", "epochs",
-                                                       "precision", "item_init", "preset", "sets") if getattr(args, k) != defaults[k]]
+                                                       "precision", "item_init", "preset", "sets")
+                 if getattr(args, k) != defaults[k]]
         if fixed:
             raise ConfigError(f"--plan FILE already fixes the grid; drop {', '.join(fixed)}")
         specs = read_plan(args.plan)

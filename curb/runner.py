@@ -220,8 +220,9 @@ def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunCon
     """Returns a function giving the plain pre-trained T1 model (trained once, then cached).
 
     The cache key covers everything the T1 model depends on (sequences, T1 task, split, backbone
-    with its text-init rows, T1 training protocol, seed, device type and, on CPU, the torch thread count, since float
-    reductions differ with it) and nothing else, so all methods and orders share one entry.
+    with its text-init rows, T1 training protocol, seed, device type and, on CPU, the torch
+    thread count, since float reductions differ with it) and nothing else, so all methods and
+    orders share one entry.
     The returned function closes over T1's train/val data only, never over the stream.
     """
     t1 = stream.tasks[0]

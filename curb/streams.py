@@ -164,8 +164,10 @@ class TaskStream:
             if t.targets.users.max() >= len(seqs):
                 raise StreamError(f"task {t.name!r} names a user outside the stream")
         ids = self.item_ids
-        if ids is not None and (not isinstance(ids, np.ndarray) or ids.shape != (self.n_items,) or ids.dtype.kind not in "iu"):
-            raise StreamError(f"stream {self.name!r}: item_ids must be an integer array of n_items ({self.n_items}) source ids")
+        if ids is not None and (not isinstance(ids, np.ndarray) or ids.shape != (self.n_items,)
+                                or ids.dtype.kind not in "iu"):
+            raise StreamError(f"stream {self.name!r}: item_ids must be an integer array of n_items ({self.n_items}) "
+                              "source ids")
 
     @property
     def task_names(self) -> list[str]:

@@ -119,11 +119,19 @@ def provenance_table(st: Setting) -> Table:
                                                           "mean cell s", "computed"], rows)
 
 
+def _shared_config(r: dict) -> dict:
+    """preset/backbone/train/split of a result; results older than `backbone.item_init` were
+    random-initialised, so the knob's defaults are filled in before configs are compared."""
+    cfg = {k: r["config"][k] for k in ("preset", "backbone", "train", "split")}
+    cfg["backbone"] = {"item_init": "random", "text_proj": "pca", **cfg["backbone"]}
+    return cfg
+
+
 def config_markdown(st: Setting) -> str:
     """The exact configuration: the shared part once, each method's own knobs per row."""
     rs = st.select()
-    shared = {k: rs[0]["config"][k] for k in ("preset", "backbone", "train", "split")}
-    differs = [spec_of(r).method for r in rs if {k: r["config"][k] for k in shared} != shared]
+    shared = _shared_config(rs[0])
+    differs = [spec_of(r).method for r in rs if _shared_config(r) != shared]
     lines = ["Shared by every row:", "", "| section | config |", "|---|---|",
              *[f"| {k} | `{json.dumps(v, sort_keys=True)}` |" for k, v in shared.items()], ""]
     if differs:

@@ -15,11 +15,12 @@ labels of its own part only. Most methods override just `trainable_parameters`,
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, ClassVar, Iterable, Literal
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -125,6 +126,11 @@ def anneal(index: int, n_batches: int, smax: float) -> float:
     return 1.0 / smax + (smax - 1.0 / smax) * index / max(n_batches, 1)
 
 
+def readout(h: Tensor, all_positions: bool) -> Tensor:
+    """Backbone output [B, n, f] -> what a head reads: the last position [B, f], or all positions."""
+    return h if all_positions else h[:, -1]
+
+
 def task_loss(logits: Tensor, batch: Batch, ignore_pad: bool = False) -> Tensor:
     """Cross-entropy with a full softmax.
 
@@ -169,6 +175,15 @@ class Method:
                        batch: Batch | None = None) -> Tensor:
         """Logits of task `task` for inputs x: [B, C] at the last position, or [B, n, C]."""
         raise NotImplementedError
+
+    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
+                  batch: Batch | None = None) -> Tensor:
+        """The user representation task `task`'s head reads: the backbone output at the last
+        position [B, f] (or every position, [B, n, f]) under that task's masks, patches or
+        weights. Methods whose logits are `head(represent(...))` implement it, so downstream
+        models (the cold-start study) can start from what the continual learner built."""
+        raise NotImplementedError(
+            f"method {self.name!r} exposes no user representation: it does not implement Method.represent()")
 
     def loss(self, task: TaskInfo, batch: Batch) -> Tensor:
         logits = self.forward_logits(task.name, batch.x, train=True,
@@ -225,16 +240,28 @@ class Method:
         """bf16 autocast when `train.precision=bf16` (a no-op context otherwise)."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.setup.train.precision == "bf16")
 
-    @torch.no_grad()
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[None]:
+        """No gradients, modules in eval mode (back to train mode after), autocast as configured."""
+        mods = self.modules().values()
+        for m in mods:
+            m.eval()
+        try:
+            with torch.no_grad(), self.autocast():
+                yield
+        finally:
+            for m in mods:
+                m.train()
+
     def score(self, task: str, x: Tensor) -> Tensor:
         """Inference scores [B, C] for task `task` (already learned) on model inputs x."""
-        for m in self.modules().values():
-            m.eval()
-        with self.autocast():
-            out = self.forward_logits(task, x, train=False)
-        for m in self.modules().values():
-            m.train()
-        return out
+        with self.inference():
+            return self.forward_logits(task, x, train=False)
+
+    def user_vectors(self, task: str, x: Tensor) -> Tensor:
+        """Inference user representations [B, f] read through task `task`'s view (`represent`)."""
+        with self.inference():
+            return self.represent(task, x)
 
     def state_dict(self) -> dict:
         return {

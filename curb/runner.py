@@ -339,7 +339,9 @@ def load_checkpoint(path: Path, spec: CellSpec, fingerprint: str, names: list[st
 
 def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: str = "cpu",
              echo: Callable[[str], None] = print, force: bool = False,
-             should_stop: Callable[[], bool] | None = None) -> dict:
+             should_stop: Callable[[], bool] | None = None,
+             transform: Callable[[TaskStream], TaskStream] | None = None,
+             on_task_end: Callable[[Method, str, TaskStream], None] | None = None) -> dict:
     """Run one cell (or return its existing valid result) and write `<out>/<spec.relpath()>`.
 
     After every task the cell is checkpointed (method state, metrics so far, fit logs, timings,
@@ -347,11 +349,20 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     as an uninterrupted run. `should_stop` is polled after every optimiser step and after every
     checkpoint; when it returns True the cell raises `CellInterrupted` (the current task restarts
     on resume). `force` recomputes from scratch, ignoring any result or checkpoint.
+
+    Extension points for studies built on cells (the cold-start study): `transform` changes the
+    built stream (e.g. `lambda s: s.without("T3")`); the spec does not record it, so cells with
+    different transforms need different `out` folders (the data fingerprint check refuses to mix
+    them). `on_task_end(method, task, stream)` runs after each task is learned and scored, before
+    its checkpoint (the joint path calls it once with the last task); it must not touch random
+    state. Neither runs for a result that already exists, nor for tasks a resumed cell skips.
     """
     out = Path(out)
     path = out / spec.relpath()
     files = CellFiles.of(out, spec.hash)
     stream = build_stream(spec, data_dir)  # cheap: built streams are cached
+    if transform is not None:
+        stream = transform(stream)
     fingerprint = stream.fingerprint()
     if path.exists() and not force:
         try:
@@ -418,6 +429,8 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
         train_s = time.perf_counter() - t0
         eval_s = evaluate_row(m - 1, range(1, m))
         timings.append({"task": "+".join(later), "train_s": train_s, "eval_s": eval_s})
+        if on_task_end is not None:
+            on_task_end(method, names[-1], stream)
     else:
         for j in range(start, m):
             name = names[j]
@@ -428,6 +441,8 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
             timings.append({"task": name, "train_s": train_s, "eval_s": eval_s})
             row = "  ".join(f"{names[i]} {metrics[j][i][evaluator.info(names[i]).metric]:.4f}" for i in range(j + 1))
             echo(f"  [{spec.method}] after {name}: {row}")
+            if on_task_end is not None:
+                on_task_end(method, name, stream)
             save_sealed(files.checkpoint, {
                 "next_task": j + 1, "method": method.state_dict(), "metrics": metrics, "fits": fitter.logs,
                 "timings": timings, "elapsed_s": spent + time.perf_counter() - t_start, "resumed_at": resumed_at,

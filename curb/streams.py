@@ -3,7 +3,7 @@
 A `TaskStream` holds every user's behaviour sequence once (left-padded item ids, 0 = padding)
 and an ordered list of `Task`s. A task only names which users it covers and their labels; the
 inputs of every task are the users' shared sequences (METHODS.md §1). Transforms return new
-streams and never mutate: `reversed()`, `reorder()`, `with_noise_task()`.
+streams and never mutate: `reversed()`, `reorder()`, `without()`, `with_noise_task()`.
 
 Splits are built here too (`split_task`) but are owned by the evaluator: methods never receive
 a `Task`'s test part.
@@ -223,6 +223,18 @@ class TaskStream:
     def reversed(self) -> "TaskStream":
         """T1 first, then the remaining tasks in reverse (the paper's reversed-order experiment)."""
         return dataclasses.replace(self, tasks=(self.tasks[0], *self.tasks[:0:-1]))
+
+    def without(self, name: str) -> "TaskStream":
+        """The stream with task `name` removed, the others in their order.
+
+        Holds a downstream task out of the continual stream (the cold-start study trains its own
+        model on it), so no method ever sees its labels. The next-item task cannot be dropped:
+        every method pre-trains on it.
+        """
+        task = self.task(name)
+        if task is self.tasks[0]:
+            raise StreamError(f"cannot drop {name!r} from stream {self.name!r}: the next-item task must stay first")
+        return dataclasses.replace(self, tasks=tuple(t for t in self.tasks if t.name != name))
 
     def with_noise_task(
         self, position: int, user_frac: float = 0.5, n_classes: int = 50, seed: int = 0

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from curb.backbone import Hooks, NextItNet, make_head
 from curb.config import ConfigError
-from curb.method import Method, Setup, TaskData, TaskInfo, register
+from curb.method import Method, Setup, TaskData, TaskInfo, readout, register
 
 
 class NoFreeWeightsError(ConfigError):
@@ -146,8 +146,11 @@ class Conure(Method):
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch=None) -> Tensor:
-        h = self.net.backbone(x, Hooks(conv_weight=lambda i, w: self.kernel(i, w, task)))
-        return self.net.heads[task](h if all_positions else h[:, -1])
+        return self.net.heads[task](self.represent(task, x, all_positions=all_positions))
+
+    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
+                  batch=None) -> Tensor:
+        return readout(self.net.backbone(x, Hooks(conv_weight=lambda i, w: self.kernel(i, w, task))), all_positions)
 
     def _index(self, task: str) -> int:
         return next(k for k, t in enumerate(self.tasks, 1) if t.name == task)

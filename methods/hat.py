@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, NextItNet, make_head
-from curb.method import Batch, Method, Setup, TaskInfo, anneal, register, task_loss
+from curb.method import Batch, Method, Setup, TaskInfo, anneal, readout, register, task_loss
 from curb.metrics import mask_similarity
 
 
@@ -129,12 +129,18 @@ class Hat(Method):
     # ------------------------------------------------------------------ forward
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch: Batch | None = None) -> Tensor:
+        return self.net.heads[task](self.represent(task, x, train=train, all_positions=all_positions, batch=batch))
+
+    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
+                  batch: Batch | None = None) -> Tensor:
         s = anneal(batch.index, batch.n_batches, self.cfg.smax) if train and batch is not None else self.cfg.smax
-        return self._logits(task, x, self.gates(task, s), all_positions)
+        return self._represent(x, self.gates(task, s), all_positions)
+
+    def _represent(self, x: Tensor, gates: Tensor, all_positions: bool) -> Tensor:
+        return readout(self.net.backbone(x, Hooks(gates=[(g[0], g[1]) for g in gates])), all_positions)
 
     def _logits(self, task: str, x: Tensor, gates: Tensor, all_positions: bool) -> Tensor:
-        h = self.net.backbone(x, Hooks(gates=[(g[0], g[1]) for g in gates]))
-        return self.net.heads[task](h if all_positions else h[:, -1])
+        return self.net.heads[task](self._represent(x, gates, all_positions))
 
     def _norms(self) -> list[nn.LayerNorm]:
         return [ln for b in self.net.backbone.blocks for ln in (b.ln1, b.ln2)]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from curb.backbone import PlainModel
-from curb.method import Batch, Method, Setup, TaskData, TaskInfo, register, task_loss
+from curb.method import Batch, Method, Setup, TaskData, TaskInfo, readout, register, task_loss
 from curb.training import EpochLog, FitLog, batches
 
 
@@ -127,7 +127,11 @@ class MTL(Method):
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch: Batch | None = None) -> Tensor:
-        return self.model.logits(task, x, all_positions=all_positions)
+        return self.model.heads[task](self.represent(task, x, all_positions=all_positions))
+
+    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
+                  batch: Batch | None = None) -> Tensor:
+        return readout(self.model.backbone(x), all_positions)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, PlainModel, make_head
-from curb.method import Batch, Method, Setup, TaskInfo, register
+from curb.method import Batch, Method, Setup, TaskInfo, readout, register
 
 
 class Patch(nn.Module):
@@ -94,11 +94,13 @@ class PeterRec(Method):
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch: Batch | None = None) -> Tensor:
-        if task not in self.adapters:
-            return self.base.logits(task, x, all_positions=all_positions)
-        a = self.adapters[task]
-        h = self.base.backbone(x, a.hooks())
-        return a.head(h if all_positions else h[:, -1])
+        head = self.adapters[task].head if task in self.adapters else self.base.heads[task]
+        return head(self.represent(task, x, all_positions=all_positions))
+
+    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
+                  batch: Batch | None = None) -> Tensor:
+        hooks = self.adapters[task].hooks() if task in self.adapters else Hooks()  # T1: the plain base model
+        return readout(self.base.backbone(x, hooks), all_positions)
 
     def loss(self, task: TaskInfo, batch: Batch) -> Tensor:
         if self.cfg.loss == "ce" or batch.rows is None:

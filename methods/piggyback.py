@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, PlainModel
-from curb.method import Method, Setup, TaskData, TaskInfo, register
+from curb.method import Method, Setup, TaskData, TaskInfo, readout, register
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
@@ -136,8 +136,12 @@ class Piggyback(Method):
     # ------------------------------------------------------------------ forward
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch=None) -> Tensor:
+        return self.model.heads[task](self.represent(task, x, all_positions=all_positions))
+
+    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
+                  batch=None) -> Tensor:
         hooks = self.hooks(task) if task in self.masks else Hooks()  # T1: unmasked
-        return self.model.logits(task, x, hooks, all_positions=all_positions)
+        return readout(self.model.backbone(x, hooks), all_positions)
 
     def hooks(self, task: str) -> Hooks:
         """Backbone hooks of a masked task: kernels W ⊙ mask (and embeddings, if masked)."""

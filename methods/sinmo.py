@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from curb.backbone import PlainModel
-from curb.method import Method, Setup, TaskData, TaskInfo, register
+from curb.method import Method, Setup, TaskData, TaskInfo, readout, register
 
 
 @register("sinmo")
@@ -38,7 +38,11 @@ class SinMo(Method):
         return self.models[task.name].parameters()
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False, batch=None) -> Tensor:
-        return self.models[task].logits(task, x, all_positions=all_positions)
+        return self.models[task].heads[task](self.represent(task, x, all_positions=all_positions))
+
+    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
+                  batch=None) -> Tensor:
+        return readout(self.models[task].backbone(x), all_positions)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"models": self.models}

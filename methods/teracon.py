@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import BackboneConfig, Hooks, NextItNet, make_head
-from curb.method import Batch, Method, Setup, TaskInfo, anneal, register, task_loss
+from curb.method import Batch, Method, Setup, TaskInfo, anneal, readout, register, task_loss
 from curb.metrics import mask_similarity
 
 
@@ -74,10 +74,12 @@ class TeraconNet(nn.Module):
             rows += [torch.tanh(s * self.emb[o]), torch.tanh(-s * self.emb[o])]
         return torch.sigmoid(s * self.rel[task](torch.stack(rows)))
 
-    def logits(self, task: str, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
+    def represent(self, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
         gates = [(mask[2 * k], mask[2 * k + 1]) for k in range(len(self.backbone.blocks))]
-        h = self.backbone(x, Hooks(gates=gates))
-        return self.heads[task](h if all_positions else h[:, -1])
+        return readout(self.backbone(x, Hooks(gates=gates)), all_positions)
+
+    def logits(self, task: str, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
+        return self.heads[task](self.represent(x, mask, all_positions))
 
 
 @dataclass
@@ -210,6 +212,10 @@ class Teracon(Method):
     # ------------------------------------------------------------------ forward and loss
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch: Batch | None = None) -> Tensor:
+        return self.net.heads[task](self.represent(task, x, train=train, all_positions=all_positions, batch=batch))
+
+    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
+                  batch: Batch | None = None) -> Tensor:
         if train:
             s = self.cfg.smax if batch is None else anneal(batch.index, batch.n_batches, self.cfg.smax)
             m = self.mask(task, s)
@@ -218,7 +224,7 @@ class Teracon(Method):
                 with torch.no_grad():
                     self._eval_masks[task] = self.mask(task, self.cfg.smax)
             m = self._eval_masks[task]
-        return self.net.logits(task, x, m, all_positions)
+        return self.net.represent(x, m, all_positions)
 
     def loss(self, task: TaskInfo, batch: Batch) -> Tensor:
         s = anneal(batch.index, batch.n_batches, self.cfg.smax)

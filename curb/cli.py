@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--preset", default=None, help="model size preset (paper or small); default: the dataset's")
     rp.add_argument("--epochs", type=int, default=None, help="cap on epochs per task")
     rp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="shared override (backbone., train., split.), repeatable")
+                    help="shared override (backbone., train., split.; ncf. for cold-start), repeatable")
     rp.add_argument("--n-orders", type=_positive_int, default=6, help="orders: number of task orders")
     rp.add_argument("--order-seed", type=int, default=0, help="orders: seed of the random task orders")
     rp.add_argument("--noise-position", type=int, default=None,
@@ -349,8 +349,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
         overrides = {"train.t1_epochs": str(args.epochs), "train.epochs": str(args.epochs), **overrides}
     methods = tuple(_methods(args.methods)) if args.methods else None
-    exp = ExperimentArgs(args.dataset, tuple(args.seeds), args.preset, tuple(sorted(overrides.items())), methods,
-                         args.n_orders, args.order_seed, args.noise_position, args.data_dir)
+    ncf = {k: v for k, v in overrides.items() if k.startswith("ncf.")}  # only the cold-start study reads these
+    cells = {k: v for k, v in overrides.items() if k not in ncf}
+    exp = ExperimentArgs(args.dataset, tuple(args.seeds), args.preset, tuple(sorted(cells.items())), methods,
+                         args.n_orders, args.order_seed, args.noise_position, tuple(sorted(ncf.items())),
+                         args.data_dir)
     specs = experiment_cells(names, exp)
     out = args.out or Path("runs") / args.dataset
     done = sum((out / s.relpath()).exists() for s in specs)
@@ -360,6 +363,9 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"  {'done' if (out / s.relpath()).exists() else 'todo'}  {s.relpath()}")
         return 0
     outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs, threads=args.threads)
+    for n in names:  # studies that are not grids of cells run after them
+        if EXPERIMENTS[n].run is not None:
+            EXPERIMENTS[n].run(exp, out, args.device, print)
     written = write_report(out, out / "report", only=[*names, "overall"], figures=not args.no_figures)
     print((out / "report" / "README.md").read_text())
     print(f"report: {written[0]} ({len(written) - 1} table files, figures in {out / 'report' / 'figures'})")

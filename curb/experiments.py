@@ -8,6 +8,7 @@ The tables and figures are drawn from the result files by `curb.report`, never f
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from .runner import CellSpec, build_stream
 PAPER_METHODS = ("sinmo", "fineall", "peterrec", "mtl", "piggyback", "hat", "conure", "teracon")
 TRANSFER_METHODS = ("hat", "conure", "teracon")  # the methods of the paper's FWT/BWT and noisy tables
 SAMPLING_RATES = ("min", "relation", "none")  # rho_min, Eq. 15, rho = 1 (§7.5's three rows)
+TEXT_INIT_METHODS = ("teracon", "conure")  # the talk compares TERACON; CONURE is the strongest baseline
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class ExperimentArgs:
     n_orders: int = 6  # orders: how many task orders (default and reversed included)
     order_seed: int = 0  # orders: seed of the random permutations
     noise_position: int | None = None  # noisy: None = after T3, or after T(M-1) on shorter streams
+    ncf: tuple[tuple[str, str], ...] = ()  # cold-start: ncf.<key> overrides of the downstream protocol
     data_dir: Path | None = field(default=None, compare=False)
 
     def cell(self, method: str, order: str = "default", noise: int | None = None, seed: int = 0,
@@ -57,6 +60,9 @@ class Experiment:
     name: str
     summary: str
     cells: Callable[[ExperimentArgs], list[CellSpec]]
+    # Studies that are not grids of cells (cold start: downstream NCF runs) run through this
+    # after the cells: (args, run folder, device, echo) -> result paths.
+    run: Callable[..., list[Path]] | None = None
 
 
 def _overall(a: ExperimentArgs) -> list[CellSpec]:
@@ -118,6 +124,22 @@ def _orders(a: ExperimentArgs) -> list[CellSpec]:
     return a.grid(("pop", "sinmo")) + a.grid(TRANSFER_METHODS, orders)
 
 
+def with_text_init(a: ExperimentArgs) -> ExperimentArgs:
+    """The same experiment with text-initialised item embeddings (a shared backbone override)."""
+    return dataclasses.replace(a, overrides=tuple(sorted({**dict(a.overrides), "backbone.item_init": "text"}.items())))
+
+
+def _text_init(a: ExperimentArgs) -> list[CellSpec]:
+    return a.grid(("pop", *TEXT_INIT_METHODS)) + with_text_init(a).grid(TEXT_INIT_METHODS)
+
+
+def _cold_start(a: ExperimentArgs, out: Path, device: str, echo: Callable[[str], None]) -> list[Path]:
+    from .coldstart import DEFAULT_METHODS, run_cold_start
+
+    return run_cold_start(a.dataset, a.methods or DEFAULT_METHODS, a.seeds, None, out, a.data_dir, a.preset,
+                          overrides=dict(a.overrides) | dict(a.ncf), device=device, echo=echo)
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("overall", "every method, final R(T_M, T_i) per task (the paper's overall table)", _overall),
     Experiment("transfer", "FWT/BWT of HAT, CONURE, TERACON in original and reversed order", _transfer),
@@ -127,6 +149,10 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
                _adaptation),
     Experiment("orders", "many task orders: spread of HAT, CONURE, TERACON final scores (order robustness)",
                _orders),
+    Experiment("text-init", "TERACON and CONURE with random vs text-initialised item embeddings (titles)",
+               _text_init),
+    Experiment("cold-start", "downstream NCF (held-out task) with user vectors from random init or a method's "
+               "representation, warm vs cold users", lambda a: [], _cold_start),
 )}
 
 

@@ -24,7 +24,7 @@ from tabulate import tabulate
 
 from .experiments import PAPER_METHODS
 from .results import ResultError, iter_results
-from .runner import CellSpec
+from .runner import SHARED_SECTIONS, CellSpec
 
 Value = float | None
 Cell = str | list[Value]  # a fixed string, or one value per seed (rendered mean ± std)
@@ -100,12 +100,15 @@ class Table:
 # ---------------------------------------------------------------------------------- loading
 @dataclass
 class Setting:
-    """The results of one comparable setting (same dataset, data, preset, shared overrides)."""
+    """The results of one comparable setting (same dataset, data, preset, shared overrides), and
+    the studies that compare it with others: its text-initialised twin and cold-start results."""
 
     dataset: str
     preset: str | None
     overrides: tuple[tuple[str, str], ...]
     results: list[dict]
+    text_init: "Setting | None" = None  # the same setting with backbone.item_init=text
+    cold_start: list[dict] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -151,20 +154,40 @@ def method_rank(name: str) -> tuple[int, str]:
 
 def load_settings(run_dir: Path, echo: Callable[[str], None] = print) -> list[Setting]:
     """Every valid result under `run_dir`, grouped by setting; damaged files are reported and skipped."""
+    from .coldstart import is_cold_start
+
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    cold: list[dict] = []
     for path, r in iter_results(run_dir):
         if isinstance(r, ResultError):
             echo(f"warning: skipping {r}")
             continue
+        if is_cold_start(r):
+            cold.append(r)
+            continue
         s = spec_of(r)
         groups[(s.dataset, s.preset or "", s.shared_overrides, r["dataset"]["base_fingerprint"])].append(r)
     settings = [Setting(d, p or None, ov, rs) for (d, p, ov, _), rs in groups.items()]
+    fingerprints = {id(st): key[3] for st, key in zip(settings, groups)}
     labels = [s.label for s in settings]
     for s in settings:  # the same label on different data: say so rather than mix them
         if labels.count(s.label) > 1:
-            fp = s.results[0]["dataset"]["base_fingerprint"]
-            s.overrides = (*s.overrides, ("data", fp[:8]))
+            s.overrides = (*s.overrides, ("data", fingerprints[id(s)][:8]))
+    for st in settings:
+        text = dict(st.overrides) | {"backbone.item_init": "text"}
+        st.text_init = next((o for o in settings if o is not st and dict(o.overrides) == text
+                             and (o.dataset, o.preset) == (st.dataset, st.preset)
+                             and fingerprints[id(o)] == fingerprints[id(st)]), None)
+        st.cold_start = [r for r in cold if _cold_start_matches(r, st, fingerprints[id(st)])]
     return sorted(settings, key=lambda s: s.label)
+
+
+def _cold_start_matches(r: dict, st: Setting, fingerprint: str) -> bool:
+    """A cold-start result belongs to the setting whose data, preset and shared overrides it used."""
+    s = r["spec"]
+    shared = tuple((k, v) for k, v in sorted(dict(s["overrides"]).items()) if k.split(".", 1)[0] in SHARED_SECTIONS)
+    return ((s["dataset"], s["preset"], shared) == (st.dataset, st.preset, st.overrides)
+            and r["dataset"]["fingerprint"] == fingerprint)
 
 
 def task_names(results: list[dict]) -> list[str]:
@@ -461,8 +484,90 @@ def score_data(st: Setting) -> pd.DataFrame:
         "method", key=lambda s: s.map(method_rank), kind="stable")
 
 
+def t1_curve(r: dict) -> list[dict]:
+    """T1's per-epoch validation log (the method's own T1 fit, or the cached one it started from)."""
+    first = r["tasks"][0]["name"]
+    fits = [f for f in r["fits"] if f["task"] == first and f["phase"] in ("train", "pretrained (cached)")]
+    return fits[0]["epochs"] if fits else []
+
+
+def text_init_table(st: Setting) -> Table | None:
+    """Final scores with random vs text-initialised item embeddings, and T1's first-epoch validation."""
+    if st.text_init is None:
+        return None
+    names = task_names(st.select())
+    rows: list[list[Cell]] = []
+    if st.select(method="pop"):
+        pops = st.select(method="pop")
+        rows.append(["pop", "-", *[[final(r, n) for r in pops] for n in names], [mean_final(r) for r in pops], "-"])
+    for m in st.text_init.methods():
+        for init, side in (("random", st), ("text", st.text_init)):
+            rs = side.select(method=m)
+            if rs:
+                rows.append([m, init, *[[final(r, n) for r in rs] for n in names], [mean_final(r) for r in rs],
+                             [(t1_curve(r) or [{"val": None}])[0]["val"] for r in rs]])
+    k = len(names)
+    return Table("text-init", f"Item-embedding init: random vs text (titles), {st.label}",
+                 ["method", "item init", *names, "mean", f"{names[0]} val after epoch 1"], rows,
+                 best=[None, None, *["max"] * (k + 2)],
+                 note="`text`: each item's title embedded by all-MiniLM-L6-v2 and projected to the backbone width "
+                      "(docs/architecture.md, item-embedding init); everything else identical.")
+
+
+def text_init_curves(st: Setting) -> pd.DataFrame:
+    rows = []
+    for init, side in (("random", st), ("text", st.text_init)):
+        for m in st.text_init.methods():
+            for r in side.select(method=m):
+                rows += [{"method": f"{m} ({init})", "x": e["epoch"] + 1, "value": e["val"], "seed": spec_of(r).seed}
+                         for e in t1_curve(r)]
+    return pd.DataFrame(rows, columns=["method", "x", "value", "seed"])
+
+
+def cold_start_frame(st: Setting) -> pd.DataFrame:
+    from .coldstart import cold_start_rows
+
+    df = pd.DataFrame(cold_start_rows(st.cold_start))
+    if df.empty:
+        return df
+    df["row"] = [("random init" if i == "random" else f"{i} after {a}") for i, a in zip(df["init"], df["after"])]
+    return df
+
+
+def cold_start_tables(st: Setting) -> list[Table]:
+    """HR@1/5/10 and NDCG@10 of the downstream NCF per user-init source: one table for warm users,
+    one for cold users (rows compare within a group)."""
+    df = cold_start_frame(st)
+    if df.empty:
+        return []
+    from .coldstart import METRICS
+
+    order = sorted(df["row"].unique(), key=lambda x: (x != "random init", method_rank(x.split(" ")[0]), x))
+    holdout = df["holdout"].iloc[0]
+    tables = []
+    for group in ("warm", "cold"):
+        rows = []
+        for src in order:
+            d = df[(df.row == src) & (df.group == group)].sort_values("seed")
+            if not d.empty:
+                rows.append([src, f"{d['n_users'].mean():.0f}", *[d[k].tolist() for k in METRICS]])
+        tables.append(Table(f"cold-start-{group}", f"Cold start, {group} users: NCF on the held-out {holdout}, "
+                            f"{st.label}", ["user init", "users", *[k.upper() for k in METRICS]], rows,
+                            best=[None, None, *["max"] * len(METRICS)]))
+    tables[-1].note = ("NeuMF trained on the held-out task with user vectors from random init or a method's "
+                       "representation; leave-one-out against 99 sampled negatives (docs/coldstart.md); cold = "
+                       "fewer than 2 training interactions (natural and simulated).")
+    return tables
+
+
+def cold_start_bars(st: Setting) -> pd.DataFrame:
+    df = cold_start_frame(st)
+    df = df[df.group.isin(["warm", "cold"])]
+    return pd.DataFrame({"method": df["row"], "task": df["group"] + " HR@10", "value": df["hr@10"]})
+
+
 # ---------------------------------------------------------------------------------- rendering
-SECTIONS = ("overall", "transfer", "noisy", "sampling", "adaptation", "orders")
+SECTIONS = ("overall", "transfer", "noisy", "sampling", "adaptation", "text-init", "cold-start", "orders")
 
 
 @dataclass
@@ -510,6 +615,16 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
         out.append(Section("adaptation", [t], fig(f"{tag}-adaptation", "Validation curve of the last task per epoch",
                                                   lambda p: plots.curves(data, p, title=f"Adaptation, {st.label}",
                                                                          ylabel="validation metric"))))
+    if "text-init" in only and (t := text_init_table(st)):
+        data = text_init_curves(st)
+        out.append(Section("text-init", [t], fig(f"{tag}-text-init", "T1 validation per epoch, random vs text init",
+                                                 lambda p: plots.curves(data, p, title=f"T1 with text init, {st.label}",
+                                                                        ylabel="T1 validation metric"))))
+    if "cold-start" in only and (ts := cold_start_tables(st)):
+        data = cold_start_bars(st)
+        out.append(Section("cold-start", ts, fig(f"{tag}-cold-start", "NCF HR@10 by user init (dashed: random init)",
+                                                  lambda p: plots.score_bars(data, p, title=f"Cold start, {st.label}",
+                                                                             ylabel="HR@10", baseline="random init"))))
     if "orders" in only and (t := orders_table(st)):
         data = orders_data(st)
         out.append(Section("orders", [t], fig(f"{tag}-orders", "Mean final score per (order, seed) cell",

@@ -235,3 +235,54 @@ def test_readme_embedded_board_table_is_written_and_checked(tmp_path):
     readme.write_text("<!-- leaderboard:nope -->\n<!-- /leaderboard -->\n")
     with pytest.raises(ConfigError, match="embeds board 'nope'"):
         build(tmp_path / "lb" / "boards.toml", echo=lambda _: None, figures=False)
+
+
+# ---------------------------------------------------------------------------------- issue 9 studies
+def test_text_init_section_pairs_a_setting_with_its_text_twin(tmp_path):
+    """A setting whose only difference is backbone.item_init=text is rendered beside its random twin."""
+    run = tmp_path / "run"
+    shutil.copytree(RUN / "synthetic-mini" / "teracon", run / "synthetic-mini" / "teracon")
+    shutil.copytree(RUN / "synthetic-mini" / "pop", run / "synthetic-mini" / "pop")
+    twins = []
+    for p in sorted((run / "synthetic-mini" / "teracon" / "default").glob("*.json")):
+        r = load_result(p)
+        if r["spec"]["overrides"]:
+            continue
+        r["spec"]["overrides"] = {"backbone.item_init": "text"}
+        r["final"] = {k: v + 0.5 for k, v in r["final"].items()}  # recognisable "text" numbers
+        twins.append(r["final"]["T2"])
+        r["fits"] = [{**f, "epochs": [{**e, "val": 0.9} for e in f["epochs"]]} for f in r["fits"]]
+        save_result(run / "text" / p.name, {k: v for k, v in r.items() if k not in ("checksum", "schema")})
+    base = next(st for st in load_settings(run) if not st.overrides)
+    assert base.text_init is not None and base.text_init.overrides == (("backbone.item_init", "text"),)
+    from curb.report import text_init_table
+
+    t = text_init_table(base)
+    rows = {(r[0], r[1]): r for r in t.rows}
+    assert set(rows) == {("pop", "-"), ("teracon", "random"), ("teracon", "text")}
+    assert mean_std(rows[("teracon", "text")][3])[0] == pytest.approx(np.mean(twins))
+    assert mean_std(rows[("teracon", "text")][-1])[0] == pytest.approx(0.9)  # T1 validation after epoch 1
+
+
+def test_cold_start_results_get_their_own_section_and_never_break_the_tables(tmp_path):
+    from curb.coldstart import run_cold_start
+    from curb.report import build_sections, cold_start_tables
+
+    run = tmp_path / "run"
+    shutil.copytree(RUN, run)
+    paths = run_cold_start("synthetic-mini", ("fineall",), (0, 1), None, run, echo=lambda *_: None,
+                           overrides={"ncf.eval_negatives": "19", "ncf.epochs": "2"})
+    (st,) = load_settings(run)
+    assert len(st.cold_start) == len(paths) == 6 and len(st.results) == 44  # cold-start files kept apart
+    warm, cold = cold_start_tables(st)
+    assert [r[0] for r in warm.rows] == ["random init", "fineall after T2", "fineall after T5"]
+    hr10 = [load_result(p)["groups"]["cold"]["hr@10"] for p in paths if p.parent.name == "fineall-after-T5"]
+    row = next(r for r in cold.rows if r[0] == "fineall after T5")
+    assert mean_std(row[4])[0] == pytest.approx(np.mean(hr10))
+    assert [s.name for s in build_sections(st, None)][-2:] == ["cold-start", "orders"]
+
+
+def test_reproduce_routes_ncf_overrides_to_cold_start_only(tmp_path, capsys):
+    assert main(["reproduce", "overall,cold-start", "--dataset", "synthetic-mini", "--seeds", "0",
+                 "--set", "ncf.epochs=1", "--out", str(tmp_path), "--dry-run"]) == 0
+    assert "overall, cold-start on synthetic-mini: 9 cell(s)" in capsys.readouterr().out

@@ -145,7 +145,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
     Experiment("transfer", "FWT/BWT of HAT, CONURE, TERACON in original and reversed order", _transfer),
     Experiment("noisy", "a noise task T' inserted (after T3); each real task's score and change vs clean", _noisy),
     Experiment("sampling", "TERACON with rho = rho_min / Eq. 15 / 1: scores and seconds per epoch", _sampling),
-    Experiment("adaptation", "validation curve of the last task per epoch, from each method's representation",
+    Experiment("adaptation", "validation curve of T4 after T1-T3 (or the last task) per epoch, from each method's representation",
                _adaptation),
     Experiment("orders", "many task orders: spread of HAT, CONURE, TERACON final scores (order robustness)",
                _orders),

@@ -286,3 +286,14 @@ def test_reproduce_routes_ncf_overrides_to_cold_start_only(tmp_path, capsys):
     assert main(["reproduce", "overall,cold-start", "--dataset", "synthetic-mini", "--seeds", "0",
                  "--set", "ncf.epochs=1", "--out", str(tmp_path), "--dry-run"]) == 0
     assert "overall, cold-start on synthetic-mini: 9 cell(s)" in capsys.readouterr().out
+
+
+def test_adaptation_curve_is_t4_after_t1_to_t3_from_the_fit_logs(setting):
+    from curb.report import adaptation_data, adaptation_table
+
+    assert adaptation_table(setting).title.startswith("Adaptation to T4 ")
+    data = adaptation_data(setting)
+    r = next(load_result(p) for p in RUN.glob("synthetic-mini/hat/default/seed1-*.json"))
+    (fit,) = [f for f in r["fits"] if f["task"] == "T4" and f["phase"] == "train"]
+    got = data[(data.method == "hat") & (data.seed == 1)].sort_values("x")["value"].tolist()
+    assert got == [e["val"] for e in fit["epochs"]] and "pop" not in set(data.method)

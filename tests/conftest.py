@@ -57,3 +57,9 @@ def run_mini(tmp_path):
         return run_cell(spec, tmp_path / "runs", echo=lambda *_: None)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def t1_cache(tmp_path_factory) -> Path:
+    """Where `harness.Harness(..., t1_cache=...)` caches the real pre-trained T1: trained once a session."""
+    return tmp_path_factory.getbasetemp() / "t1-cache"

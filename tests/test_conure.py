@@ -6,7 +6,7 @@ import torch
 
 from curb.methods.conure import NoFreeWeightsError
 
-from masks_harness import Harness
+from harness import Harness
 
 
 def _weights(m):
@@ -15,12 +15,12 @@ def _weights(m):
 
 def test_owned_weights_bit_identical_and_frozen_parts_untouched():
     h = Harness("conure")
-    m = h.learn(h.new(), "T1")
+    m = h.learn("T1")
     frozen = {k: v.clone() for k, v in m.net.backbone.state_dict().items() if "conv" not in k or "bias" in k}
     assert all(torch.equal(c.bias, torch.zeros_like(c.bias)) for c in m.net.backbone.convs())
     for j, name in enumerate(h.names[1:], start=2):
         w0, own0 = _weights(m), [o.clone() for o in m.net.owners()]
-        h.learn(m, name)
+        h.learn(name)
         for w_before, w_after, o_before, o_after in zip(w0, _weights(m), own0, m.net.owners()):
             old = o_before > 0
             assert torch.equal(w_before[old], w_after[old]), f"{name}: a weight of an earlier task moved"
@@ -33,8 +33,8 @@ def test_owned_weights_bit_identical_and_frozen_parts_untouched():
 
 
 def test_masks_disjoint_top_magnitude_and_follow_the_schedule():
-    h = Harness("conure", conure__p="0.7,0.5,0.6")
-    m = h.learn(h.new(), "T1", "T2")
+    h = Harness("conure", **{"conure.p": "0.7,0.5,0.6"})
+    m = h.learn("T1", "T2")
     task = h.ev.info("T3")
     m.tasks.append(task)
     m.begin_task(task)
@@ -56,7 +56,7 @@ def test_masks_disjoint_top_magnitude_and_follow_the_schedule():
 
 def test_effective_kernels_and_gradients_per_phase():
     h = Harness("conure")
-    m = h.learn(h.new(), "T1", "T2")
+    m = h.learn("T1", "T2")
     task = h.ev.info("T3")
     m.tasks.append(task)
     m.begin_task(task)
@@ -80,29 +80,29 @@ def test_effective_kernels_and_gradients_per_phase():
 
 
 def test_no_free_weights_gives_a_clear_error():
-    h = Harness("conure", conure__p="0.0")  # T1 keeps every entry
-    m = h.learn(h.new(), "T1")
+    h = Harness("conure", **{"conure.p": "0.0"})  # T1 keeps every entry
+    m = h.learn("T1")
     assert m.report()["free_after"]["T1"] == 0.0
     with pytest.raises(NoFreeWeightsError, match=r"no free conv weights left for task 'T2'.*conure\.p"):
-        h.learn(m, "T2")
+        h.learn("T2")
 
 
 def test_checkpoint_round_trip_mid_task_and_after():
     h = Harness("conure")
-    m = h.learn(h.new(), "T1", "T2")
-    fresh = h.reload(m)
+    m = h.learn("T1", "T2")
+    fresh = h.reload()
     assert all(torch.equal(a, b) for a, b in zip(m.net.owners(), fresh.net.owners()))
     assert all(torch.equal(a, b) for a, b in zip(_weights(m), _weights(fresh)))
     assert fresh.kept == m.kept and h.scores_equal(m, fresh)
     for method in (m, fresh):  # continues identically from the checkpoint (same torch seed for the head)
         torch.manual_seed(5)
-        h.learn(method, "T3")
+        h.learn("T3", method=method)
     assert all(torch.equal(a, b) for a, b in zip(m.net.owners(), fresh.net.owners()))
     task = h.ev.info("T4")
     m.tasks.append(task)
     m.begin_task(task)
     m.phase = "retrain"
-    mid = h.reload(m)
+    mid = h.reload()
     assert mid.phase == "retrain" and [t.name for t in mid.tasks] == h.names[:4]
     assert mid.net.backbone.convs()[0].weight.requires_grad and not mid.net.backbone.item_emb.weight.requires_grad
 

@@ -6,19 +6,19 @@ import torch
 from curb.backbone import Hooks
 from curb.method import Batch, anneal
 
-from masks_harness import Harness
+from harness import Harness
 
 
 def _t1(**kw):
     h = Harness("hat", **kw)
-    return h, h.learn(h.new(), "T1")
+    return h, h.learn("T1")
 
 
 def test_cumulative_mask_is_the_max_of_task_gates_at_smax():
     h, m = _t1()
     g1 = m.gates("T1", m.cfg.smax).detach()
     assert torch.equal(m.net.cum, g1)
-    h.learn(m, "T2")
+    h.learn("T2")
     assert torch.equal(m.net.cum, torch.maximum(g1, m.gates("T2", m.cfg.smax).detach()))
 
 
@@ -29,7 +29,7 @@ def test_units_with_cumulative_mask_one_receive_zero_update_on_a_later_task():
         m.net.cum.copy_((torch.rand(m.net.cum.shape, generator=g) < 0.5).float())
     a = m.net.cum.clone()
     before = {k: v.clone() for k, v in m.net.backbone.state_dict().items()}
-    h.learn(m, "T2")
+    h.learn("T2")
     after = m.net.backbone.state_dict()
     changed_somewhere = False
     for k in range(a.shape[0]):
@@ -51,7 +51,7 @@ def test_units_with_cumulative_mask_one_receive_zero_update_on_a_later_task():
 
 
 def test_gates_near_binary_at_smax_and_annealed_while_training():
-    h, m = _t1(train__t1_epochs="4")
+    h, m = _t1(**{"train.t1_epochs": "4"})
     smax = m.cfg.smax
     g = m.gates("T1", smax)
     near = torch.minimum(g, 1 - g) < 1e-2
@@ -70,7 +70,7 @@ def test_gates_near_binary_at_smax_and_annealed_while_training():
 
 def test_regulariser_falls_when_gates_close_and_ignores_units_old_tasks_hold():
     h, m = _t1()
-    h.learn(m, "T2")  # gives cum > 0 somewhere
+    h.learn("T2")  # gives cum > 0 somewhere
     with torch.no_grad():
         m.net.cum.zero_()
         m.net.cum[0] = 1.0  # block 0 belongs to old tasks
@@ -91,7 +91,7 @@ def test_regulariser_falls_when_gates_close_and_ignores_units_old_tasks_hold():
 
 @pytest.mark.parametrize("comp", [True, False])
 def test_gradient_compensation_and_clamp(comp):
-    h, m = _t1(hat__grad_comp=str(comp), hat__clamp="0.5")
+    h, m = _t1(**{"hat.grad_comp": str(comp), "hat.clamp": "0.5"})
     task = h.ev.info("T2")
     m.tasks.append(task)
     m.begin_task(task)
@@ -110,13 +110,13 @@ def test_gradient_compensation_and_clamp(comp):
 
 def test_checkpoint_round_trip():
     h, m = _t1()
-    h.learn(m, "T2", "T3")
-    fresh = h.reload(m)
+    h.learn("T2", "T3")
+    fresh = h.reload()
     assert set(fresh.net.emb) == {"T1", "T2", "T3"}
     assert all(torch.equal(fresh.net.emb[t], m.net.emb[t]) for t in m.net.emb)
     assert torch.equal(fresh.net.cum, m.net.cum)
     assert h.scores_equal(m, fresh)
-    h.learn(fresh, "T4")  # and it keeps learning from the checkpoint
+    h.learn("T4", method=fresh)  # and it keeps learning from the checkpoint
     assert fresh.net.cum.ge(m.net.cum).all()
 
 
@@ -131,7 +131,7 @@ def test_any_order_and_noise_task(run_mini, order, noise):
 def test_report_mask_similarity_matches_the_gates():
     h, m = _t1()
     for t in ("T2", "T3"):
-        h.learn(m, t)
+        h.learn(t)
     sim = m.report()["mask_similarity"]
     g = {t: m.gates(t, m.cfg.smax).flatten() for t in ("T1", "T2", "T3")}
     assert sim["tasks"] == ["T1", "T2", "T3"]

@@ -9,17 +9,15 @@ import torch
 
 from curb.report import final_table
 from curb.training import batches
-from method_harness import harness
+from harness import Harness
 
 LATER = ["T2", "T3", "T4", "T5"]
 
 
 @pytest.fixture
-def make(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "t1-cache"
-
+def make(t1_cache):
     def build(**kw):
-        h = harness("mtl", cache, **kw)
+        h = Harness("mtl", t1_cache, **kw)
         h.learn_joint = lambda: h.method.learn_joint([h.ev.info(n) for n in LATER],
                                                      [h.ev.train_data(n) for n in LATER],
                                                      [h.ev.val_data(n) for n in LATER], h.fit)
@@ -68,7 +66,7 @@ class _Stop(Exception):
 @pytest.mark.parametrize("init", ["scratch", "t1"])
 def test_init_scratch_or_from_t1(make, init):
     h = make(**{"mtl.mtl_init": init})
-    pre = h.method.setup.pretrained_t1().backbone.state_dict()
+    pre = h.pretrained().backbone.state_dict()
     seen = {}
 
     def first_epoch(trains, opt, loss_fn):  # look at the model the joint training starts from
@@ -91,8 +89,7 @@ def test_wrong_number_of_task_weights_is_rejected(make):
 def test_save_load_round_trip_gives_identical_scores(make):
     h = make(**{"train.epochs": "1"})
     h.learn_joint()
-    fresh = h.fresh()
-    fresh.load_state_dict(copy.deepcopy(h.method.state_dict()))
+    fresh = h.reload()
     a, b = h.scores(), h.scores(fresh)
     assert a.keys() == set(LATER) and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from curb.backbone import Hooks
-from method_harness import harness
+from harness import Harness
 
 
 @pytest.fixture
-def make(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "t1-cache"
-    return lambda **kw: harness("peterrec", cache, **kw)
+def make(t1_cache):
+    return lambda **kw: Harness("peterrec", t1_cache, **kw)
 
 
 def _state(module):
@@ -31,7 +28,7 @@ def test_shared_model_is_bit_identical_and_only_task_parts_change(make):
     h = make()
     h.learn("T1")
     m = h.method
-    pre = h.method.setup.pretrained_t1()  # the cached pre-trained model, loaded afresh
+    pre = h.pretrained()  # the cached pre-trained model, loaded afresh
     assert _same(_state(m.base), _state(pre))
     h.learn("T2")
     t2_after = _state(m.adapters["T2"])
@@ -112,8 +109,7 @@ def test_bce_neg1_loss_is_one_positive_and_one_sampled_negative(make):
 def test_save_load_round_trip_gives_identical_scores(make):
     h = make()
     h.learn("T1", "T2", "T3")
-    fresh = h.fresh()
-    fresh.load_state_dict(copy.deepcopy(h.method.state_dict()))
+    fresh = h.reload()
     a, b = h.scores(), h.scores(fresh)
     assert a.keys() == {"T1", "T2", "T3"} and all(torch.equal(a[k], b[k]) for k in a)
 

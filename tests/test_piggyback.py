@@ -9,11 +9,11 @@ import torch
 from curb.backbone import Hooks
 from curb.methods.piggyback import pack_bits, unpack_bits
 
-from masks_harness import Harness
+from harness import Harness
 
 # A large score lr so that masks really flip within the 2 mini epochs (the default lr would
 # leave every mask at 1, and "W ⊙ mask = W" would prove nothing).
-FAST = {"piggyback__mask_lr": "0.05"}
+FAST = {"piggyback.mask_lr": "0.05"}
 
 
 def test_pack_unpack_roundtrip_odd_sizes():
@@ -27,8 +27,8 @@ def test_pack_unpack_roundtrip_odd_sizes():
 
 def test_backbone_never_changes_and_effective_weights_are_masked_kernels():
     h = Harness("piggyback", **FAST)
-    m = h.learn(h.new(), *h.names[:3])
-    pre = h.pretrained.state_dict()
+    m = h.learn(*h.names[:3])
+    pre = h.pretrained().state_dict()
     now = m.model.state_dict()
     assert all(torch.equal(now[k], pre[k]) for k in pre), "backbone or T1 head changed"
     convs = m.model.backbone.convs()
@@ -42,12 +42,12 @@ def test_backbone_never_changes_and_effective_weights_are_masked_kernels():
             assert set(masks[i].unique().tolist()) <= {0.0, 1.0}
     # T1 is the pre-trained model, unmasked: its scores are the pre-trained model's.
     x = h.x("T1")
-    assert torch.equal(m.score("T1", x), h.pretrained.logits("T1", x))
+    assert torch.equal(m.score("T1", x), h.pretrained().logits("T1", x))
 
 
 def test_training_masks_are_thresholded_scores_and_binarised_at_end_of_task():
     h = Harness("piggyback", **FAST)
-    m = h.learn(h.new(), "T1")
+    m = h.learn("T1")
     task = h.ev.info("T2")
     m.tasks.append(task)
     m.begin_task(task)
@@ -66,7 +66,7 @@ def test_training_masks_are_thresholded_scores_and_binarised_at_end_of_task():
 
 def test_gradients_reach_scores_straight_through_the_threshold():
     h = Harness("piggyback")
-    m = h.learn(h.new(), "T1")
+    m = h.learn("T1")
     task = h.ev.info("T2")
     m.tasks.append(task)
     m.begin_task(task)
@@ -84,8 +84,8 @@ def test_gradients_reach_scores_straight_through_the_threshold():
 
 
 def test_embedding_masks_option():
-    h = Harness("piggyback", piggyback__mask_embeddings="true", **FAST)
-    m = h.learn(h.new(), "T1", "T2")
+    h = Harness("piggyback", **{**FAST, "piggyback.mask_embeddings": "true"})
+    m = h.learn("T1", "T2")
     masks = m.masks["T2"].masks(m.cfg.tau)
     emb = m.model.backbone.item_emb.weight
     assert len(masks) == len(m.model.backbone.convs()) + 1 and masks[-1].shape == emb.shape
@@ -96,12 +96,12 @@ def test_embedding_masks_option():
     with torch.no_grad():
         ref.backbone.item_emb.weight.mul_(masks[-1])
     assert torch.equal(m.score("T2", x), ref.logits("T2", x, Hooks(conv_weight=m.hooks("T2").conv_weight)))
-    assert torch.equal(emb, h.pretrained.backbone.item_emb.weight)
+    assert torch.equal(emb, h.pretrained().backbone.item_emb.weight)
 
 
 def test_storage_report_is_one_bit_per_masked_weight_plus_head():
     h = Harness("piggyback")
-    m = h.learn(h.new(), *h.names)
+    m = h.learn(*h.names)
     rep = m.report()
     for t in h.names[1:]:
         bits = sum(math.ceil(c.weight.numel() / 8) for c in m.model.backbone.convs())
@@ -111,14 +111,14 @@ def test_storage_report_is_one_bit_per_masked_weight_plus_head():
 
 def test_checkpoint_round_trip_mid_task_and_after():
     h = Harness("piggyback", **FAST)
-    m = h.learn(h.new(), *h.names[:3])
+    m = h.learn(*h.names[:3])
     task = h.ev.info(h.names[3])
     m.tasks.append(task)
     m.begin_task(task)  # a task in training: real-valued scores in the checkpoint
     with torch.no_grad():
         for s in m.masks[task.name].scores:
             s.uniform_(0, 0.01)
-    fresh = h.reload(m)
+    fresh = h.reload()
     for t in h.names[1:4]:
         a, b = m.masks[t], fresh.masks[t]
         assert a.binarised == b.binarised

@@ -15,13 +15,12 @@ from curb.config import ConfigError
 from curb.method import anneal, task_loss
 from curb.runner import CellSpec, resolve_config
 from curb.training import train_epoch
-from method_harness import harness
+from harness import Harness
 
 
 @pytest.fixture
-def make(tmp_path_factory):
-    cache = tmp_path_factory.getbasetemp() / "t1-cache"
-    return lambda **kw: harness("teracon", cache, **kw)
+def make(t1_cache):
+    return lambda **kw: Harness("teracon", t1_cache, **kw)
 
 
 def _manual_mask(net, task, others, s):
@@ -254,9 +253,7 @@ def test_past_tasks_are_scored_with_their_own_relation_aware_mask(make):
 def test_save_load_round_trip_gives_identical_scores(make):
     h = make()
     h.learn("T1", "T2", "T3")
-    state = h.method.state_dict()
-    fresh = h.fresh()
-    fresh.load_state_dict(state)
+    fresh = h.reload()
     a, b = h.scores(), h.scores(fresh)
     assert a.keys() == b.keys() == {"T1", "T2", "T3"}
     assert all(torch.equal(a[k], b[k]) for k in a)

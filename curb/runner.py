@@ -162,13 +162,42 @@ class Fitter:
     `batch_size=`); every phase's log is kept for the result file.
     """
 
-    def __init__(self, cfg: RunConfig, echo: Callable[[str], None], should_stop: Callable[[], bool] | None = None):
+    def __init__(self, cfg: RunConfig, echo: Callable[[str], None], should_stop: Callable[[], bool] | None = None,
+                 progress: Path | None = None, progress_meta: dict | None = None,
+                 device: torch.device = torch.device("cpu")):
         # A plain function, not the evaluator's bound method: nothing here leads to test labels.
         self.validate = functools.partial(evaluate_data, eval_batch=cfg.train.eval_batch)
         self.train_cfg = cfg.train
         self.logs: list[dict] = []
         self.echo = echo
         self.should_stop = should_stop or (lambda: False)
+        self.progress, self.progress_meta, self.device = progress, dict(progress_meta or {}), device
+
+    def save_progress(self, state: dict) -> None:
+        """Checkpoint inside one long learning phase (MTL's joint epochs, which the per-task
+        checkpoints cannot split), then honour a stop request: the phase resumes from here."""
+        if self.progress is not None:
+            save_sealed(self.progress, {"state": state, "rng": _rng_state(self.device), "logs": self.logs},
+                        {**self.progress_meta, "kind": "phase-progress"})
+        if self.should_stop():
+            raise CellInterrupted("stop requested (the phase resumes from its last epoch)")
+
+    def load_progress(self) -> dict | None:
+        """The state `save_progress` left for this cell (RNG states restored), or None."""
+        if self.progress is None or not self.progress.exists():
+            return None
+        try:
+            meta, blob = load_sealed(self.progress)
+        except ResultError as e:
+            self.echo(f"  {e}; restarting the phase")
+            return None
+        if {k: meta.get(k) for k in self.progress_meta} != self.progress_meta or meta.get("kind") != "phase-progress":
+            self.echo(f"  {self.progress}: progress of another cell or format; restarting the phase")
+            return None
+        _set_rng_state(blob["rng"], self.device)
+        self.logs = blob["logs"]
+        self.echo(f"  resuming the phase from {self.progress}")
+        return blob["state"]
 
     def _step_done(self, bar: "_StepBar", done: int, total: int) -> None:
         """After every optimiser step: the only place a stop request interrupts training."""
@@ -384,7 +413,8 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     backbone, item_init = prepare_item_init(spec.dataset, data_dir, stream, cfg.backbone, echo)
     cfg = dataclasses.replace(cfg, backbone=backbone)  # every model of the cell is built from it
     evaluator = Evaluator(stream, cfg.split, cfg.train.eval_batch)
-    fitter = Fitter(cfg, echo, stop)
+    fitter = Fitter(cfg, echo, stop, progress=files.checkpoint if cls.joint else None, device=dev,
+                    progress_meta={"format": CHECKPOINT_FORMAT, "spec_hash": spec.hash, "fingerprint": fingerprint})
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
     setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, spec.seed,
@@ -421,7 +451,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
             metrics[j][i] = evaluator.test(method, names[i])
         return time.perf_counter() - t0
 
-    if cls.joint:  # one learning phase: nothing to resume inside it
+    if cls.joint:  # one learning phase, checkpointed by the method after every epoch (Fitter.save_progress)
         later = names[1:]
         t0 = time.perf_counter()
         method.learn_joint([evaluator.info(n) for n in later], [evaluator.train_data(n) for n in later],

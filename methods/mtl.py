@@ -97,9 +97,15 @@ class MTL(Method):
         loss_fn = torch.compile(self.joint_loss, dynamic=True) if cfg.compile else self.joint_loss  # train.compile
         log = FitLog("+".join(t.name for t in tasks), "joint")
         per_task: list[dict[str, float]] = []
-        best, bad = None, 0
+        best, bad, start = None, 0, 0
+        saved = fit.load_progress()  # an interrupted cell resumes after its last finished epoch
+        if saved is not None:
+            self.load_state_dict(saved["method"])
+            opt.load_state_dict(saved["opt"])
+            best, bad, start, per_task = saved["best"], saved["bad"], saved["epoch"], saved["per_task"]
+            log = FitLog(**{**saved["log"], "epochs": [EpochLog(**e) for e in saved["log"]["epochs"]]})
         echo = getattr(fit, "echo", None)
-        for epoch in range(cfg.epochs):
+        for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             loss, steps = self.train_epoch(trains, opt, loss_fn)
             secs = time.perf_counter() - t0
@@ -118,6 +124,8 @@ class MTL(Method):
                 if bad >= cfg.patience:
                     log.stopped_early = True
                     break
+            fit.save_progress({"method": self.state_dict(), "opt": opt.state_dict(), "best": best, "bad": bad,
+                               "epoch": epoch + 1, "log": log.as_dict(), "per_task": per_task})
         if best is not None:
             self.restore(best)
         fit.logs.append({**log.as_dict(), "val_per_task": per_task})

@@ -123,3 +123,23 @@ def test_joint_steps_follow_train_precision(make, precision):
 
     m.train_epoch([h.ev.train_data(n) for n in LATER], torch.optim.Adam(m.model.parameters()), loss_fn)
     assert seen and all(s == (precision == "bf16") for s in seen)
+
+
+def test_an_interrupted_joint_phase_resumes_after_its_last_epoch_with_identical_numbers(tmp_path):
+    """MTL's single phase is checkpointed after every epoch: a stop mid-phase loses at most one epoch."""
+    from curb.runner import CellInterrupted, CellSpec, CellFiles, run_cell
+
+    spec = CellSpec("mtl", "synthetic-mini", overrides=(("train.patience", "50"), ("train.epochs", "4")))
+    whole = run_cell(spec, tmp_path / "a", echo=lambda *_: None)
+    polls = iter(range(100))
+    with pytest.raises(CellInterrupted):
+        run_cell(spec, tmp_path / "b", echo=lambda *_: None, should_stop=lambda: next(polls) >= 1)
+    assert CellFiles.of(tmp_path / "b", spec.hash).checkpoint.exists()  # stopped after epoch 2 of 4
+    said = []
+    resumed = run_cell(spec, tmp_path / "b", echo=said.append)
+    assert any("resuming the phase" in s for s in said)
+    assert [s.split(":")[0].strip() for s in said if "joint epoch" in s] == ["[mtl] joint epoch 3", "[mtl] joint epoch 4"]
+    assert resumed["R"] == whole["R"]
+    strip = lambda fits: [[{k: v for k, v in e.items() if k != "seconds"} for e in f["epochs"]] for f in fits]
+    assert strip(resumed["fits"]) == strip(whole["fits"]) and len(resumed["fits"][-1]["epochs"]) == 4
+    assert not CellFiles.of(tmp_path / "b", spec.hash).checkpoint.exists()

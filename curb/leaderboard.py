@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 
 from .config import ConfigError
-from .report import (SECTIONS, Setting, Table, build_sections, load_settings, mean_final, mean_std, method_rank, overall_table,
-                     render_markdown, spec_of, task_names, transfer_mean)
+from .report import (SECTIONS, Setting, Table, build_sections, load_settings, mean_final, mean_std, method_rank,
+                     overall_table, render_markdown, spec_of, task_names, transfer_mean)
 from .results import ResultError, iter_results
 
 BOARDS_FILE = Path("leaderboards") / "boards.toml"

@@ -336,7 +336,7 @@ def sampling_tables(st: Setting) -> list[Table]:
     variants_sorted = sorted(variants, key=lambda v: (rank.get(label(v), 3), label(v)))
     scores, speed = [], []
     for o in ("default", "reversed"):
-        base = [r for r in st.select(method="teracon", order=o, variant=(("teracon.sampling", "none"),))]
+        base = st.select(method="teracon", order=o, variant=(("teracon.sampling", "none"),))
         base_s = _finite(sum(_finite(epoch_seconds(r, n) for n in names[1:])) for r in base)
         for v in variants_sorted:
             rs = st.select(method="teracon", order=o, variant=v)
@@ -406,7 +406,7 @@ def orders_data(st: Setting) -> pd.DataFrame:
     """Mean final score per (method, order, seed) for methods run in at least 2 orders."""
     rows = []
     for m in st.methods(order=None):
-        rs = [r for r in st.select(method=m, order=None)]
+        rs = st.select(method=m, order=None)
         if len({spec_of(r).order for r in rs}) < 2:
             continue
         rows += [{"method": m, "order": spec_of(r).order, "seed": spec_of(r).seed, "value": mean_final(r),

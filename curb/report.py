@@ -228,11 +228,8 @@ def transfer_of(r: dict, kind: str, task: str) -> Value:
 
 
 def transfer_mean(r: dict, kind: str) -> Value:
-    tr = r.get("transfer")
-    if not tr or spec_of(r).method == "pop":
-        return None
-    names = [t["name"] for t in r["tasks"]]
-    vals = _finite(v for n, v in zip(names, tr[kind]) if n != "noise")
+    """Mean BWT/FWT (%) over the real tasks that have one."""
+    vals = _finite(transfer_of(r, kind, t["name"]) for t in r["tasks"] if t["name"] != "noise")
     return float(np.mean(vals)) if vals else None
 
 

@@ -262,6 +262,10 @@ def test_text_init_section_pairs_a_setting_with_its_text_twin(tmp_path):
     assert set(rows) == {("pop", "-"), ("teracon", "random"), ("teracon", "text")}
     assert mean_std(rows[("teracon", "text")][3])[0] == pytest.approx(np.mean(twins))
     assert mean_std(rows[("teracon", "text")][-1])[0] == pytest.approx(0.9)  # T1 validation after epoch 1
+    readme = write_report(run, tmp_path / "report", figures=False)[0].read_text()
+    base_part, twin_part = readme.split("## synthetic-mini-backbone.item_init=text")
+    assert "### text-init" in base_part and "| teracon  | text" in base_part
+    assert "###" not in twin_part and "Text-initialised twin of `synthetic-mini`" in twin_part  # no table without pop
 
 
 def test_cold_start_results_get_their_own_section_and_never_break_the_tables(tmp_path):

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The paper preset on ML-1M on one GPU, as one prepared script (a lent GPU comes with a small time
+# budget, so everything it should measure runs here in one go):
+#   1. the training step's FLOP rate next to the GPU's own matmul rate, fp32 and bf16;
+#   2. TERACON with relation-aware sampling against rho = 1 (and pop), 3 epochs per task, bf16;
+#   3. the sampling tables of those two runs (scores and seconds per epoch).
+# Usage: CURB_DATA=/path/with/ml-1m bash benchmarks/gpu.sh [OUT]
+#        (DEVICE=cpu PRESET=small EPOCHS=1 is a quick CPU rehearsal of the same steps)
+set -euo pipefail
+out=${1:-runs/gpu}
+device=${DEVICE:-cuda}
+preset=${PRESET:-paper}
+data="${CURB_DATA:?set CURB_DATA to the folder holding ml-1m}/ml-1m"
+mkdir -p "$out"
+for precision in fp32 bf16; do
+  python benchmarks/flops.py --data-dir "$data" --preset "$preset" --device "$device" --precision "$precision" \
+    | tee "$out/flops-$precision.txt"
+done
+run=(curb run --dataset ml --preset "$preset" --epochs "${EPOCHS:-3}" --seeds 0
+     --device "$device" --precision bf16 --out "$out/runs")
+"${run[@]}" --methods pop,teracon  # pop: the tables' popularity row, on the same split
+"${run[@]}" --methods teracon --set teracon.sampling=none
+curb report "$out/runs" --sections sampling --no-figures --out "$out/report"
+cat "$out/report/README.md"

@@ -616,5 +616,8 @@ def cold_start_rows(results: Iterable[dict]) -> list[dict]:
                 continue
             rows.append({"dataset": s["dataset"], "holdout": s["holdout"], "init": s["init"], "after": s["after"],
                          "view": s["view"], "source": r["source"], "preset": s["preset"], "seed": s["seed"],
+                         "ncf": ",".join(f"{k}={v}" for k, v in sorted(s["ncf"].items())),
+                         "eval_negatives": r["config"]["ncf"]["eval_negatives"],
+                         "cold_threshold": r["config"]["ncf"]["cold_threshold"],
                          "group": g, "n_users": m["n_users"], **{k: m[k] for k in METRICS}})
     return rows

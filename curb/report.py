@@ -179,6 +179,14 @@ def load_settings(run_dir: Path, echo: Callable[[str], None] = print) -> list[Se
                              and (o.dataset, o.preset) == (st.dataset, st.preset)
                              and fingerprints[id(o)] == fingerprints[id(st)]), None)
         st.cold_start = [r for r in cold if _cold_start_matches(r, st, fingerprints[id(st)])]
+    claimed = {id(r) for st in settings for r in st.cold_start}
+    orphans: dict[tuple, list[dict]] = defaultdict(list)  # cold start run on its own: a setting of its own
+    for r in cold:
+        if id(r) not in claimed:
+            s = r["spec"]
+            shared = tuple((k, v) for k, v in sorted(s["overrides"].items()) if k.split(".", 1)[0] in SHARED_SECTIONS)
+            orphans[(s["dataset"], s["preset"], shared)].append(r)
+    settings += [Setting(d, p, ov, [], cold_start=rs) for (d, p, ov), rs in orphans.items()]
     return sorted(settings, key=lambda s: s.label)
 
 
@@ -533,7 +541,9 @@ def cold_start_frame(st: Setting) -> pd.DataFrame:
     df = pd.DataFrame(cold_start_rows(st.cold_start))
     if df.empty:
         return df
-    df["row"] = [("random init" if i == "random" else f"{i} after {a}") for i, a in zip(df["init"], df["after"])]
+    several = df["ncf"].nunique() > 1  # results of different NCF protocols never share a row
+    df["row"] = [("random init" if i == "random" else f"{i} after {a}") + (f" (ncf: {n or 'defaults'})" if several else "")
+                 for i, a, n in zip(df["init"], df["after"], df["ncf"])]
     return df
 
 
@@ -545,7 +555,7 @@ def cold_start_tables(st: Setting) -> list[Table]:
         return []
     from .coldstart import METRICS
 
-    order = sorted(df["row"].unique(), key=lambda x: (x != "random init", method_rank(x.split(" ")[0]), x))
+    order = sorted(df["row"].unique(), key=lambda x: (not x.startswith("random init"), method_rank(x.split(" ")[0]), x))
     holdout = df["holdout"].iloc[0]
     tables = []
     for group in ("warm", "cold"):
@@ -557,9 +567,11 @@ def cold_start_tables(st: Setting) -> list[Table]:
         tables.append(Table(f"cold-start-{group}", f"Cold start, {group} users: NCF on the held-out {holdout}, "
                             f"{st.label}", ["user init", "users", *[k.upper() for k in METRICS]], rows,
                             best=[None, None, *["max"] * len(METRICS)]))
+    protocol = (f"against {n} sampled negatives" for n in sorted(df["eval_negatives"].unique()))
+    below = " or ".join(str(t) for t in sorted(df["cold_threshold"].unique()))
     tables[-1].note = ("NeuMF trained on the held-out task with user vectors from random init or a method's "
-                       "representation; leave-one-out against 99 sampled negatives (docs/coldstart.md); cold = "
-                       "fewer than 2 training interactions (natural and simulated).")
+                       f"representation; leave-one-out {' or '.join(protocol)} (docs/coldstart.md); cold = "
+                       f"fewer than {below} training interactions (natural and simulated).")
     return tables
 
 

@@ -292,6 +292,29 @@ def test_reproduce_routes_ncf_overrides_to_cold_start_only(tmp_path, capsys):
     assert "overall, cold-start on synthetic-mini: 9 cell(s)" in capsys.readouterr().out
 
 
+def test_reproduce_runs_the_cold_start_study_with_the_threads_asked_for(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # a default the study must not inherit
+    try:
+        assert main(["reproduce", "cold-start", "--dataset", "synthetic-mini", "--seeds", "0", "--methods", "fineall",
+                     "--set", "ncf.epochs=1", "--set", "ncf.eval_negatives=19", "--threads", "1", "--out", str(tmp_path), "--no-figures"]) == 0
+        assert torch.get_num_threads() == 2  # restored afterwards
+    finally:
+        torch.set_num_threads(before)
+    envs = [load_result(p)["env"] for p in tmp_path.rglob("seed*.json")]
+    assert len(envs) >= 3 and {e["threads"] for e in envs} == {1}  # continual cell and both NCF runs
+    readme = (tmp_path / "report" / "README.md").read_text()  # a cold-start-only folder still gets its tables
+    assert "### cold-start" in readme and "| random init " in readme and "against 19 sampled negatives" in readme
+    # a second NCF protocol in the same folder gets rows of its own, never averaged with the first
+    assert main(["reproduce", "cold-start", "--dataset", "synthetic-mini", "--seeds", "0", "--methods", "fineall",
+                 "--set", "ncf.epochs=1", "--set", "ncf.eval_negatives=9", "--out", str(tmp_path), "--no-figures"]) == 0
+    readme = (tmp_path / "report" / "README.md").read_text()
+    assert "| random init (ncf: epochs=1,eval_negatives=9) " in readme
+    assert "| random init (ncf: epochs=1,eval_negatives=19) " in readme and "against 9 sampled negatives or" in readme
+
+
 def test_adaptation_curve_is_t4_after_t1_to_t3_from_the_fit_logs(setting):
     from curb.report import adaptation_data, adaptation_table
 

@@ -183,18 +183,21 @@ def load_settings(run_dir: Path, echo: Callable[[str], None] = print) -> list[Se
     orphans: dict[tuple, list[dict]] = defaultdict(list)  # cold start run on its own: a setting of its own
     for r in cold:
         if id(r) not in claimed:
-            s = r["spec"]
-            shared = tuple((k, v) for k, v in sorted(s["overrides"].items()) if k.split(".", 1)[0] in SHARED_SECTIONS)
-            orphans[(s["dataset"], s["preset"], shared)].append(r)
+            orphans[_cold_start_setting(r)].append(r)
     settings += [Setting(d, p, ov, [], cold_start=rs) for (d, p, ov), rs in orphans.items()]
     return sorted(settings, key=lambda s: s.label)
 
 
-def _cold_start_matches(r: dict, st: Setting, fingerprint: str) -> bool:
-    """A cold-start result belongs to the setting whose data, preset and shared overrides it used."""
+def _cold_start_setting(r: dict) -> tuple:
+    """(dataset, preset, shared overrides) of the stream a cold-start result's representation came from."""
     s = r["spec"]
     shared = tuple((k, v) for k, v in sorted(dict(s["overrides"]).items()) if k.split(".", 1)[0] in SHARED_SECTIONS)
-    return ((s["dataset"], s["preset"], shared) == (st.dataset, st.preset, st.overrides)
+    return s["dataset"], s["preset"], shared
+
+
+def _cold_start_matches(r: dict, st: Setting, fingerprint: str) -> bool:
+    """A cold-start result belongs to the setting whose data, preset and shared overrides it used."""
+    return (_cold_start_setting(r) == (st.dataset, st.preset, st.overrides)
             and r["dataset"]["fingerprint"] == fingerprint)
 
 

@@ -340,9 +340,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments import EXPERIMENTS, ExperimentArgs, experiment_cells
     from .grid import run_grid
     from .report import write_report
+    from .text import check_dataset
 
     names = _names(args.experiments, list(EXPERIMENTS), "experiment")
-    get_dataset(args.dataset)
+    recipe = get_dataset(args.dataset)  # unknown names fail here, listing the valid ones
+    if "text-init" in names and recipe.item_texts is None:
+        if args.experiments.strip() != "all":
+            check_dataset(args.dataset)  # named explicitly: refused with the reason, before any cell runs
+        names.remove("text-init")
+        print(f"text-init skipped: {args.dataset} items have no texts")
     overrides = parse_sets(args.sets)
     if args.epochs is not None:
         if args.epochs < 1:

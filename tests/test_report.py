@@ -292,6 +292,14 @@ def test_reproduce_routes_ncf_overrides_to_cold_start_only(tmp_path, capsys):
     assert "overall, cold-start on synthetic-mini: 9 cell(s)" in capsys.readouterr().out
 
 
+def test_reproduce_all_skips_text_init_on_a_dataset_without_texts(tmp_path, capsys):
+    assert main(["reproduce", "all", "--dataset", "synthetic-mini", "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "text-init skipped: synthetic-mini items have no texts" in out and "text-init on" not in out
+    assert main(["reproduce", "text-init", "--dataset", "synthetic-mini", "--out", str(tmp_path), "--dry-run"]) == 2
+    assert "has no item texts" in capsys.readouterr().err
+
+
 def test_reproduce_runs_the_cold_start_study_with_the_threads_asked_for(tmp_path):
     import torch
 

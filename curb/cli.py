@@ -338,7 +338,7 @@ def _names(text: str, valid: Sequence[str], what: str) -> list[str]:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments import EXPERIMENTS, ExperimentArgs, experiment_cells
-    from .grid import run_grid
+    from .grid import run_grid, torch_threads
     from .report import write_report
     from .text import check_dataset
 
@@ -369,16 +369,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             print(f"  {'done' if (out / s.relpath()).exists() else 'todo'}  {s.relpath()}")
         return 0
     outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs, threads=args.threads)
-    import torch
-
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(args.threads)  # studies that are not grids run here: same thread rule as a cell
-    try:
-        for n in names:  # ... after the cells
+    with torch_threads(args.threads):  # studies that are not grids run here, after the cells: same rule
+        for n in names:
             if EXPERIMENTS[n].run is not None:
                 EXPERIMENTS[n].run(exp, out, args.device, print)
-    finally:
-        torch.set_num_threads(threads_before)
     written = write_report(out, out / "report", only=[*names, "overall"], figures=not args.no_figures)
     print((out / "report" / "README.md").read_text())
     print(f"report: {written[0]} ({len(written) - 1} table files, figures in {out / 'report' / 'figures'})")

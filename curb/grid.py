@@ -157,8 +157,6 @@ def execute(job: Job) -> dict:
     A failing cell leaves `<hash>.failed.json` (error, traceback, spec, host); an interrupted
     one keeps its checkpoint. Both leave the other cells of the grid running.
     """
-    import torch
-
     from .runner import run_cell
 
     spec = CellSpec.from_dict(job.spec)
@@ -173,14 +171,12 @@ def execute(job: Job) -> dict:
                     signal.signal(s, _on_signal)
         if _Stop.requested():
             return {**outcome, "status": "interrupted"}
-        threads_before = torch.get_num_threads()
-        torch.set_num_threads(job.threads)
         files.log.parent.mkdir(parents=True, exist_ok=True)
         started = _now()
         marker = {"host": socket.gethostname(), "pid": os.getpid(), "started": started, "spec": job.spec}
         _write_json(files.running, marker)
         t0 = time.perf_counter()
-        with open(files.log, "a") as log:
+        with open(files.log, "a") as log, torch_threads(job.threads):
             def echo(msg: str) -> None:
                 log.write(msg + "\n")
                 log.flush()
@@ -203,7 +199,6 @@ def execute(job: Job) -> dict:
                 return {**outcome, "status": "failed", "error": err, "seconds": time.perf_counter() - t0}
             finally:
                 files.running.unlink(missing_ok=True)
-                torch.set_num_threads(threads_before)
         files.failed.unlink(missing_ok=True)
         return {**outcome, "status": "done", "seconds": time.perf_counter() - t0}
 
@@ -244,6 +239,20 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch threads, then restore the previous count (numbers must not
+    depend on whatever the process happened to be set to)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def auto_threads(jobs: int) -> int:

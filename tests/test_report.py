@@ -307,7 +307,8 @@ def test_reproduce_runs_the_cold_start_study_with_the_threads_asked_for(tmp_path
     torch.set_num_threads(2)  # a default the study must not inherit
     try:
         assert main(["reproduce", "cold-start", "--dataset", "synthetic-mini", "--seeds", "0", "--methods", "fineall",
-                     "--set", "ncf.epochs=1", "--set", "ncf.eval_negatives=19", "--threads", "1", "--out", str(tmp_path), "--no-figures"]) == 0
+                     "--set", "ncf.epochs=1", "--set", "ncf.eval_negatives=19", "--threads", "1",
+                     "--out", str(tmp_path), "--no-figures"]) == 0
         assert torch.get_num_threads() == 2  # restored afterwards
     finally:
         torch.set_num_threads(before)

@@ -10,13 +10,17 @@ recomputed, never silently used.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import numpy as np
 
 SCHEMA = 1
 _UMASK = os.umask(0o022)
@@ -85,6 +89,21 @@ def iter_results(root: Path) -> Iterator[tuple[Path, dict | ResultError]]:
             yield p, load_result(p)
         except ResultError as e:
             yield p, e
+
+
+def pack_array(values: Any, dtype: str) -> str:
+    """A numeric vector as base64 of its little-endian bytes (`dtype` like "<f8", "<u4"): per-user
+    scores take about a third of the space of a JSON list and round-trip exactly."""
+    import numpy as np
+
+    return base64.b64encode(np.ascontiguousarray(values, dtype=dtype).tobytes()).decode("ascii")
+
+
+def unpack_array(text: str, dtype: str) -> np.ndarray:
+    """The inverse of `pack_array`."""
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(text), dtype=dtype).copy()
 
 
 SEALED_MAGIC = b"CURB-SEALED 1\n"

@@ -32,7 +32,7 @@ from .data import DataFormatError, DataNotFoundError, get_dataset
 from .evaluator import Evaluator, evaluate_data, task_info
 from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
-from .results import ResultError, canonical, load_result, load_sealed, save_result, save_sealed
+from .results import ResultError, canonical, load_result, load_sealed, pack_array, save_result, save_sealed
 from .streams import StreamError, TaskStream
 from .text import prepare as prepare_item_init
 from .training import FitLog, fit
@@ -366,6 +366,23 @@ def load_checkpoint(path: Path, spec: CellSpec, fingerprint: str, names: list[st
     return state
 
 
+def per_user_block(users: dict[str, dict]) -> dict:
+    """The result file's per-user test scores: per task its metric, a digest of the test users
+    (so vectors of two files are paired only when they cover the same users), the users' pair
+    counts, and the per-user metric sums after the last task (`final`) and right after the task
+    itself (`diag`, absent for joint methods). Arrays are base64 little-endian (`pack_array`)."""
+    out = {}
+    for name, u in users.items():
+        if "scores" not in u:
+            continue
+        sc = u["scores"]
+        out[name] = {"metric": sc.metric, "users": sc.users, "counts": pack_array(sc.counts, "<u4"),
+                     "final": pack_array(u["final"], "<f8")}
+        if "diag" in u:
+            out[name]["diag"] = pack_array(u["diag"], "<f8")
+    return out
+
+
 def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: str = "cpu",
              echo: Callable[[str], None] = print, force: bool = False,
              should_stop: Callable[[], bool] | None = None,
@@ -426,6 +443,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     m = len(names)
     metrics: list[list[dict | None]] = [[None] * m for _ in range(m)]
     timings: list[dict] = []
+    users: dict[str, dict] = {}  # per task: per-user test sums right after it ("diag") and at the end ("final")
     start, spent, resumed_at = 0, 0.0, []
     if force:
         files.checkpoint.unlink(missing_ok=True)
@@ -437,7 +455,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
             files.checkpoint.unlink(missing_ok=True)
         else:
             method.load_state_dict(ck["method"])
-            metrics, fitter.logs, timings = ck["metrics"], ck["fits"], ck["timings"]
+            metrics, fitter.logs, timings, users = ck["metrics"], ck["fits"], ck["timings"], ck["users"]
             start, spent = ck["next_task"], ck["elapsed_s"]
             resumed_at = [*ck["resumed_at"], names[start]] if start < m else ck["resumed_at"]
             _set_rng_state(ck["rng"], dev)
@@ -448,7 +466,11 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     def evaluate_row(j: int, seen: range) -> float:
         t0 = time.perf_counter()
         for i in seen:
-            metrics[j][i] = evaluator.test(method, names[i])
+            metrics[j][i], scores = evaluator.test_users(method, names[i])
+            if i == j and not cls.joint:
+                users[names[i]] = {"diag": scores.sums}
+            if j == m - 1:
+                users.setdefault(names[i], {}).update(final=scores.sums, scores=scores)
         return time.perf_counter() - t0
 
     if cls.joint:  # one learning phase, checkpointed by the method after every epoch (Fitter.save_progress)
@@ -475,6 +497,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
                 on_task_end(method, name, stream)
             save_sealed(files.checkpoint, {
                 "next_task": j + 1, "method": method.state_dict(), "metrics": metrics, "fits": fitter.logs,
+                "users": {t: {k: v for k, v in u.items() if k != "scores"} for t, u in users.items()},
                 "timings": timings, "elapsed_s": spent + time.perf_counter() - t_start, "resumed_at": resumed_at,
                 "rng": _rng_state(dev),
             }, {"format": CHECKPOINT_FORMAT, "spec_hash": spec.hash, "fingerprint": fingerprint, "tasks": names,
@@ -496,7 +519,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
         "config": cfg.as_dict(), "item_init": item_init,
         "tasks": [{"name": n, "kind": evaluator.info(n).kind, "metric": evaluator.info(n).metric,
                    "n_labels": evaluator.info(n).n_labels, "split": evaluator.split_sizes()[n]} for n in names],
-        "R": R, "metrics": metrics,
+        "R": R, "metrics": metrics, "per_user": per_user_block(users),
         "final": {names[i]: R[m - 1][i] for i in range(m)},
         "transfer": tr, "fits": fitter.logs, "method_report": method.report(),
         "timings": {"tasks": timings, "total_s": spent + time.perf_counter() - t_start},

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .method import Method, TaskData, TaskInfo
 from .metrics import CLASSIFY_METRICS, RANKING_METRICS, accuracy_values, ranking_values, tie_aware_rank, tie_counts
@@ -30,9 +31,41 @@ def model_inputs(kind: str, seqs: np.ndarray) -> np.ndarray:
     return seqs[:, :-1] if kind == "next_item" else seqs
 
 
-def evaluate_data(method: Method, task: TaskInfo, data: TaskData, eval_batch: int = 512) -> dict[str, float]:
-    """Mean metrics of `method` on one part of a task. Used for validation and for test."""
-    return evaluate_users(method, task, data, eval_batch)[0]
+def evaluate_data(method: Method, task: TaskInfo, data: TaskData, eval_batch: int = 512,
+                  with_loss: bool = False) -> dict[str, float]:
+    """Mean metrics of `method` on one part of a task. Used for validation and for test.
+
+    `with_loss` adds "loss", the mean cross-entropy of the method's logits (the selection
+    criterion, docs/protocol.md §4.4): over every (user, target) pair, or for the next-item task
+    over every non-padding position of the sequences (about 30 targets per user instead of one,
+    so a 5 % validation part still ranks epochs reliably)."""
+    means = evaluate_users(method, task, data, eval_batch)[0]
+    if with_loss:
+        means["loss"] = validation_loss(method, task, data, eval_batch)
+    return means
+
+
+def validation_loss(method: Method, task: TaskInfo, data: TaskData, eval_batch: int = 512) -> float:
+    """Mean cross-entropy of `method.forward_logits` on `data` (see `evaluate_data`)."""
+    total, n = 0.0, 0
+    counts = np.diff(data.ptr)
+    with method.inference():
+        for lo in range(0, data.n_users, eval_batch):
+            hi = min(lo + eval_batch, data.n_users)
+            seq = torch.from_numpy(data.inputs[lo:hi]).to(method.device)
+            if task.kind == "next_item":
+                logits = method.forward_logits(task.name, seq[:, :-1], train=False, all_positions=True).float()
+                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, 1:].reshape(-1),
+                                     ignore_index=0, reduction="sum")
+                n += int((seq[:, 1:] != 0).sum())
+            else:
+                logp = F.log_softmax(method.forward_logits(task.name, seq, train=False).float(), dim=-1)
+                rows = torch.from_numpy(np.repeat(np.arange(hi - lo), counts[lo:hi])).to(logp.device)
+                y = torch.from_numpy(data.labels[data.ptr[lo] : data.ptr[hi]]).to(logp.device)
+                ce = -logp[rows, y].sum()
+                n += len(y)
+            total += ce.item()
+    return total / max(n, 1)
 
 
 def evaluate_users(method: Method, task: TaskInfo, data: TaskData, eval_batch: int = 512

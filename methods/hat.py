@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, NextItNet, make_head
-from curb.method import Batch, Method, Setup, TaskInfo, anneal, readout, register, task_loss
+from curb.method import Batch, Knob, Method, Setup, TaskInfo, anneal, readout, register, task_loss
 from curb.metrics import mask_similarity
 
 
@@ -37,6 +37,8 @@ class HatNet(nn.Module):
 @register("hat")
 class Hat(Method):
     summary = "hard attention to the task: annealed unit gates per task, gradients masked by past gates"
+
+    tune_space = {"hat.lam": Knob("log", 0.1, 4.0), "hat.emb_init": Knob("choice", choices=("uniform", "normal"))}
 
     @dataclass
     class Config:

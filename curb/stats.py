@@ -158,14 +158,20 @@ def percentile_interval(replicates: np.ndarray, estimate: float, level: float) -
     return Interval(float(estimate), float(low), float(high), level)
 
 
-def bootstrap_p(replicates: np.ndarray, null: float = 0.0) -> float:
-    """Two-sided percentile-bootstrap p-value of `null`: twice the smaller share of replicates on
-    either side of it, ((1 + hits) / (1 + B)), capped at 1; <= 1 - level exactly when the
-    percentile interval of that level excludes `null`."""
+def bootstrap_p(replicates: np.ndarray, null: float = 0.0, alternative: str = "two-sided") -> float:
+    """Percentile-bootstrap p-value against `null`, (1 + hits) / (1 + B): "greater" (H0: value
+    < null) counts replicates below null, "less" (H0: value >= null) those at or above it,
+    "two-sided" doubles the smaller side (capped at 1). A p <= 0.025 on one side matches a 95 %
+    percentile interval that excludes `null` on the other."""
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
     r = replicates[np.isfinite(replicates)]
-    below = (1 + int((r <= null).sum())) / (1 + len(r))
-    above = (1 + int((r >= null).sum())) / (1 + len(r))
-    return float(min(1.0, 2 * min(below, above)))
+    p = lambda hits: (1 + int(hits)) / (1 + len(r))
+    if alternative == "greater":
+        return p((r < null).sum())
+    if alternative == "less":
+        return p((r >= null).sum())
+    return float(min(1.0, 2 * min(p((r <= null).sum()), p((r >= null).sum()))))
 
 
 def bootstrap_cis(stack: np.ndarray, counts: np.ndarray, *, n_boot: int = 2000, level: float = 0.95,

@@ -100,8 +100,11 @@ def test_bootstrap_cis_are_paired_and_ordered():
 def test_bootstrap_p_and_percentile_interval_agree():
     reps = np.random.default_rng(0).normal(1.0, 0.4, 4000)
     ci = stats.percentile_interval(reps, 1.0, 0.95)
-    assert ci.low > 0 and stats.bootstrap_p(reps) < 0.05
+    assert ci.low > 0 and stats.bootstrap_p(reps) < 0.05 and stats.bootstrap_p(reps, alternative="greater") < 0.025
+    assert stats.bootstrap_p(reps, alternative="less") > 0.9
     assert stats.bootstrap_p(reps - 1.0) > 0.5
+    zeros = np.zeros(100)  # a value exactly at the null: ">= 0" holds, "!= 0" does not
+    assert stats.bootstrap_p(zeros, alternative="greater") == 1 / 101 and stats.bootstrap_p(zeros) == 1.0
 
 
 # -------------------------------------------------------------------------------- paired tests

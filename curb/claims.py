@@ -240,7 +240,7 @@ def _best_all_task(ev: Evidence, rng: np.random.Generator) -> Finding:
         verdict, p = "not confirmed", float(adjusted.max())
     closest = int(np.argmin(effects))
     evidence = (f"final R of {', '.join(tasks)} (mean over tasks), default order, seeds {_seeds(teracon)}: TERACON vs "
-                f"{', '.join(rivals)}" + (f"; left out (no score on every task): {', '.join(left_out)}" if left_out else ""))
+                f"{', '.join(rivals)}" + (f"; left out (not scored on every task, or not paired by seed): {', '.join(left_out)}" if left_out else ""))
     return Finding(verdict, evidence, f"{_test_names(results)}; Holm over {len(rivals)} comparisons",
                    f"closest: TERACON - {rivals[closest]} = {effects[closest]:+.4f}", p)
 
@@ -513,6 +513,8 @@ def evaluate_claims(results: list[dict], *, seed: int = SEED) -> list[Verdict]:
     out = []
     for claim in CLAIMS:
         f = claim.check(ev, np.random.default_rng([seed, zlib.crc32(claim.id.encode())]))
+        if f.verdict == "no data":  # say what the claim reads and how it would be tested
+            f = Finding("no data", f"{claim.reads}: {f.evidence}", claim.test)
         out.append(Verdict(claim.id, claim.statement, f.verdict, f.evidence, f.test, f.statistic, f.p))
     return out
 

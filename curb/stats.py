@@ -30,6 +30,7 @@ from scipy import stats as sps
 
 _BLOCK = 256  # replicates drawn per block: memory stays at _BLOCK x n_users
 ROWS = ("final", "diag")
+ALTERNATIVES = ("two-sided", "greater", "less")
 
 
 # ------------------------------------------------------------------- per-user scores in results
@@ -200,9 +201,6 @@ class Comparison:
     p: float
     n: int  # independent units: users (sign-flip test) or seeds (t-test)
     alternative: str = "two-sided"
-
-
-ALTERNATIVES = ("two-sided", "greater", "less")
 
 
 def _sign_blocks(n: int, n_perm: int, rng: np.random.Generator) -> Iterator[np.ndarray]:

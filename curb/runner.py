@@ -32,7 +32,7 @@ from .data import DataFormatError, DataNotFoundError, get_dataset
 from .evaluator import Evaluator, evaluate_data, task_info
 from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
-from .results import ResultError, canonical, load_result, load_sealed, pack_array, save_result, save_sealed
+from .results import ResultError, canonical, load_result, load_sealed, pack_per_user, save_result, save_sealed
 from .streams import StreamError, TaskStream
 from .text import prepare as prepare_item_init
 from .training import FitLog, Selection, fit
@@ -414,20 +414,10 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 
 def per_user_block(users: dict[str, dict]) -> dict:
-    """The result file's per-user test scores: per task its metric, a digest of the test users
-    (so vectors of two files are paired only when they cover the same users), the users' pair
-    counts, and the per-user metric sums after the last task (`final`) and right after the task
-    itself (`diag`, absent for joint methods). Arrays are base64 little-endian (`pack_array`)."""
-    out = {}
-    for name, u in users.items():
-        if "scores" not in u:
-            continue
-        sc = u["scores"]
-        out[name] = {"metric": sc.metric, "users": sc.users, "counts": pack_array(sc.counts, "<u4"),
-                     "final": pack_array(u["final"], "<f8")}
-        if "diag" in u:
-            out[name]["diag"] = pack_array(u["diag"], "<f8")
-    return out
+    """The result file's per-user test scores (`results.pack_per_user` per task): what the paired
+    statistics of docs/metrics.md resample."""
+    return {name: pack_per_user(u["scores"].metric, u["scores"].users, u["scores"].counts, u["final"], u.get("diag"))
+            for name, u in users.items() if "scores" in u}
 
 
 def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: str = "cpu",

@@ -20,13 +20,13 @@ every seed of a setting scores the same users with the same counts).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 from scipy import stats as sps
+
+from .results import unpack_array
 
 _BLOCK = 256  # replicates drawn per block: memory stays at _BLOCK x n_users
 ROWS = ("final", "diag")
@@ -49,29 +49,6 @@ class PerUser:
         return float(self.sums.sum() / self.counts.sum())
 
 
-def users_digest(user_ids: np.ndarray) -> str:
-    """sha256 hex of the user ids as int64 little-endian: what `per_user[...]["users"]` stores."""
-    return hashlib.sha256(np.ascontiguousarray(user_ids, dtype="<i8").tobytes()).hexdigest()
-
-
-def _b64(a: np.ndarray, dtype: str) -> str:
-    return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode("ascii")
-
-
-def pack_per_user(metric: str, user_ids: np.ndarray, counts: np.ndarray, final: np.ndarray,
-                  diag: np.ndarray | None = None) -> dict:
-    """One task's entry of `result["per_user"]` (the inverse of `per_user`): counts as uint32 LE,
-    sums as float64 LE, both base64; `diag` is left out for joint methods (no R(Ti, Ti))."""
-    n = len(user_ids)
-    if any(len(a) != n for a in (counts, final, *([] if diag is None else [diag]))):
-        raise ValueError("per-user arrays must all have one entry per test user")
-    out = {"metric": metric, "users": users_digest(user_ids), "counts": _b64(counts, "<u4"),
-           "final": _b64(final, "<f8")}
-    if diag is not None:
-        out["diag"] = _b64(diag, "<f8")
-    return out
-
-
 def per_user(result: dict, task: str, row: str = "final") -> PerUser | None:
     """The per-user scores of `task` in `result` for R's last row ("final") or the diagonal
     ("diag"), or None when the result does not carry them (older results, joint methods' diag).
@@ -81,8 +58,8 @@ def per_user(result: dict, task: str, row: str = "final") -> PerUser | None:
     entry = (result.get("per_user") or {}).get(task)
     if entry is None or entry.get(row) is None:
         return None
-    counts = np.frombuffer(base64.b64decode(entry["counts"]), dtype="<u4").astype(np.int64)
-    sums = np.frombuffer(base64.b64decode(entry[row]), dtype="<f8").astype(np.float64)
+    counts = unpack_array(entry["counts"], "<u4").astype(np.int64)
+    sums = unpack_array(entry[row], "<f8")
     if len(counts) != len(sums):
         raise ValueError(f"per_user[{task!r}]: {len(counts)} counts but {len(sums)} {row} sums")
     return PerUser(entry["metric"], entry["users"], counts, sums)

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from curb import stats
+from curb.results import pack_per_user
 from curb.claims import CLAIMS, VERDICTS, claims_markdown, evaluate_claims
 from curb.runner import CellSpec
 
@@ -36,7 +36,7 @@ def cell(method: str, seed: int, *, lift: float = 0.0, forget: float = 0.0, orde
             final[t] = None
             continue
         final[t], diag[t] = f.sum() / COUNTS[t].sum(), d.sum() / COUNTS[t].sum()
-        packed[t] = stats.pack_per_user("acc", IDS[t], COUNTS[t], f, None if joint else d)
+        packed[t] = pack_per_user("acc", IDS[t], COUNTS[t], f, None if joint else d)
     bwt = [None if joint or n == "noise" or i == len(names) - 1 else (final[n] - diag[n]) / diag[n] * 100
            for i, n in enumerate(names)]
     fits = [{"task": n, "phase": "train", "epochs": [{"epoch": 0, "val": t1_val if n == "T1" else 0.2,

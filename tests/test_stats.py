@@ -13,6 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from curb import plots, stats
+from curb.results import pack_per_user, users_digest
 
 # ------------------------------------------------------------------------------- per-user data
 
@@ -31,8 +32,8 @@ def test_per_user_round_trips_through_a_result():
     rng = np.random.default_rng(0)
     ids = np.array([7, 3, 12, 40000000000])
     counts, final, diag = np.array([1, 5, 2, 3]), rng.random(4), rng.random(4)
-    result = {"per_user": {"T2": stats.pack_per_user("mrr@5", ids, counts, final, diag),
-                           "T3": stats.pack_per_user("acc", ids, counts, final)}}
+    result = {"per_user": {"T2": pack_per_user("mrr@5", ids, counts, final, diag),
+                           "T3": pack_per_user("acc", ids, counts, final)}}
     got = stats.per_user(result, "T2")
     assert got.metric == "mrr@5" and got.counts.dtype == np.int64
     np.testing.assert_array_equal(got.counts, counts)
@@ -45,12 +46,12 @@ def test_per_user_round_trips_through_a_result():
     with pytest.raises(ValueError, match="row must be"):
         stats.per_user(result, "T2", "R")
     with pytest.raises(ValueError, match="one entry per test user"):
-        stats.pack_per_user("acc", ids, counts[:3], final)
+        pack_per_user("acc", ids, counts[:3], final)
 
 
 def test_stack_refuses_scores_of_other_users():
-    a = stats.PerUser("acc", stats.users_digest(np.array([1, 2])), np.array([1, 1]), np.array([1.0, 0.0]))
-    b = stats.PerUser("acc", stats.users_digest(np.array([2, 1])), np.array([1, 1]), np.array([0.0, 1.0]))
+    a = stats.PerUser("acc", users_digest(np.array([1, 2])), np.array([1, 1]), np.array([1.0, 0.0]))
+    b = stats.PerUser("acc", users_digest(np.array([2, 1])), np.array([1, 1]), np.array([0.0, 1.0]))
     sums, counts = stats.stack_per_user([a, a])
     assert sums.shape == (2, 2) and counts.tolist() == [1, 1]
     with pytest.raises(ValueError, match="different test users"):

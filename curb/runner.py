@@ -400,12 +400,18 @@ def load_checkpoint(path: Path, spec: CellSpec, fingerprint: str, names: list[st
     return state
 
 
+# The training and evaluation protocol's version, recorded in every result: results of another
+# version are never reused (2: validation-CE selection, rounds, T1 by patience, docs/protocol.md §4).
+PROTOCOL = 2
+
+
 def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two resolved configs (a result written under
-    older defaults must not pass for a result of today's protocol)."""
+    other defaults must not pass for today's). Keys the old config lacks are knobs added since,
+    whose defaults keep the earlier behaviour; they are not differences."""
     out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+    for k in sorted(set(old) & set(new)):
+        a, b = old[k], new[k]
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_changes(a, b, f"{prefix}{k}.")
         elif (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b):
@@ -460,6 +466,8 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
                     f"({fingerprint}, source {stream.meta.get('source', '?')}); use another --out"
                 )
             changed = config_changes(existing.get("config", {}), resolve_config(spec).as_dict())
+            if existing.get("protocol") != PROTOCOL:
+                changed = [f"protocol {existing.get('protocol', 1)} -> {PROTOCOL}", *changed]
             if changed:
                 raise ResultError(
                     f"{path} was computed under another configuration (the defaults changed since: "
@@ -560,7 +568,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     if spec.method == "sinmo" and tr is not None:
         tr["fwt"] = [None] + [0.0] * (m - 1)
     result = {
-        "spec": spec.as_dict(), "spec_hash": spec.hash, "env": _env(dev),
+        "spec": spec.as_dict(), "spec_hash": spec.hash, "protocol": PROTOCOL, "env": _env(dev),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"name": spec.dataset, "fingerprint": fingerprint, "base_fingerprint": base_fingerprint, "n_users": stream.n_users,
                     "n_items": stream.n_items, "seq_len": int(stream.sequences.shape[1]), "meta": dict(stream.meta)},

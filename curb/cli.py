@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
         "random from the learning rate of each task kind and the method's own key knobs, seeded) and pick the "
         "trial whose final model has the best mean validation lift over popularity (validation only: test "
         "scores are never read). Writes the choice to --write, for `curb run --tuned FILE`. Trials are ordinary "
-        "cells under --out: they run in parallel, resume, and are kept (docs/protocol.md §4.6).",
+        "cells under --out: they run in parallel, resume, and are kept (docs/protocol.md §4.9).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     tu.add_argument("--methods", default="all", help="comma list of method names, or 'all'")

@@ -29,7 +29,7 @@ def batches(data: TaskData, batch_size: int, rng: np.random.Generator, device: t
     chunks of at most `pairs_per_user` (None: all of them); the chunks are shuffled and the pair
     sequence is cut into steps. Each chunk is one encoded row, so a step encodes about
     `batch_size / pairs_per_user` sequences: 1 reproduces the reference's batches of uniformly
-    drawn pairs, None encodes each user once per pass (docs/protocol.md §4.3).
+    drawn pairs, None encodes each user once per pass (docs/protocol.md §4.2 and §4.8).
     """
     if data.task.kind == "next_item":
         perm = rng.permutation(data.n_users)

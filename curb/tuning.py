@@ -6,7 +6,7 @@ rates of the stream's task kinds and at most two of the method's own knobs (`Met
 Each trial is an ordinary cell (so trials run in parallel, resume, and are kept as result files);
 a trial is scored only from `val_final`, the final model's scores on every task's VALIDATION
 part, as its mean lift over the popularity baseline's validation scores on the same split.
-Test scores are never read here (docs/protocol.md §4.6).
+Test scores are never read here (docs/protocol.md §4.9).
 
 The chosen overrides are written to a small TOML file (committed, cited by the boards). `curb run
 --tuned FILE` adds the override `tuned=<file>@<sha12>` to every cell: the config resolution reads
@@ -110,7 +110,7 @@ def write_tuned(path: Path, chosen: dict[str, Trial], rows: list[dict], meta: di
     """The tuned-configuration file: `[meta]`, then one table of `--set` overrides per method,
     then every trial's validation lift as comments (a reader sees what was compared)."""
     q = lambda v: '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-    lines = ["# Written by `curb tune` (validation only; docs/protocol.md §4.6). Apply with `curb run --tuned FILE`.",
+    lines = ["# Written by `curb tune` (validation only; docs/protocol.md §4.9). Apply with `curb run --tuned FILE`.",
              "", "[meta]"] + [f"{k} = {q(v)}" for k, v in meta.items()] + [""]
     for m in sorted(chosen):
         lines += [f"[methods.{m}]"] + [f"{q(k)} = {q(v)}" for k, v in chosen[m].overrides]

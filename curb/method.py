@@ -19,7 +19,6 @@ import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import BackboneConfig
+from .registry import METHODS_GROUP, UnknownNameError, failures_note, import_from_env, load_entry_points
 
 
 @dataclass(frozen=True)
@@ -152,6 +152,9 @@ class Method:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line for `curb methods`
     joint: ClassVar[bool] = False  # learns all tasks after T1 at once (not continual; MTL)
+    # In `--methods all`, the fixed benchmark set. Honoured only when set on a built-in class
+    # itself (not inherited, not a plugin's), so a method joins the set deliberately.
+    benchmark: ClassVar[bool] = False
 
     @dataclass
     class Config:
@@ -293,12 +296,6 @@ FitFn = Callable[[Method, TaskInfo, TaskData, TaskData], Any]
 
 # ---------------------------------------------------------------------------------- registry
 _REGISTRY: dict[str, type[Method]] = {}
-ENTRY_POINT_GROUP = "curb.methods"
-
-
-class UnknownNameError(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0])
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -325,8 +322,8 @@ def _load_all() -> None:
     _loaded = True
     import curb.methods  # noqa: F401  (built-in methods register on import)
 
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()  # a third-party module registering its methods
+    load_entry_points(METHODS_GROUP)  # third-party modules registering their methods; fail soft
+    import_from_env()  # modules named by --import (here or in the parent process)
 
 
 def available_methods() -> dict[str, type[Method]]:
@@ -334,9 +331,24 @@ def available_methods() -> dict[str, type[Method]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def is_builtin(cls: type[Method]) -> bool:
+    """A method shipped in curb's `methods/` folder (installed as `curb.methods`)."""
+    return cls.__module__.startswith("curb.methods.")
+
+
+def benchmark_methods() -> list[str]:
+    """`--methods all`: the built-in methods that set `benchmark = True` on their own class."""
+    return [n for n, c in available_methods().items() if is_builtin(c) and c.__dict__.get("benchmark", False)]
+
+
+def plugin_methods() -> list[str]:
+    """What `--methods all+plugins` adds: every registered method that is not built in."""
+    return [n for n, c in available_methods().items() if not is_builtin(c)]
+
+
 def get_method(name: str) -> type[Method]:
     methods = available_methods()
     key = name.lower().replace("_", "-")
     if key not in methods:
-        raise UnknownNameError(f"unknown method {name!r}; valid methods: {', '.join(methods)}")
+        raise UnknownNameError(f"unknown method {name!r}; valid methods: {', '.join(methods)}{failures_note()}")
     return methods[key]

@@ -52,6 +52,7 @@ class ConureNet(nn.Module):
 @register("conure")
 class Conure(Method):
     summary = "prune -> retrain -> freeze: disjoint magnitude-pruned kernel entries per task (BWT = 0)"
+    benchmark = True  # one of the `--methods all` set
 
     @dataclass
     class Config:

@@ -14,6 +14,7 @@ from .sinmo import SinMo
 @register("fineall")
 class FineAll(SinMo):
     summary = "copy of the pre-trained T1 model fine-tuned end to end per task"
+    benchmark = True  # one of the `--methods all` set
 
     def new_model(self, task: TaskInfo) -> PlainModel:
         t1 = self.models[self.tasks[0].name]

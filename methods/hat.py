@@ -37,6 +37,7 @@ class HatNet(nn.Module):
 @register("hat")
 class Hat(Method):
     summary = "hard attention to the task: annealed unit gates per task, gradients masked by past gates"
+    benchmark = True  # one of the `--methods all` set
 
     @dataclass
     class Config:

@@ -27,6 +27,7 @@ from curb.training import EpochLog, FitLog, batches
 @register("mtl")
 class MTL(Method):
     summary = "multi-task learning: all tasks after T1 jointly (not continual: needs the whole stream up front)"
+    benchmark = True  # one of the `--methods all` set
     joint = True
 
     @dataclass

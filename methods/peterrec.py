@@ -58,6 +58,7 @@ class TaskPatch(nn.Module):
 @register("peterrec")
 class PeterRec(Method):
     summary = "frozen pre-trained backbone + per-task model patches, LayerNorm-2 and head (SIGIR 2020)"
+    benchmark = True  # one of the `--methods all` set
 
     @dataclass
     class Config:

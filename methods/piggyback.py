@@ -91,6 +91,7 @@ class TaskMasks(nn.Module):
 @register("piggyback")
 class Piggyback(Method):
     summary = "binary masks (learned scores, straight-through) on the frozen pre-trained T1 convs"
+    benchmark = True  # one of the `--methods all` set
 
     @dataclass
     class Config:

@@ -13,6 +13,7 @@ from curb.method import Method, Setup, TaskData, TaskInfo, readout, register
 @register("sinmo")
 class SinMo(Method):
     summary = "single model per task from random init (no transfer; FWT reference)"
+    benchmark = True  # one of the `--methods all` set
 
     def __init__(self, setup: Setup):
         super().__init__(setup)

@@ -107,6 +107,7 @@ class _StageStats:
 @register("teracon")
 class Teracon(Method):
     summary = "relation-aware task masks + relation-aware knowledge retention (KDD 2023; the paper's method)"
+    benchmark = True  # one of the `--methods all` set
 
     @dataclass
     class Config:

@@ -27,6 +27,8 @@ from typing import Iterable
 METHODS_GROUP = "curb.methods"
 DATASETS_GROUP = "curb.datasets"
 IMPORT_ENV = "CURB_IMPORT"
+WARNED_ENV = "CURB_PLUGIN_WARNED"  # set after warning, so worker processes (`--jobs N`) do not repeat it
+_QUIET = bool(os.environ.get(WARNED_ENV))  # this process is such a worker: its parent has warned
 
 # The built-in methods (methods/*.py): name -> (one-line summary, in `--methods all`). The classes
 # are the truth (`Method.summary`, `Method.benchmark`); the table repeats them so that listing
@@ -67,7 +69,10 @@ def load_entry_points(group: str) -> None:
             dist = ep.dist.name if ep.dist is not None else "unknown"
             line = f"plugin {ep.name!r} of distribution {dist!r} ({group} = {ep.value}): {type(e).__name__}: {e}"
             _failures.append(line)
-            print(f"curb: warning: {line}; skipped, everything else works", file=sys.stderr)
+            if not _QUIET:
+                print(f"curb: warning: {line}; skipped, everything else works", file=sys.stderr)
+    if _failures:
+        os.environ[WARNED_ENV] = "1"
 
 
 def failures_note() -> str:

@@ -25,7 +25,8 @@ def clean_registries(monkeypatch):
     monkeypatch.setattr(registry, "_loaded_groups", set())
     monkeypatch.setattr(registry, "_failures", [])
     monkeypatch.setattr(registry, "_imported", set())
-    monkeypatch.setenv(registry.IMPORT_ENV, "")  # restored (unset) after the test
+    monkeypatch.setenv(registry.IMPORT_ENV, "")  # both restored (unset) after the test
+    monkeypatch.setenv(registry.WARNED_ENV, "")
 
 
 def _distribution(root, name: str, entry_points: str) -> None:

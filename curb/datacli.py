@@ -34,8 +34,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the checksum check (for archives without a published checksum)")
     i = dsub.add_parser("info", help="build a dataset's task stream and print its statistics",
-                        description="Users, labels and mean targets per task (the columns of METHODS.md §2.1) and "
-                        "the distribution of sequence lengths.")
+                        description="Users, labels and mean targets per task (the columns of the paper's dataset "
+                        "table; docs/datasets.md) and the distribution of sequence lengths.")
     i.add_argument("dataset", help="dataset name (see `curb datasets`)")
     i.add_argument("--data-dir", type=Path, default=None, help="folder holding the raw files")
     i.add_argument("--json", action="store_true", help="print the statistics as JSON")
@@ -81,7 +81,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def stream_stats(stream: TaskStream) -> dict:
-    """The numbers of METHODS.md §2.1 per task, plus the sequence-length distribution."""
+    """The numbers of the paper's dataset table per task (docs/datasets.md), plus the sequence-length distribution."""
     import numpy as np
 
     lengths = (stream.sequences != 0).sum(axis=1)

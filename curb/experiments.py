@@ -1,4 +1,4 @@
-"""The paper's experiments (METHODS.md §6) and curb's order study, as grids of cells.
+"""The paper's experiments (docs/experiments.md) and curb's order study, as grids of cells.
 
 An experiment is only a recipe for `CellSpec`s. Every experiment uses the same cell identity as
 `curb run`, so cells shared between experiments (the default-order TERACON cell is in `overall`,
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the runner (torch) is imported where cells are made: `curb 
 
 PAPER_METHODS = ("sinmo", "fineall", "peterrec", "mtl", "piggyback", "hat", "conure", "teracon")
 TRANSFER_METHODS = ("hat", "conure", "teracon")  # the methods of the paper's FWT/BWT and noisy tables
-SAMPLING_RATES = ("min", "relation", "none")  # rho_min, Eq. 15, rho = 1 (§7.5's three rows)
+SAMPLING_RATES = ("min", "relation", "none")  # rho_min, Eq. 15, rho = 1 (the paper's rows, protocol §8.3)
 TEXT_INIT_METHODS = ("teracon", "conure")  # the talk compares TERACON; CONURE is the strongest baseline
 
 

@@ -66,7 +66,7 @@ class TaskData:
 
 @dataclass
 class TrainConfig:
-    """Optimisation protocol shared by all methods (METHODS.md §4)."""
+    """Optimisation protocol shared by all methods (docs/protocol.md §4)."""
 
     t1_lr: float = 1e-3
     t1_batch: int = 32  # sequences per step on the next-item task
@@ -122,7 +122,7 @@ class Setup:
 
 
 def anneal(index: int, n_batches: int, smax: float) -> float:
-    """Per-batch temperature s_b = 1/smax + (smax - 1/smax) * b / Nb (METHODS.md §4.4)."""
+    """Per-batch temperature s_b = 1/smax + (smax - 1/smax) * b / Nb (docs/protocol.md §4.6)."""
     return 1.0 / smax + (smax - 1.0 / smax) * index / max(n_batches, 1)
 
 

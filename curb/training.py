@@ -1,4 +1,4 @@
-"""The shared training loop: batching, one epoch, and model selection with patience (§4.2).
+"""The shared training loop: batching, one epoch, and model selection with patience (docs/protocol.md §4.4).
 
 Every method trains through `fit`, so early stopping and validation are identical for all of
 them; a method only changes what a step does (its `loss`, `before_step`, `after_step`).

@@ -1,4 +1,4 @@
-"""`ml` / `ml-profile`: the paper's MovieLens stream built from real ratings (METHODS.md §2.1).
+"""`ml` / `ml-profile`: the paper's MovieLens stream built from real ratings (docs/protocol.md §1.5).
 
 Recipe (per user, ratings in chronological order; equal timestamps ordered by movie id):
   T1 next-item: the last 30 movies rated below 4 stars, left-padded with 0; users with fewer

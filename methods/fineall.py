@@ -1,4 +1,4 @@
-"""FineAll (METHODS.md §5.2): for every task after T1, copy the pre-trained T1 backbone, add a
+"""FineAll (docs/protocol.md §6.2): for every task after T1, copy the pre-trained T1 backbone, add a
 new head and fine-tune everything. One full model per task, so old tasks never change."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`pop`: the trivial baseline every table carries (METHODS.md §10).
+"""`pop`: the trivial baseline every table carries (docs/protocol.md §6.9).
 
 Scores every label by its frequency among the task's training targets, the same for every
 user: item popularity for next-item and recommendation tasks, the majority class for

@@ -1,5 +1,5 @@
-"""SinMo (METHODS.md §5.1): one fresh model per task, trained alone. Its R(Ti, Ti) is the
-reference R̄ of forward transfer. T1 is the plain pre-trained NextItNet (§4.1), which the
+"""SinMo (docs/protocol.md §6.1): one fresh model per task, trained alone. Its R(Ti, Ti) is the
+reference R̄ of forward transfer. T1 is the plain pre-trained NextItNet (docs/protocol.md §4.5), which the
 runner trains once and shares with every method that starts from it."""
 
 from __future__ import annotations

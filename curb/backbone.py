@@ -1,4 +1,4 @@
-"""NextItNet-style causal dilated CNN (METHODS.md §3) with extension points for every method.
+"""NextItNet-style causal dilated CNN (docs/protocol.md §3) with extension points for every method.
 
 Block k (dilation d), post-LN:   h1 = ReLU(LN1(conv_d(E)));  h2 = ReLU(LN2(conv_2d(h1)));  E' = E + h2
 
@@ -196,7 +196,7 @@ class NextItNet(nn.Module):
 
 
 def make_head(channels: int, n_labels: int) -> nn.Linear:
-    """Task head G: Linear(f, |Y|), weight N(0, 0.01^2), bias 0.1 (METHODS.md §3.4)."""
+    """Task head G: Linear(f, |Y|), weight N(0, 0.01^2), bias 0.1 (docs/protocol.md §3.3)."""
     head = nn.Linear(channels, n_labels)
     nn.init.normal_(head.weight, 0.0, 0.01)
     nn.init.constant_(head.bias, 0.1)
@@ -211,7 +211,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "paper": Preset("paper", BackboneConfig(), "256 channels, 8 blocks (METHODS.md §3)"),
+    "paper": Preset("paper", BackboneConfig(), "256 channels, 8 blocks (docs/protocol.md §3.4)"),
     "small": Preset(
         "small",
         BackboneConfig(channels=64, dilations=(1, 4, 1, 4)),

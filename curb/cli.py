@@ -12,18 +12,30 @@ from typing import Sequence
 
 from . import __version__
 from .config import ConfigError, parse_sets
-from .data import DataFormatError, DataNotFoundError, available_datasets, get_dataset
 from .datacli import add_parser as add_data_parser, cmd_data
-from .fetch import FetchError
-from .leaderboard import cmd_leaderboard
-from .method import UnknownNameError, available_methods, get_method
+from .registry import UnknownNameError, add_import_option, import_modules
 from .results import ResultError
-from .grid import GridError
-from .streams import StreamError
 
-# Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (UnknownNameError, ConfigError, StreamError, DataNotFoundError, DataFormatError, ResultError, FetchError,
-               GridError)
+# Everything imported above is light (no torch, pandas, matplotlib, not even numpy), so that
+# `curb --help` and `curb methods` answer at once; other modules are imported where used.
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the user's to fix: printed as one clear line, no traceback. A function, so
+    that their modules (curb.grid imports torch) load only when an error is raised."""
+    from .data import DataFormatError, DataNotFoundError
+    from .fetch import FetchError
+    from .grid import GridError
+    from .streams import StreamError
+
+    return (UnknownNameError, ConfigError, StreamError, DataNotFoundError, DataFormatError, ResultError, FetchError,
+            GridError)
+
+
+def __getattr__(name: str):  # `from curb.cli import USER_ERRORS` without importing torch up front
+    if name == "USER_ERRORS":
+        return user_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -75,7 +87,18 @@ def _device(text: str) -> str:
 
 
 def _methods(text: str) -> list[str]:
-    names = list(available_methods()) if text == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    """Method names of --methods: a comma list, `all` (the built-in benchmark set) or `all+plugins`
+    (that set and every method plugins or --import registered); names may be mixed with either."""
+    from .method import available_methods, benchmark_methods, get_method, plugin_methods
+
+    names = []
+    for m in (m.strip() for m in text.split(",") if m.strip()):
+        if m.lower() == "all":
+            names += benchmark_methods()
+        elif m.lower() == "all+plugins":
+            names += [*benchmark_methods(), *plugin_methods()]
+        else:
+            names.append(m)
     names = [n.lower().replace("_", "-") for n in names]
     if not names:
         raise ConfigError(f"--methods needs at least one name; valid methods: {', '.join(available_methods())}")
@@ -87,7 +110,9 @@ def _methods(text: str) -> list[str]:
 
 def _add_grid_options(r: argparse.ArgumentParser) -> None:
     """The options that define a grid (methods x datasets x seeds x orders x noise), shared by run and plan."""
-    r.add_argument("--methods", default="sinmo,fineall", help="comma list of method names, or 'all' (see `curb methods`)")
+    r.add_argument("--methods", default="sinmo,fineall",
+                   help="comma list of method names; 'all' = the built-in benchmark set, 'all+plugins' adds installed "
+                   "and --import'ed methods (see `curb methods`)")
     r.add_argument("--dataset", default="synthetic", help="dataset name, or a comma list (see `curb datasets`)")
     r.add_argument("--seeds", type=_csv_ints, default=[0], help="comma list of seeds (model init and batch order)")
     r.add_argument("--order", action="append", default=None, metavar="ORDER",
@@ -107,10 +132,12 @@ def _add_grid_options(r: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. train.lr=1e-3, split.level=pair, teracon.alpha=0.5 (repeatable)")
     r.add_argument("--tuned", default=None, metavar="FILE",
                    help="apply a tuned configuration written by `curb tune` (e.g. tuning/ml.toml); --set wins over it")
+    add_import_option(r)
 
 
 def _grid_specs(args: argparse.Namespace) -> list:
     """The cell specs of the grid options, each config resolved (bad values fail here)."""
+    from .data import get_dataset
     from .runner import CellSpec, resolve_config
     from .text import check_dataset
 
@@ -193,7 +220,6 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("run_dir", type=Path, metavar="RUN_DIR")
 
     from .experiments import EXPERIMENTS
-    from .report import SECTIONS
 
     rp = sub.add_parser(
         "reproduce", help="run one of the paper's experiments (reusing finished cells) and render its tables",
@@ -231,12 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     rep.add_argument("--out", type=Path, default=None, help="output folder (default: RUN_DIR/report)")
-    rep.add_argument("--sections", default="all", help=f"comma list of: {', '.join(SECTIONS)}, or 'all'")
+    rep.add_argument("--sections", default="all",
+                     help="comma list of report sections (a wrong name lists them), or 'all'")
     rep.add_argument("--no-figures", action="store_true", help="tables only")
 
-    from .leaderboard import add_parser as add_leaderboard_parser
+    add_import_option(rp)
 
-    add_leaderboard_parser(sub)
     tu = sub.add_parser(
         "tune", help="equal-budget tuning of each method on validation; writes a tuned configuration file",
         description="For every method that trains, run --trials cells (trial 0: the defaults; the others drawn at "
@@ -260,8 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--jobs", type=_positive_int, default=1, help="cells run at once in local worker processes")
     tu.add_argument("--threads", type=_positive_int, default=1, help="torch threads per cell")
 
-    sub.add_parser("methods", help="list the available methods")
-    sub.add_parser("datasets", help="list the available datasets")
+    lb = sub.add_parser("leaderboard", help="build or check the published leaderboards from result files",
+                        description="build: write leaderboards/<board>/README.md, results.csv and figures from the "
+                        "result JSONs named in the boards file; check: rebuild the text in memory and fail on any "
+                        "difference (CI runs it). Works from any folder: the boards file is --boards, else "
+                        "leaderboards/boards.toml under --root, the current folder, or the repository curb is "
+                        "installed from.")
+    lb.add_argument("action", choices=("build", "check"))
+    where = lb.add_mutually_exclusive_group()
+    where.add_argument("--boards", type=Path, default=None, metavar="FILE", help="boards file")
+    where.add_argument("--root", type=Path, default=None, metavar="DIR",
+                       help="repository root holding leaderboards/boards.toml")
+    lb.add_argument("--no-figures", action="store_true", help="build: tables only")
+    add_import_option(sub.add_parser("methods", help="list the available methods"))
+    add_import_option(sub.add_parser("datasets", help="list the available datasets"))
     add_data_parser(sub)
     return p
 
@@ -271,7 +309,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .grid import auto_threads, read_plan, run_grid, stop_signal
+    from .grid import GridError, auto_threads, read_plan, run_grid, stop_signal
     from .report import final_table
     from .results import load_result
 
@@ -349,6 +387,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from .data import DataNotFoundError
     from .grid import check_stream, record_plan
 
     specs = _grid_specs(args)
@@ -395,6 +434,7 @@ def _names(text: str, valid: Sequence[str], what: str) -> list[str]:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .data import get_dataset
     from .experiments import EXPERIMENTS, ExperimentArgs, experiment_cells
     from .grid import run_grid, torch_threads
     from .report import write_report
@@ -453,13 +493,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard import build, check, find_boards
+
+    boards = find_boards(args.boards, args.root)
+    if args.action == "build":
+        build(boards, figures=not args.no_figures)
+        return 0
+    problems = check(boards)
+    for p in problems:
+        print(f"curb: leaderboard check: {p}")
+    if problems:
+        print("curb: leaderboard check FAILED: rebuild with `curb leaderboard build` after changing results")
+        return 1
+    print(f"leaderboards in {boards.parent} match their result files")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
-    for name, cls in available_methods().items():
-        print(f"{name:<10} {cls.summary}")
+    """Built-in methods from the static table (no torch import); plugins only when there are any."""
+    from .registry import BUILTIN_METHODS, METHODS_GROUP, has_plugins
+
+    for name, (summary, in_all) in BUILTIN_METHODS.items():
+        print(f"{name:<10} {summary}" + ("" if in_all else " (not in --methods all)"))
+    if has_plugins(METHODS_GROUP):
+        from .method import available_methods, is_builtin
+
+        for name, cls in available_methods().items():
+            if not is_builtin(cls):
+                print(f"{name:<10} {cls.summary} (plugin: --methods {name} or all+plugins)")
     return 0
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
+    from .data import available_datasets
+
     for name, ds in available_datasets().items():
         print(f"{name:<12} {ds.summary}")
     return 0
@@ -476,8 +544,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        import_modules(getattr(args, "imports", []))
         return COMMANDS[args.command](args)
-    except USER_ERRORS as e:
+    except Exception as e:
+        if not isinstance(e, user_errors()):
+            raise
         print(f"curb: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

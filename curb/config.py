@@ -11,11 +11,12 @@ import math
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .backbone import PRESETS, BackboneConfig
-from .method import TrainConfig
-from .streams import SplitConfig
+if TYPE_CHECKING:  # imported where used: `ConfigError` must not cost a torch import (instant CLI)
+    from .backbone import BackboneConfig
+    from .method import TrainConfig
+    from .streams import SplitConfig
 
 
 class ConfigError(ValueError):
@@ -115,6 +116,10 @@ def parse_sets(items: list[str]) -> dict[str, str]:
 def resolve(method_name: str, method_config: Any, dataset_defaults: dict[str, str],
             preset: str | None, overrides: dict[str, str]) -> RunConfig:
     """Merge defaults, dataset defaults, preset and overrides into one RunConfig."""
+    from .backbone import PRESETS
+    from .method import TrainConfig
+    from .streams import SplitConfig
+
     merged = {**dataset_defaults, **overrides}
     preset = preset or merged.pop("preset", None) or "paper"
     merged.pop("preset", None)

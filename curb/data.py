@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .method import UnknownNameError
+from .registry import DATASETS_GROUP, UnknownNameError, failures_note, import_from_env, load_entry_points
 from .results import atomic_write_bytes, canonical
 from .streams import Targets, Task, TaskStream
 
@@ -112,22 +112,27 @@ def register_release(release: Release) -> Release:
     return release
 
 
-def available_datasets() -> dict[str, DatasetRecipe]:
-    import curb.datasets  # noqa: F401  (recipes register on import)
+def _load_all() -> None:
+    import curb.datasets  # noqa: F401  (built-in recipes register on import)
 
+    load_entry_points(DATASETS_GROUP)  # third-party recipes (and releases); fail soft, once per process
+    import_from_env()  # modules named by --import (here or in the parent process)
+
+
+def available_datasets() -> dict[str, DatasetRecipe]:
+    _load_all()
     return dict(sorted(_DATASETS.items()))
 
 
 def available_releases() -> dict[str, Release]:
-    import curb.datasets  # noqa: F401
-
+    _load_all()
     return dict(sorted(_RELEASES.items()))
 
 
 def get_dataset(name: str) -> DatasetRecipe:
     ds = available_datasets()
     if name not in ds:
-        raise UnknownNameError(f"unknown dataset {name!r}; valid datasets: {', '.join(ds)}")
+        raise UnknownNameError(f"unknown dataset {name!r}; valid datasets: {', '.join(ds)}{failures_note()}")
     return ds[name]
 
 

@@ -6,14 +6,14 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 from tabulate import tabulate
 
-from .data import (available_datasets, available_releases, candidate_dirs, data_home, find_release, get_dataset,
-                   get_release, stream_cache_dir)
-from .method import UnknownNameError
-from .streams import TaskStream
+from .registry import UnknownNameError, add_import_option
+
+if TYPE_CHECKING:  # numpy and the data registry load in the commands: `curb --help` stays instant
+    from .streams import TaskStream
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Raw files are looked up in --data-dir, $CURB_DATA/<release>, $CURB_DATA and "
                        "~/.cache/curb/<release>; `fetch` installs into $CURB_DATA (if set) else ~/.cache/curb.")
     dsub = d.add_subparsers(dest="data_command", metavar="ACTION", required=True)
-    dsub.add_parser("list", help="known releases and datasets, whether present locally and where")
+    add_import_option(dsub.add_parser("list", help="known releases and datasets, whether present locally and where"))
     f = dsub.add_parser("fetch", help="download (or copy with --from), verify and install a release",
                         description="Download a release from its official source with a progress bar, verify the "
                         "publisher's checksum and unpack it atomically into $CURB_DATA/<release> (if CURB_DATA is "
@@ -34,11 +34,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--no-verify", dest="verify", action="store_false",
                    help="skip the checksum check (for archives without a published checksum)")
     i = dsub.add_parser("info", help="build a dataset's task stream and print its statistics",
-                        description="Users, labels and mean targets per task (the columns of METHODS.md §2.1) and "
-                        "the distribution of sequence lengths.")
+                        description="Users, labels and mean targets per task (the columns of the paper's dataset "
+                        "table; docs/datasets.md) and the distribution of sequence lengths.")
     i.add_argument("dataset", help="dataset name (see `curb datasets`)")
     i.add_argument("--data-dir", type=Path, default=None, help="folder holding the raw files")
     i.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    add_import_option(i)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -46,6 +47,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from .data import available_datasets, available_releases, candidate_dirs, data_home, find_release, stream_cache_dir
+
     rows = []
     for name, rel in available_releases().items():
         found = find_release(name)
@@ -65,6 +68,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from .data import available_datasets, available_releases, get_release
     from .fetch import install
 
     ds = available_datasets()
@@ -77,7 +81,9 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def stream_stats(stream: TaskStream) -> dict:
-    """The numbers of METHODS.md §2.1 per task, plus the sequence-length distribution."""
+    """The numbers of the paper's dataset table per task (docs/datasets.md), plus the sequence-length distribution."""
+    import numpy as np
+
     lengths = (stream.sequences != 0).sum(axis=1)
     q = np.percentile(lengths, [0, 10, 25, 50, 75, 90, 100])
     tasks = []
@@ -126,6 +132,8 @@ class _Collect(logging.Handler):
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from .data import get_dataset
+
     recipe = get_dataset(args.dataset)
     logger = logging.getLogger("curb.data")
     handler, level = _Collect(), logger.level

@@ -1,4 +1,4 @@
-"""The paper's experiments (METHODS.md §6) and curb's order study, as grids of cells.
+"""The paper's experiments (docs/experiments.md) and curb's order study, as grids of cells.
 
 An experiment is only a recipe for `CellSpec`s. Every experiment uses the same cell identity as
 `curb run`, so cells shared between experiments (the default-order TERACON cell is in `overall`,
@@ -13,16 +13,16 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable
 
 from .config import ConfigError
-from .runner import CellSpec, build_stream
+
+if TYPE_CHECKING:  # the runner (torch) is imported where cells are made: `curb --help` lists experiments
+    from .runner import CellSpec
 
 PAPER_METHODS = ("sinmo", "fineall", "peterrec", "mtl", "piggyback", "hat", "conure", "teracon")
 TRANSFER_METHODS = ("hat", "conure", "teracon")  # the methods of the paper's FWT/BWT and noisy tables
-SAMPLING_RATES = ("min", "relation", "none")  # rho_min, Eq. 15, rho = 1 (§7.5's three rows)
+SAMPLING_RATES = ("min", "relation", "none")  # rho_min, Eq. 15, rho = 1 (the paper's rows, protocol §8.3)
 TEXT_INIT_METHODS = ("teracon", "conure")  # the talk compares TERACON; CONURE is the strongest baseline
 
 
@@ -43,10 +43,14 @@ class ExperimentArgs:
 
     def cell(self, method: str, order: str = "default", noise: int | None = None, seed: int = 0,
              **method_overrides: str) -> CellSpec:
+        from .runner import CellSpec
+
         ov = dict(self.overrides) | {f"{method}.{k}": v for k, v in method_overrides.items()}
         return CellSpec(method, self.dataset, order, noise, seed, self.preset, tuple(sorted(ov.items())))
 
     def task_names(self) -> list[str]:
+        from .runner import CellSpec, build_stream
+
         return build_stream(CellSpec("pop", self.dataset, preset=self.preset), self.data_dir).task_names
 
     def grid(self, methods: tuple[str, ...], orders: tuple[str, ...] = ("default",),
@@ -110,6 +114,8 @@ def task_orders(names: list[str], n: int, seed: int) -> list[str]:
         found.setdefault(perm, tag)
     orders = list(found.values())[:n]
     total = math.factorial(len(rest))
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     while len(orders) < min(n, total):
         perm = tuple(rest[i] for i in rng.permutation(len(rest)))

@@ -11,7 +11,6 @@ and only checked for presence: PNG/SVG bytes depend on the matplotlib version.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import tomllib
@@ -252,26 +251,22 @@ def check(boards_file: Path = BOARDS_FILE) -> list[str]:
     return problems
 
 
-# ---------------------------------------------------------------------------------- CLI
-def add_parser(sub) -> None:
-    lb = sub.add_parser("leaderboard", help="build or check the published leaderboards from result files",
-                        description="build: write leaderboards/<board>/README.md, results.csv and figures from the "
-                        "result JSONs named in the boards file; check: rebuild the text in memory and fail on any "
-                        "difference (CI runs it).")
-    lb.add_argument("action", choices=("build", "check"))
-    lb.add_argument("--boards", type=Path, default=BOARDS_FILE, help="boards file (default: %(default)s)")
-    lb.add_argument("--no-figures", action="store_true", help="build: tables only")
+# ---------------------------------------------------------------------------------- locating
+def find_boards(boards: Path | None = None, root: Path | None = None) -> Path:
+    """The boards file `curb leaderboard` works on, from any folder: `boards` when given, else
+    `leaderboards/boards.toml` under `root`, else under the current folder, else under the
+    repository curb is installed from (an editable install: `pip install -e .`)."""
+    if boards is not None:
+        return boards
+    if root is not None:
+        tried = [root / BOARDS_FILE]
+    else:
+        import curb
 
-
-def cmd_leaderboard(args: argparse.Namespace) -> int:
-    if args.action == "build":
-        build(args.boards, figures=not args.no_figures)
-        return 0
-    problems = check(args.boards)
-    for p in problems:
-        print(f"curb: leaderboard check: {p}")
-    if problems:
-        print("curb: leaderboard check FAILED: rebuild with `curb leaderboard build` after changing results")
-        return 1
-    print(f"leaderboards in {args.boards.parent} match their result files")
-    return 0
+        tried = [BOARDS_FILE, Path(curb.__file__).resolve().parents[1] / BOARDS_FILE]
+    for path in tried:
+        if path.is_file():
+            return path
+    looked = ", ".join(dict.fromkeys(str(p.resolve()) for p in tried))
+    raise ConfigError(f"no {BOARDS_FILE} found (looked for {looked}); the boards live in a clone of the curb "
+                      "repository: pass --root DIR (the clone) or --boards FILE")

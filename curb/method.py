@@ -19,7 +19,6 @@ import contextlib
 import copy
 import dataclasses
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal
 
 import numpy as np
@@ -28,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import BackboneConfig
+from .registry import METHODS_GROUP, UnknownNameError, failures_note, import_from_env, load_entry_points
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Setup:
 
 
 def anneal(index: int, n_batches: int, smax: float) -> float:
-    """Per-batch temperature s_b = 1/smax + (smax - 1/smax) * b / Nb (METHODS.md §4.4)."""
+    """Per-batch temperature s_b = 1/smax + (smax - 1/smax) * b / Nb (docs/protocol.md §4.6)."""
     return 1.0 / smax + (smax - 1.0 / smax) * index / max(n_batches, 1)
 
 
@@ -183,6 +183,9 @@ class Method:
     # At most two of the method's own key knobs, searched by `curb tune` beside the learning
     # rates (keys as in `--set`, e.g. "hat.lam"); every method gets the same number of trials.
     tune_space: ClassVar[dict[str, Knob]] = {}
+    # In `--methods all`, the fixed benchmark set. Honoured only when set on a built-in class
+    # itself (not inherited, not a plugin's), so a method joins the set deliberately.
+    benchmark: ClassVar[bool] = False
 
     @dataclass
     class Config:
@@ -335,12 +338,6 @@ FitFn = Callable[[Method, TaskInfo, TaskData, TaskData], Any]
 
 # ---------------------------------------------------------------------------------- registry
 _REGISTRY: dict[str, type[Method]] = {}
-ENTRY_POINT_GROUP = "curb.methods"
-
-
-class UnknownNameError(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0])
 
 
 def register(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -367,8 +364,8 @@ def _load_all() -> None:
     _loaded = True
     import curb.methods  # noqa: F401  (built-in methods register on import)
 
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        ep.load()  # a third-party module registering its methods
+    load_entry_points(METHODS_GROUP)  # third-party modules registering their methods; fail soft
+    import_from_env()  # modules named by --import (here or in the parent process)
 
 
 def available_methods() -> dict[str, type[Method]]:
@@ -376,9 +373,24 @@ def available_methods() -> dict[str, type[Method]]:
     return dict(sorted(_REGISTRY.items()))
 
 
+def is_builtin(cls: type[Method]) -> bool:
+    """A method shipped in curb's `methods/` folder (installed as `curb.methods`)."""
+    return cls.__module__.startswith("curb.methods.")
+
+
+def benchmark_methods() -> list[str]:
+    """`--methods all`: the built-in methods that set `benchmark = True` on their own class."""
+    return [n for n, c in available_methods().items() if is_builtin(c) and c.__dict__.get("benchmark", False)]
+
+
+def plugin_methods() -> list[str]:
+    """What `--methods all+plugins` adds: every registered method that is not built in."""
+    return [n for n, c in available_methods().items() if not is_builtin(c)]
+
+
 def get_method(name: str) -> type[Method]:
     methods = available_methods()
     key = name.lower().replace("_", "-")
     if key not in methods:
-        raise UnknownNameError(f"unknown method {name!r}; valid methods: {', '.join(methods)}")
+        raise UnknownNameError(f"unknown method {name!r}; valid methods: {', '.join(methods)}{failures_note()}")
     return methods[key]

@@ -72,7 +72,7 @@ def bwt(r_final: float | None, r_ii: float | None) -> float | None:
 def transfer(R: Sequence[Sequence[float | None]], sinmo_diag: Sequence[float | None] | None = None) -> dict:
     """FWT/BWT per task from a lower-triangular R matrix (R[j][i], j >= i, training order).
 
-    T1 has no FWT; the last task has no BWT (METHODS.md §4.3).
+    T1 has no FWT; the last task has no BWT (docs/protocol.md §5.6).
     """
     m = len(R)
     diag = [R[i][i] for i in range(m)]

@@ -269,8 +269,8 @@ def overall_table(st: Setting) -> Table | None:
                  best=[None, *["max"] * (k + 2), "max", "max", None], digits=[0, *[4] * (k + 2), 2, 2, 0],
                  note="Mean ± std over seeds; best mean per column in bold. `mean`: over all tasks (none for MTL, "
                       "which has no T1 score); the next column leaves T1 out so MTL can be compared. BWT/FWT: "
-                      "relative %, METHODS.md §4.3 (FWT against SinMo of the same seed). `pop` is the popularity / "
-                      "majority-class baseline.")
+                      "relative %, docs/protocol.md §5.6 (FWT against SinMo of the same seed). `pop` is the "
+                      "popularity / majority-class baseline.")
 
 
 def transfer_tables(st: Setting) -> list[Table]:
@@ -323,7 +323,7 @@ def noisy_table(st: Setting) -> Table | None:
             rows.append(row)
     return Table("noisy", f"Noisy task: scores with T' inserted (relative change of the mean vs clean), {st.label}",
                  ["method", "stream", *names], rows,
-                 note="T' gives half the T1 users a uniformly random label out of 50 (METHODS.md §6.3); it is "
+                 note="T' gives half the T1 users a uniformly random label out of 50 (docs/protocol.md §1.7); it is "
                       "learned like any task and not reported.")
 
 

@@ -2,7 +2,7 @@
 
 A `TaskStream` holds every user's behaviour sequence once (left-padded item ids, 0 = padding)
 and an ordered list of `Task`s. A task only names which users it covers and their labels; the
-inputs of every task are the users' shared sequences (METHODS.md §1). Transforms return new
+inputs of every task are the users' shared sequences (docs/protocol.md §1.1). Transforms return new
 streams and never mutate: `reversed()`, `reorder()`, `without()`, `with_noise_task()`.
 
 Splits are built here too (`split_task`) but are owned by the evaluator: methods never receive
@@ -96,7 +96,7 @@ class Task:
     """One task of the stream.
 
     kind `next_item`: T1, self-supervised; targets are each user's last item (the evaluation
-    target), training uses every position of the sequence (METHODS.md §4.1).
+    target), training uses every position of the sequence (docs/protocol.md §4.1).
     kind `recommend`: rank all `n_labels` targets, metric MRR@5.
     kind `classify`: predict one class, metric accuracy.
     """
@@ -242,7 +242,7 @@ class TaskStream:
         """Insert an uninformative classification task at 0-based index `position` (>= 1).
 
         `user_frac` of all users (U^{T1}) are drawn at random and each gets a label uniform in
-        {0..n_classes-1}, independent of its behaviour (METHODS.md §6.3).
+        {0..n_classes-1}, independent of its behaviour (docs/protocol.md §1.7).
         """
         if not 1 <= position <= len(self.tasks):
             raise StreamError(f"noise position must lie in 1..{len(self.tasks)}, got {position}")

@@ -1,4 +1,4 @@
-"""`ml` / `ml-profile`: the paper's MovieLens stream built from real ratings (METHODS.md §2.1).
+"""`ml` / `ml-profile`: the paper's MovieLens stream built from real ratings (docs/protocol.md §1.5).
 
 Recipe (per user, ratings in chronological order; equal timestamps ordered by movie id):
   T1 next-item: the last 30 movies rated below 4 stars, left-padded with 0; users with fewer
@@ -25,13 +25,16 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from curb.data import (DataFormatError, DataNotFoundError, ItemTexts, Release, cached_build, candidate_dirs,
                        check_splittable, get_release, not_found_message, register_dataset, register_release)
 from curb.streams import Targets, Task, TaskStream
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 VERSION = "1"
 SEQ_LEN = 30
@@ -130,6 +133,8 @@ def read_table(path: Path, sep: str, names: tuple[str, ...], header: tuple[str, 
     The fast path parses numbers in C; only when it fails is the offending line located and
     explained (`diagnose`), so clean files cost one `read_csv`.
     """
+    import pandas as pd  # here, not at module level: listing datasets must not load pandas
+
     with _open_text(path) as f:
         first = f.readline().rstrip("\r\n")
     if not first.strip():
@@ -237,6 +242,8 @@ _USER_FORMATS = {  # file name -> (separator, fields, header)
 
 def read_users(path: Path) -> pd.DataFrame:
     """Columns user, age (group code), gender (0=F, 1=M), occupation (raw string)."""
+    import pandas as pd
+
     sep, names, header = _USER_FORMATS[path.name]
     df = read_table(path, sep, names, header, numeric=("user", "age"), integer=("user", "age"))
     bad = ~df["gender"].isin(["M", "F"]).to_numpy()
@@ -274,6 +281,8 @@ def _targets(df: pd.DataFrame, row_of: pd.Series) -> tuple[Targets, int]:
 def build_stream(ratings: pd.DataFrame, users: pd.DataFrame | None, name: str, release: str,
                  source: Path | str = "") -> TaskStream:
     """The `ml` stream from chronologically sorted ratings (and user attributes for profiles)."""
+    import pandas as pd
+
     low = ratings[ratings["stars"] <= 3]
     low = low[low.groupby("user")["item"].transform("size") >= MIN_SEQ]
     kept = np.unique(low["user"].to_numpy())

@@ -1,4 +1,4 @@
-"""`ttl`: the Tencent TTL stream (the paper's main dataset, METHODS.md §2.1-2.2), 6 tasks.
+"""`ttl`: the Tencent TTL stream (the paper's main dataset, docs/protocol.md §1.5, docs/datasets.md), 6 tasks.
 
 The six CSV files of the CONURE/PeterRec "ColdRec" bundle, in the reference format that
 `custom` reads (T1: left-padded comma-separated item ids; later tasks: `sequence,,targets`):

@@ -1,4 +1,4 @@
-"""CONURE (METHODS.md §5.7; Yuan et al., SIGIR 2021): prune → retrain → freeze parameter isolation.
+"""CONURE (docs/protocol.md §6.7; Yuan et al., SIGIR 2021): prune → retrain → freeze parameter isolation.
 
 Every conv kernel entry is owned by at most one task (an ownership map per kernel: 0 = free,
 j = the j-th task of the stream). Each task i runs three phases:
@@ -52,12 +52,13 @@ class ConureNet(nn.Module):
 @register("conure")
 class Conure(Method):
     summary = "prune -> retrain -> freeze: disjoint magnitude-pruned kernel entries per task (BWT = 0)"
+    benchmark = True  # one of the `--methods all` set
     tune_space = {"conure.p": Knob("uniform", 0.3, 0.9)}  # the pruned share of each task's free entries
 
     @dataclass
     class Config:
         p: tuple[float, ...] = (0.7,)  # maskp of task 1, 2, ... ([C]); the last value repeats
-        train_bias: bool = False  # METHODS.md `conure_train_bias`: [C] keeps conv biases at 0
+        train_bias: bool = False  # [C] keeps conv biases at 0 (docs/protocol.md §6.7)
 
         def __post_init__(self) -> None:
             if not self.p or any(not 0.0 <= q < 1.0 for q in self.p):

@@ -1,4 +1,4 @@
-"""FineAll (METHODS.md §5.2): for every task after T1, copy the pre-trained T1 backbone, add a
+"""FineAll (docs/protocol.md §6.2): for every task after T1, copy the pre-trained T1 backbone, add a
 new head and fine-tune everything. One full model per task, so old tasks never change."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from .sinmo import SinMo
 @register("fineall")
 class FineAll(SinMo):
     summary = "copy of the pre-trained T1 model fine-tuned end to end per task"
+    benchmark = True  # one of the `--methods all` set
 
     def new_model(self, task: TaskInfo) -> PlainModel:
         t1 = self.models[self.tasks[0].name]

@@ -1,8 +1,8 @@
-"""HAT (METHODS.md §5.6; Serra et al., ICML 2018): hard attention to the task, on the TCN.
+"""HAT (docs/protocol.md §6.6; Serra et al., ICML 2018): hard attention to the task, on the TCN.
 
 Each task t has an embedding e^t ∈ R^{blocks×2×f}: one row per gated sublayer output (h1, h2 of
 every block, the places TERACON gates). The gate σ(s·e) multiplies the sublayer after its ReLU;
-s is annealed per batch (§4.4) while training and is smax at inference, so trained gates are
+s is annealed per batch (docs/protocol.md §4.6) while training and is smax at inference, so trained gates are
 near-binary. After each task the cumulative mask A = max(A, σ(smax·e^t)) records the units old
 tasks use; later tasks may not change the weights feeding into them (gradients scaled by
 1 − A, see `grad_factors`), and the attention regulariser makes a task pay for claiming units
@@ -37,6 +37,7 @@ class HatNet(nn.Module):
 @register("hat")
 class Hat(Method):
     summary = "hard attention to the task: annealed unit gates per task, gradients masked by past gates"
+    benchmark = True  # one of the `--methods all` set
 
     tune_space = {"hat.lam": Knob("log", 0.1, 4.0), "hat.emb_init": Knob("choice", choices=("uniform", "normal"))}
 
@@ -46,7 +47,7 @@ class Hat(Method):
         lam: float = 0.75  # λ of the attention regulariser
         emb_init: Literal["uniform", "normal"] = "uniform"  # U(0, 2) (TERACON setting) or [H]'s N(0, 1)
         clamp: float = 6.0  # task embeddings clamped to ±clamp after every step
-        grad_comp: bool = True  # METHODS.md `hat_grad_comp`: embedding-gradient compensation (UNSURE)
+        grad_comp: bool = True  # embedding-gradient compensation (UNSURE: docs/protocol.md §6.6)
         freeze_item_emb_after_t1: bool = False  # HAT's rule leaves ungated parameters trainable
         # T1 stage: "hat" (regulariser and compensation, as in every stage) or "teracon" (neither,
         # exactly TERACON's T1 stage), so a HAT-vs-TERACON BWT comparison starts from the same T1 recipe

@@ -1,4 +1,4 @@
-"""MTL (METHODS.md §5.4): every task after T1 learned jointly, one shared backbone, one head each.
+"""MTL (docs/protocol.md §6.4): every task after T1 learned jointly, one shared backbone, one head each.
 
 Not continual: it needs the whole stream up front (`joint = True`; the runner calls
 `learn_joint` once and reports R only at the end, FWT/BWT not applicable, T1 not reported).
@@ -27,6 +27,7 @@ from curb.training import FitLog, batches, select
 @register("mtl")
 class MTL(Method):
     summary = "multi-task learning: all tasks after T1 jointly (not continual: needs the whole stream up front)"
+    benchmark = True  # one of the `--methods all` set
     joint = True
     joint = True
     tune_space = {"mtl.mtl_init": Knob("choice", choices=("scratch", "t1"))}

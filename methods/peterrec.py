@@ -1,4 +1,4 @@
-"""PeterRec (METHODS.md §5.3): model patches on the frozen pre-trained NextItNet.
+"""PeterRec (docs/protocol.md §6.3): model patches on the frozen pre-trained NextItNet.
 
 T1 is the shared pre-trained plain model, frozen for good. Each later task gets its own
 patches (one per conv), its own copy of every block's second LayerNorm (initialised from the
@@ -58,6 +58,7 @@ class TaskPatch(nn.Module):
 @register("peterrec")
 class PeterRec(Method):
     summary = "frozen pre-trained backbone + per-task model patches, LayerNorm-2 and head (SIGIR 2020)"
+    benchmark = True  # one of the `--methods all` set
     tune_space = {"peterrec.insertion": Knob("choice", choices=("serial", "parallel"))}
 
     @dataclass

@@ -1,4 +1,4 @@
-"""Piggyback (METHODS.md §5.5; Mallya et al., ECCV 2018): binary weight masks on a frozen
+"""Piggyback (docs/protocol.md §6.5; Mallya et al., ECCV 2018): binary weight masks on a frozen
 pre-trained model.
 
 T1 is the shared pre-trained plain model, used unmasked. Every later task learns one real-valued
@@ -91,14 +91,15 @@ class TaskMasks(nn.Module):
 @register("piggyback")
 class Piggyback(Method):
     summary = "binary masks (learned scores, straight-through) on the frozen pre-trained T1 convs"
+    benchmark = True  # one of the `--methods all` set
     tune_space = {"piggyback.mask_lr": Knob("log", 1e-4, 1e-2)}
 
     @dataclass
     class Config:
         tau: float = 5e-3  # binarisation threshold ([PB])
         score_init: float = 1e-2  # constant init, above tau: every mask starts at 1 (= the T1 network)
-        mask_lr: float | None = None  # Adam lr of the scores; None: the task lr (1e-4 under §4.2, as [PB])
-        mask_embeddings: bool = False  # also mask the item-embedding matrix (UNSURE in METHODS.md)
+        mask_lr: float | None = None  # Adam lr of the scores; None: the task lr (1e-4, docs/protocol.md §4.3; as [PB])
+        mask_embeddings: bool = False  # also mask the item-embedding matrix (UNSURE: docs/protocol.md §7.1 item 6)
 
         def __post_init__(self) -> None:
             if self.mask_lr is not None and not self.mask_lr > 0:

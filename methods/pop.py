@@ -1,4 +1,4 @@
-"""`pop`: the trivial baseline every table carries (METHODS.md §10).
+"""`pop`: the trivial baseline every table carries (docs/protocol.md §6.9).
 
 Scores every label by its frequency among the task's training targets, the same for every
 user: item popularity for next-item and recommendation tasks, the majority class for
@@ -17,6 +17,7 @@ from curb.method import Method, Setup, TaskData, TaskInfo, register
 @register("pop")
 class Pop(Method):
     summary = "popularity / majority-class baseline from training-label counts (no learning)"
+    benchmark = True  # one of the `--methods all` set
     trains = False
 
     def __init__(self, setup: Setup):

@@ -1,5 +1,5 @@
-"""SinMo (METHODS.md §5.1): one fresh model per task, trained alone. Its R(Ti, Ti) is the
-reference R̄ of forward transfer. T1 is the plain pre-trained NextItNet (§4.1), which the
+"""SinMo (docs/protocol.md §6.1): one fresh model per task, trained alone. Its R(Ti, Ti) is the
+reference R̄ of forward transfer. T1 is the plain pre-trained NextItNet (docs/protocol.md §4.5), which the
 runner trains once and shares with every method that starts from it."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from curb.method import Method, Setup, TaskData, TaskInfo, readout, register
 @register("sinmo")
 class SinMo(Method):
     summary = "single model per task from random init (no transfer; FWT reference)"
+    benchmark = True  # one of the `--methods all` set
 
     def __init__(self, setup: Setup):
         super().__init__(setup)

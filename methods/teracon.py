@@ -1,4 +1,4 @@
-"""TERACON (METHODS.md §5.8): relation-aware task-specific masks + relation-aware knowledge retention.
+"""TERACON (docs/protocol.md §6.8): relation-aware task-specific masks + relation-aware knowledge retention.
 
 One shared, always-trainable NextItNet serves every task. Each task T owns an embedding e^T
 [K, f] (K = 2 x blocks gated sublayers, row 2k+r gates sublayer r of block k), a head, and,
@@ -13,7 +13,7 @@ possible); every task's relation map is re-initialised when a task arrives (its 
 
 While learning Ti (i >= 2) a frozen copy of the model after T(i-1) (the teacher) labels, for
 every past task Tj, a random subset of the current mini-batch of size max(1, floor(B rho_ij))
-(never a mean over zero users, §10.2); the student's Tj outputs are pulled to the teacher's by
+(never a mean over zero users, docs/protocol.md §9.3); the student's Tj outputs are pulled to the teacher's by
 MSE, weighted by rho_ij / sum_l rho_il; loss = CE + alpha * KR. rho_ij = 1 - mean_k
 sigmoid(c cos(m_k^{Ti}, m~_k^{Tj})) from this step's masks, used by the NEXT step (as [R]).
 """
@@ -107,6 +107,7 @@ class _StageStats:
 @register("teracon")
 class Teracon(Method):
     summary = "relation-aware task masks + relation-aware knowledge retention (KDD 2023; the paper's method)"
+    benchmark = True  # one of the `--methods all` set
 
     tune_space = {"teracon.alpha": Knob("uniform", 0.1, 1.5)}
 
@@ -172,7 +173,7 @@ class Teracon(Method):
 
     def _build_relations(self) -> None:
         """(Re)create every relation map whose input width changed: with relation_set=all that is
-        every task's map whenever a task arrives (METHODS.md §5.8.2, [R] drops them all)."""
+        every task's map whenever a task arrives (docs/protocol.md §6.8.2, [R] drops them all)."""
         known = self.known()
         if len(known) < 2:
             return
@@ -252,7 +253,7 @@ class Teracon(Method):
         kr = full.new_zeros((), dtype=m_cur.dtype)
         new_rho = []
         for j, (pt, rate) in enumerate(zip(past, rates)):
-            n = max(1, math.floor(n_users * rate))  # never a mean over zero users (§10.2)
+            n = max(1, math.floor(n_users * rate))  # never a mean over zero users (docs/protocol.md §9.3)
             if self.cfg.kr_max_users is not None:
                 n = min(n, self.cfg.kr_max_users)
             idx = torch.from_numpy(self.rng.permutation(n_users)[:n]).to(full.device)

@@ -17,7 +17,7 @@ def test_output_shape_and_receptive_field():
     m = _model()
     x = torch.randint(0, 50, (3, 11))
     assert m(x).shape == (3, 11, 16)
-    assert BackboneConfig().receptive_field() == 121  # METHODS.md §3 for the paper preset
+    assert BackboneConfig().receptive_field() == 121  # docs/protocol.md §3.4 for the paper preset
 
 
 def test_causal_changing_a_later_item_never_changes_earlier_positions():

@@ -1,6 +1,7 @@
 """The `curb` command: listing, a real run, and clear errors for bad input."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +49,17 @@ def test_bad_input_gives_one_clear_line(argv, needle, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("curb: error:") and needle in err and "Traceback" not in err
+
+
+
+
+def test_leaderboard_check_works_from_any_folder(tmp_path, monkeypatch, capsys):
+    """Without --root or --boards, the boards of the repository curb is installed from are found
+    (an editable install); a folder without boards gives one line naming the remedies."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["leaderboard", "check"]) == 0
+    repo = Path(__file__).resolve().parents[1]
+    assert f"leaderboards in {repo / 'leaderboards'} match their result files" in capsys.readouterr().out
+    assert main(["leaderboard", "check", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("curb: error: no leaderboards/boards.toml found") and "--root DIR" in err

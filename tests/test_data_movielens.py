@@ -1,5 +1,5 @@
 """The `ml` recipe on small files written in each official MovieLens format, checked against a
-direct per-user reading of METHODS.md §2.1, plus strict errors on malformed files."""
+direct per-user reading of docs/protocol.md §1.5, plus strict errors on malformed files."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def write_release(folder, fmt: str, ratings, users=None):
 
 
 def expected(ratings):
-    """METHODS.md §2.1 read literally, one user at a time (ties by movie id)."""
+    """docs/protocol.md §1.5 read literally, one user at a time (ties by movie id)."""
     by_user = {}
     for u, i, s, t in sorted(ratings, key=lambda x: (x[0], x[3], x[1])):
         by_user.setdefault(u, []).append((i, int(np.floor(s))))
@@ -228,6 +228,6 @@ def test_release_found_through_curb_data(tmp_path, monkeypatch):
 
 @needs_data("ml-100k")
 def test_ml_100k_item_vocabulary_matches_reference_run():
-    """METHODS.md §10 reports 1,436; ordering equal timestamps by file line gave 1,435."""
+    """The reference run (docs/protocol.md §9.1) has 1,436; ordering equal timestamps by file line gave 1,435."""
     s = get_dataset("ml").build(data_root() / "ml-100k")
     assert s.n_items == 1436

@@ -71,7 +71,7 @@ def test_exact_top_hit():
 
 
 def test_transfer_matches_paper_definitions():
-    # HAT on TTL (METHODS.md §7.2): R(T2,T2)=0.0188, R(T6,T2)=0.0174, SinMo T2 0.0104.
+    # HAT on TTL (the paper; docs/protocol.md §5.6, §8.2): R(T2,T2)=0.0188, R(T6,T2)=0.0174, SinMo T2 0.0104.
     R = [[0.0478, None, None], [0.045, 0.0188, None], [0.0424, 0.0174, 0.3]]
     tr = transfer(R, [0.0446, 0.0104, 0.25])
     assert tr["bwt"][0] == pytest.approx((0.0424 - 0.0478) / 0.0478 * 100)

@@ -1,4 +1,4 @@
-"""The `ml` recipe on the real MovieLens files reproduces the stream sizes of METHODS.md §10."""
+"""The `ml` recipe on the real MovieLens files reproduces the stream sizes of docs/protocol.md §9.1."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""MTL (METHODS.md §5.4): all tasks after T1 learned jointly; reported only at the end."""
+"""MTL (docs/protocol.md §6.4): all tasks after T1 learned jointly; reported only at the end."""
 
 from __future__ import annotations
 

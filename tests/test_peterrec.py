@@ -1,4 +1,4 @@
-"""PeterRec mechanisms (METHODS.md §5.3): frozen shared model, per-task patches / LN2 / head."""
+"""PeterRec mechanisms (docs/protocol.md §6.3): frozen shared model, per-task patches / LN2 / head."""
 
 from __future__ import annotations
 

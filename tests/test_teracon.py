@@ -1,4 +1,4 @@
-"""TERACON mechanisms (METHODS.md §5.8), each checked directly on a tiny stream."""
+"""TERACON mechanisms (docs/protocol.md §6.8), each checked directly on a tiny stream."""
 
 from __future__ import annotations
 

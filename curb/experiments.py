@@ -18,9 +18,9 @@ from typing import Callable
 import numpy as np
 
 from .config import ConfigError
+from .records import PAPER_METHODS
 from .runner import CellSpec, build_stream
 
-PAPER_METHODS = ("sinmo", "fineall", "peterrec", "mtl", "piggyback", "hat", "conure", "teracon")
 TRANSFER_METHODS = ("hat", "conure", "teracon")  # the methods of the paper's FWT/BWT and noisy tables
 SAMPLING_RATES = ("min", "relation", "none")  # rho_min, Eq. 15, rho = 1 (§7.5's three rows)
 TEXT_INIT_METHODS = ("teracon", "conure")  # the talk compares TERACON; CONURE is the strongest baseline

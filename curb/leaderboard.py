@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 
 from .config import ConfigError
-from .report import (SECTIONS, Setting, Table, build_sections, load_settings, mean_final, mean_std, method_rank,
-                     overall_table, render_markdown, spec_of, task_names, transfer_mean)
+from .report import SECTIONS, build_sections, render_markdown
 from .results import ResultError, iter_results
+from .resultsets import Setting, load_settings, mean_final, method_rank, spec_of, task_names, transfer_mean
+from .sections import overall_table
+from .tables import Table, mean_std
 
 BOARDS_FILE = Path("leaderboards") / "boards.toml"
 _MARK = re.compile(r"(<!-- leaderboard:([\w-]+) -->)\n(?:.*?\n)?(<!-- /leaderboard -->)", re.S)

@@ -15,7 +15,11 @@ from curb.cli import main
 from curb.config import ConfigError
 from curb.experiments import ExperimentArgs, experiment_cells, get_experiment, task_orders
 from curb.leaderboard import board_setting, build, check, read_boards, render_board
-from curb.report import load_settings, mean_std, noisy_table, overall_table, sampling_tables, write_report
+from curb.report import build_sections, write_report
+from curb.resultsets import load_settings
+from curb.sections import (adaptation_data, adaptation_table, cold_start_tables, noisy_table, overall_table,
+                           sampling_tables, text_init_table)
+from curb.tables import mean_std
 from curb.results import load_result, save_result
 
 DATA = Path(__file__).parent / "data"
@@ -255,8 +259,6 @@ def test_text_init_section_pairs_a_setting_with_its_text_twin(tmp_path):
         save_result(run / "text" / p.name, {k: v for k, v in r.items() if k not in ("checksum", "schema")})
     base = next(st for st in load_settings(run) if not st.overrides)
     assert base.text_init is not None and base.text_init.overrides == (("backbone.item_init", "text"),)
-    from curb.report import text_init_table
-
     t = text_init_table(base)
     rows = {(r[0], r[1]): r for r in t.rows}
     assert set(rows) == {("pop", "-"), ("teracon", "random"), ("teracon", "text")}
@@ -270,7 +272,6 @@ def test_text_init_section_pairs_a_setting_with_its_text_twin(tmp_path):
 
 def test_cold_start_results_get_their_own_section_and_never_break_the_tables(tmp_path):
     from curb.coldstart import run_cold_start
-    from curb.report import build_sections, cold_start_tables
 
     run = tmp_path / "run"
     shutil.copytree(RUN, run)
@@ -325,8 +326,6 @@ def test_reproduce_runs_the_cold_start_study_with_the_threads_asked_for(tmp_path
 
 
 def test_adaptation_curve_is_t4_after_t1_to_t3_from_the_fit_logs(setting):
-    from curb.report import adaptation_data, adaptation_table
-
     assert adaptation_table(setting).title.startswith("Adaptation to T4 ")
     data = adaptation_data(setting)
     r = next(load_result(p) for p in RUN.glob("synthetic-mini/hat/default/seed1-*.json"))

@@ -8,41 +8,34 @@ in bold.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from tabulate import tabulate
 
+from .document import Figure, Page, Part, markdown
 from .results import ResultError
 from .resultsets import Setting, final, load_settings, mean_final, method_rank, metric_of, spec_of, task_names, transfer_mean
 from .sections import (adaptation_data, adaptation_table, cold_start_bars, cold_start_tables, mask_similarity,
                        noisy_table, orders_data, orders_table, overall_table, r_matrices, sampling_tables, score_data,
                        text_init_curves, text_init_table, transfer_data, transfer_tables)
-from .tables import Table, fmt_stat
+from .tables import fmt_stat
 
 
 SECTIONS = ("overall", "transfer", "noisy", "sampling", "adaptation", "text-init", "cold-start", "orders")
 
 
-@dataclass
-class Section:
-    name: str
-    tables: list[Table]
-    figures: list[tuple[str, str]]  # (file stem, caption)
-
-
-def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = SECTIONS) -> list[Section]:
-    """Every section of `only` that has results in this setting; figures written to `figures_dir`
-    (skipped when None)."""
+def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = SECTIONS) -> list[Part]:
+    """A part per section of `only` that has results in this setting (titled by the section's
+    name); figures written to `figures_dir` (skipped when None)."""
     if figures_dir is not None:
         from . import plots  # matplotlib only when figures are drawn
 
-    def fig(stem: str, caption: str, draw: Callable[[Path], object]) -> list[tuple[str, str]]:
-        """The figure's (stem, caption); drawn only when there is a folder to draw into."""
+    def fig(stem: str, caption: str, draw: Callable[[Path], object]) -> list[Figure]:
+        """The figure; drawn only when there is a folder to draw into."""
         if figures_dir is not None:
             draw(figures_dir / stem)
-        return [(stem, caption)]
+        return [Figure(stem, caption)]
 
     out = []
     tag = st.file_tag
@@ -58,45 +51,34 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
             figs += fig(f"{tag}-masks", "Cosine similarity between the tasks' masks (mean over seeds)",
                         lambda p: plots.heatmaps(ms, p, title=f"Task-mask similarity, {st.label}", fmt=".2f",
                                                  vmin=0.0, vmax=1.0, cbar_label="cosine"))
-        out.append(Section("overall", [t], figs))
+        out.append(Part("overall", [t, *figs]))
     if "transfer" in only and (ts := transfer_tables(st)):
-        out.append(Section("transfer", ts, []))
+        out.append(Part("transfer", [*ts]))
     if "noisy" in only and (t := noisy_table(st)):
-        out.append(Section("noisy", [t], []))
+        out.append(Part("noisy", [t]))
     if "sampling" in only and (ts := sampling_tables(st)):
-        out.append(Section("sampling", ts, []))
+        out.append(Part("sampling", [*ts]))
     if "adaptation" in only and (t := adaptation_table(st)):
         data = adaptation_data(st)
-        out.append(Section("adaptation", [t], fig(f"{tag}-adaptation", "Validation curve of the adaptation task per epoch",
-                                                  lambda p: plots.curves(data, p, title=f"Adaptation, {st.label}",
-                                                                         ylabel="validation metric"))))
+        out.append(Part("adaptation", [t, *fig(f"{tag}-adaptation", "Validation curve of the adaptation task per epoch",
+                                               lambda p: plots.curves(data, p, title=f"Adaptation, {st.label}",
+                                                                      ylabel="validation metric"))]))
     if "text-init" in only and (t := text_init_table(st)):
         data = text_init_curves(st)
-        out.append(Section("text-init", [t], fig(f"{tag}-text-init", "T1 validation per epoch, random vs text init",
-                                                 lambda p: plots.curves(data, p, title=f"T1 with text init, {st.label}",
-                                                                        ylabel="T1 validation metric"))))
+        out.append(Part("text-init", [t, *fig(f"{tag}-text-init", "T1 validation per epoch, random vs text init",
+                                              lambda p: plots.curves(data, p, title=f"T1 with text init, {st.label}",
+                                                                     ylabel="T1 validation metric"))]))
     if "cold-start" in only and (ts := cold_start_tables(st)):
         data = cold_start_bars(st)
-        out.append(Section("cold-start", ts, fig(f"{tag}-cold-start", "NCF HR@10 by user init (dashed: random init)",
-                                                  lambda p: plots.score_bars(data, p, title=f"Cold start, {st.label}",
-                                                                             ylabel="HR@10", baseline="random init"))))
+        out.append(Part("cold-start", [*ts, *fig(f"{tag}-cold-start", "NCF HR@10 by user init (dashed: random init)",
+                                                 lambda p: plots.score_bars(data, p, title=f"Cold start, {st.label}",
+                                                                            ylabel="HR@10", baseline="random init"))]))
     if "orders" in only and (t := orders_table(st)):
         data = orders_data(st)
-        out.append(Section("orders", [t], fig(f"{tag}-orders", "Mean final score per (order, seed) cell",
-                                              lambda p: plots.boxes(data, p, title=f"Order robustness, {st.label}",
-                                                                    ylabel="mean final score"))))
+        out.append(Part("orders", [t, *fig(f"{tag}-orders", "Mean final score per (order, seed) cell",
+                                           lambda p: plots.boxes(data, p, title=f"Order robustness, {st.label}",
+                                                                 ylabel="mean final score"))]))
     return out
-
-
-def render_markdown(sections: list[Section], figures_rel: str | None = "figures", level: int = 2) -> str:
-    parts = []
-    for sec in sections:
-        parts.append(f"{'#' * level} {sec.name}\n")
-        for t in sec.tables:
-            parts.append(f"**{t.title}**\n\n{t.markdown()}\n")
-        if figures_rel is not None:
-            parts += [f"![{cap}]({figures_rel}/{stem}.png)\n\n*{cap}.*\n" for stem, cap in sec.figures]
-    return "\n".join(parts)
 
 
 def write_report(run_dir: Path, out: Path, only: Sequence[str] = SECTIONS, figures: bool = True,
@@ -106,25 +88,25 @@ def write_report(run_dir: Path, out: Path, only: Sequence[str] = SECTIONS, figur
     if not settings:
         raise ResultError(f"no result files under {run_dir}")
     written = []
-    doc = [f"# Report: {Path(run_dir).name}\n", "Generated by `curb report` from the result files only.\n"]
+    page = Page(f"Report: {Path(run_dir).name}", ["Generated by `curb report` from the result files only."])
     twins = {id(st.text_init): st for st in settings if st.text_init is not None}
     for st in settings:
-        doc.append(f"## {st.label} ({len({r['spec_hash'] for r in st.results})} result files)\n")
+        part = Part(f"{st.label} ({len({r['spec_hash'] for r in st.results})} result files)")
+        page.parts.append(part)
         if id(st) in twins:  # its tables belong beside the random-init cells and their pop row
-            doc.append(f"Text-initialised twin of `{twins[id(st)].label}`: compared there, in the text-init section.\n")
+            part.blocks.append(f"Text-initialised twin of `{twins[id(st)].label}`: compared there, in the text-init "
+                               "section.")
             continue
-        sections = build_sections(st, out / "figures" if figures else None, only)
-        doc.append(render_markdown(sections, "figures" if figures else None, level=3))
-        for sec in sections:
-            for t in sec.tables:
-                for ext, text in (("md", t.markdown()), ("tex", t.latex())):
-                    p = out / "tables" / f"{st.file_tag}-{t.name}.{ext}"
-                    p.parent.mkdir(parents=True, exist_ok=True)
-                    p.write_text(text + "\n")
-                    written.append(p)
+        part.parts = build_sections(st, out / "figures" if figures else None, only)
+        for t in (t for sec in part.parts for t in sec.tables()):
+            for ext, text in (("md", t.markdown()), ("tex", t.latex())):
+                p = out / "tables" / f"{st.file_tag}-{t.name}.{ext}"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_text(text + "\n")
+                written.append(p)
     readme = out / "README.md"
     readme.parent.mkdir(parents=True, exist_ok=True)
-    readme.write_text("\n".join(doc))
+    readme.write_text(markdown(page, "figures" if figures else None))
     return [readme, *written]
 
 

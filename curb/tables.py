@@ -46,6 +46,7 @@ class Table:
     best: list[str | None] = field(default_factory=list)
     digits: list[int] = field(default_factory=list)
     note: str = ""
+    key: int = 0  # the column that names a row (a row header in HTML)
 
     def _best_rows(self) -> dict[int, set[int]]:
         out: dict[int, set[int]] = {}

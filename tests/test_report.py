@@ -14,7 +14,8 @@ import pytest
 from curb.cli import main
 from curb.config import ConfigError
 from curb.experiments import ExperimentArgs, experiment_cells, get_experiment, task_orders
-from curb.leaderboard import board_setting, build, check, read_boards, render_board
+from curb.document import markdown
+from curb.leaderboard import board_page, board_setting, build, check, read_boards, results_csv
 from curb.report import build_sections, write_report
 from curb.resultsets import load_settings
 from curb.sections import (adaptation_data, adaptation_table, cold_start_tables, noisy_table, overall_table,
@@ -163,9 +164,10 @@ def test_damaged_result_is_skipped_with_a_warning(tmp_path):
 # ---------------------------------------------------------------------------------- leaderboards
 def test_leaderboard_matches_golden_and_ranks_by_mean():
     board = read_boards(DATA / "mini-boards.toml")[0]
-    readme, csv = render_board(board, board_setting(board), None)
+    st = board_setting(board)
+    readme = markdown(board_page(board, st, None))
     assert readme == (DATA / "golden" / "leaderboard.md").read_text()
-    assert csv == (DATA / "golden" / "leaderboard.csv").read_text()
+    assert results_csv(board, st) == (DATA / "golden" / "leaderboard.csv").read_text()
     table = [ln for ln in readme.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
     means = [_mean(ln.split("|")[8]) for ln in table]
     assert means == sorted(means, reverse=True) and len(table) == 8  # MTL unranked (no T1)
@@ -284,7 +286,7 @@ def test_cold_start_results_get_their_own_section_and_never_break_the_tables(tmp
     hr10 = [load_result(p)["groups"]["cold"]["hr@10"] for p in paths if p.parent.name == "fineall-after-T5"]
     row = next(r for r in cold.rows if r[0] == "fineall after T5")
     assert mean_std(row[4])[0] == pytest.approx(np.mean(hr10))
-    assert [s.name for s in build_sections(st, None)][-2:] == ["cold-start", "orders"]
+    assert [s.title for s in build_sections(st, None)][-2:] == ["cold-start", "orders"]
 
 
 def test_reproduce_routes_ncf_overrides_to_cold_start_only(tmp_path, capsys):

@@ -16,10 +16,12 @@ from tabulate import tabulate
 from . import export
 from .document import Figure, Page, Part, markdown
 from .results import ResultError
-from .resultsets import Setting, final, load_settings, mean_final, method_rank, metric_of, spec_of, task_names, transfer_mean
-from .sections import (adaptation_data, adaptation_table, cold_start_bars, cold_start_tables, mask_similarity,
-                       noisy_table, orders_data, orders_table, overall_table, r_matrices, sampling_tables, score_data,
-                       text_init_curves, text_init_table, transfer_data, transfer_tables)
+from .resultsets import (Setting, final, load_settings, mean_final, method_rank, metric_of, spec_of, task_names,
+                         transfer_mean)
+from .sections import (adaptation_data, adaptation_table, adaptation_task, cold_start_bars, cold_start_tables,
+                       mask_similarity, metric_name, noisy_table, orders_data, orders_table, overall_table, r_matrices,
+                       sampling_tables, score_axis, score_data, text_init_curves, text_init_table, transfer_data,
+                       transfer_tables)
 from .tables import fmt_stat
 
 
@@ -41,17 +43,29 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
     out = []
     tag = st.file_tag
     if "overall" in only and (t := overall_table(st)):
-        figs = fig(f"{tag}-scores", "Final score per task (bars: mean ± std over seeds; dashed: pop)",
-                   lambda p: plots.score_bars(score_data(st), p, title=f"Final scores, {st.label}", ylabel="score"))
-        figs += fig(f"{tag}-R", "R matrices (mean over seeds): row = after learning T_j, column = T_i",
-                    lambda p: plots.heatmaps(r_matrices(st), p, title=f"R(T_j, T_i), {st.label}"))
+        methods = st.methods()
+        joint = "mtl learns T2..T_M jointly after T1: it has no T1 score" if "mtl" in methods else ""
+        figs = fig(f"{tag}-scores", "Final test score per task (bars: mean ± std over seeds, diamond at the mean; "
+                   "dashed: pop)" + (f"; {joint}" if joint else ""),
+                   lambda p: plots.score_bars(score_data(st), p, title=f"Final scores, {st.label}",
+                                              note=f"{joint}." if joint else ""))
+        figs += fig(f"{tag}-R", "R matrices (mean over seeds): row = after learning T_j, column = test task T_i with "
+                    "its metric; each column has its own colour scale (lowest to highest over all methods), the "
+                    "cells give the values",
+                    lambda p: plots.heatmaps(r_matrices(st), p, title=f"R(T_j, T_i), {st.label}", fmt=".4f",
+                                             scale="column",
+                                             xlabel="test task", ylabel="", cbar_label="within each task",
+                                             note=f"{joint}, so only its last row exists." if joint else ""))
         if not (td := transfer_data(st)).empty:
-            figs += fig(f"{tag}-fwt-bwt", "FWT and BWT per task (mean ± std over seeds)",
-                        lambda p: plots.transfer_bars(td, p, title=f"Transfer, {st.label}"))
+            figs += fig(f"{tag}-fwt-bwt", "FWT and BWT per task, relative % (mean ± std over seeds, diamond at the "
+                        "mean, so a zero is visible)",
+                        lambda p: plots.transfer_bars(td, p, title=f"Transfer, {st.label}",
+                                                      note="T1 has no FWT and the last task no BWT; SinMo has no "
+                                                           "FWT (it is the reference FWT is measured against)."))
         if ms := mask_similarity(st):
             figs += fig(f"{tag}-masks", "Cosine similarity between the tasks' masks (mean over seeds)",
                         lambda p: plots.heatmaps(ms, p, title=f"Task-mask similarity, {st.label}", fmt=".2f",
-                                                 vmin=0.0, vmax=1.0, cbar_label="cosine"))
+                                                 vmin=0.0, vmax=1.0, cbar_label="cosine", xlabel="task"))
         out.append(Part("overall", [t, *figs]))
     if "transfer" in only and (ts := transfer_tables(st)):
         out.append(Part("transfer", [*ts]))
@@ -60,25 +74,32 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
     if "sampling" in only and (ts := sampling_tables(st)):
         out.append(Part("sampling", [*ts]))
     if "adaptation" in only and (t := adaptation_table(st)):
-        data = adaptation_data(st)
-        out.append(Part("adaptation", [t, *fig(f"{tag}-adaptation", "Validation curve of the adaptation task per epoch",
+        data, task = adaptation_data(st), adaptation_task(st.select()[0])
+        axis = f"validation {metric_name(task['metric'])} on {task['name']}"
+        out.append(Part("adaptation", [t, *fig(f"{tag}-adaptation", f"Learning {task['name']} after the earlier "
+                                               f"tasks: {axis} per epoch (mean ± std over seeds)",
                                                lambda p: plots.curves(data, p, title=f"Adaptation, {st.label}",
-                                                                      ylabel="validation metric"))]))
+                                                                      ylabel=axis))]))
     if "text-init" in only and (t := text_init_table(st)):
-        data = text_init_curves(st)
-        out.append(Part("text-init", [t, *fig(f"{tag}-text-init", "T1 validation per epoch, random vs text init",
+        data, first = text_init_curves(st), st.select()[0]["tasks"][0]
+        axis = f"validation {metric_name(first['metric'])} on {first['name']}"
+        out.append(Part("text-init", [t, *fig(f"{tag}-text-init", f"{axis} per epoch, random vs text init",
                                               lambda p: plots.curves(data, p, title=f"T1 with text init, {st.label}",
-                                                                     ylabel="T1 validation metric"))]))
+                                                                     ylabel=axis))]))
     if "cold-start" in only and (ts := cold_start_tables(st)):
-        data = cold_start_bars(st)
-        out.append(Part("cold-start", [*ts, *fig(f"{tag}-cold-start", "NCF HR@10 by user init (dashed: random init)",
+        data, holdout = cold_start_bars(st), st.cold_start[0]["spec"]["holdout"]
+        axis = f"HR@10 of NCF on the held-out {holdout}"
+        out.append(Part("cold-start", [*ts, *fig(f"{tag}-cold-start", f"{axis} by user init (dashed: random init)",
                                                  lambda p: plots.score_bars(data, p, title=f"Cold start, {st.label}",
-                                                                            ylabel="HR@10", baseline="random init"))]))
+                                                                            ylabel=axis, xlabel="user group",
+                                                                            baseline="random init"))]))
     if "orders" in only and (t := orders_table(st)):
         data = orders_data(st)
-        out.append(Part("orders", [t, *fig(f"{tag}-orders", "Mean final score per (order, seed) cell",
+        names = task_names(st.select(order=None))
+        axis = score_axis(st, f"mean final {{}} over {names[0]}-{names[-1]}")
+        out.append(Part("orders", [t, *fig(f"{tag}-orders", f"{axis[0].upper()}{axis[1:]} per (order, seed) cell",
                                            lambda p: plots.boxes(data, p, title=f"Order robustness, {st.label}",
-                                                                 ylabel="mean final score"))]))
+                                                                 ylabel=axis))]))
     return out
 
 

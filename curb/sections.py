@@ -162,7 +162,8 @@ def adaptation_data(st: Setting) -> pd.DataFrame:
         if s.method == "pop" or not fits:
             continue
         rows += [{"method": s.method, "x": e["epoch"] + 1, "value": e["val"], "seed": s.seed} for e in fits[-1]["epochs"]]
-    return pd.DataFrame(rows, columns=["method", "x", "value", "seed"])
+    return pd.DataFrame(rows, columns=["method", "x", "value", "seed"]).sort_values(
+        "method", key=lambda m: m.map(method_rank), kind="stable")
 
 
 def adaptation_table(st: Setting) -> Table | None:
@@ -227,7 +228,7 @@ def r_matrices(st: Setting) -> dict[str, tuple[list[str], list[str], np.ndarray]
         with warnings.catch_warnings():  # cells never filled (upper triangle, MTL's rows) stay NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(arr, axis=0)
-        panels[m] = ([f"after {n}" for n in names], names, mean)
+        panels[m] = ([f"after {n}" for n in names], [task_label(st, n) for n in names], mean)
     return panels
 
 
@@ -265,10 +266,31 @@ def transfer_data(st: Setting) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["method", "task", "kind", "value", "err"])
 
 
+def metric_name(metric: str) -> str:
+    """A metric as an axis names it: MRR@5, HR@10, accuracy."""
+    return "accuracy" if metric == "acc" else metric.upper()
+
+
+def task_label(st: Setting, task: str) -> str:
+    """A task with its metric, for an axis tick: "T2\nMRR@5"."""
+    return f"{task}\n{metric_name(metric_of(st.select(order=None))[task])}"
+
+
+def score_axis(st: Setting, template: str = "final test {}") -> str:
+    """The y label of scores over all tasks, naming their metric when they share one
+    ("final test MRR@5"); `{}` in `template` is replaced by the metric."""
+    rs = st.select(order=None)
+    metrics = {metric_of(rs)[n] for n in task_names(rs)}
+    return template.format(metric_name(metrics.pop()) if len(metrics) == 1 else "score (each task's metric)")
+
+
 def score_data(st: Setting) -> pd.DataFrame:
-    rows = [{"method": spec_of(r).method, "task": n, "value": final(r, n)}
+    """Final score per (method, seed, task); `panel` names the task's metric (one panel each)."""
+    metric = metric_of(st.select())
+    rows = [{"method": spec_of(r).method, "task": n, "value": final(r, n),
+             "panel": f"final test {metric_name(metric[n])}"}
             for r in st.select() for n in task_names(st.select()) if final(r, n) is not None]
-    return pd.DataFrame(rows, columns=["method", "task", "value"]).sort_values(
+    return pd.DataFrame(rows, columns=["method", "task", "value", "panel"]).sort_values(
         "method", key=lambda s: s.map(method_rank), kind="stable")
 
 
@@ -351,4 +373,4 @@ def cold_start_tables(st: Setting) -> list[Table]:
 def cold_start_bars(st: Setting) -> pd.DataFrame:
     df = cold_start_frame(st)
     df = df[df.group.isin(["warm", "cold"])]
-    return pd.DataFrame({"method": df["row"], "task": df["group"] + " HR@10", "value": df["hr@10"]})
+    return pd.DataFrame({"method": df["row"], "task": df["group"] + " users", "value": df["hr@10"]})

@@ -63,11 +63,12 @@ class Table:
     def _digits(self, c: int) -> int:
         return self.digits[c] if c < len(self.digits) else 4
 
-    def cells(self, bold: Callable[[str], str]) -> list[list[str]]:
+    def cells(self, bold: Callable[[str], str], text: Callable[[str], str] = str) -> list[list[str]]:
+        """Every cell as text (`text` applied to it, e.g. escaping), the best ones through `bold`."""
         best = self._best_rows()
         return [[(bold(s) if r in best.get(c, ()) else s)
                  for c, cell in enumerate(row)
-                 for s in [cell if isinstance(cell, str) else fmt_stat(cell, self._digits(c))]]
+                 for s in [text(cell if isinstance(cell, str) else fmt_stat(cell, self._digits(c)))]]
                 for r, row in enumerate(self.rows)]
 
     def markdown(self) -> str:
@@ -76,6 +77,19 @@ class Table:
         return body + (f"\n\n{self.note}" if self.note else "")
 
     def latex(self) -> str:
-        esc = lambda s: s.replace("%", r"\%").replace("_", r"\_").replace("±", r"$\pm$").replace("ρ", r"$\rho$")
-        rows = [[esc(s) for s in row] for row in self.cells(lambda s: f"\\textbf{{{s}}}")]
-        return tabulate(rows, headers=[esc(h) for h in self.headers], tablefmt="latex_raw", disable_numparse=True)
+        """A booktabs tabular (`\\usepackage{booktabs}`): best means in bold, columns of per-seed
+        values right-aligned, the title as a comment above it."""
+        rows = self.cells(lambda s: f"\\textbf{{{s}}}", _latex_escape)
+        align = "".join("r" if any(isinstance(row[c], list) for row in self.rows) else "l"
+                        for c in range(len(self.headers)))
+        return "\n".join([f"% {self.title} (needs \\usepackage{{booktabs}})", f"\\begin{{tabular}}{{{align}}}",
+                          r"\toprule", " & ".join(_latex_escape(h) for h in self.headers) + r" \\", r"\midrule",
+                          *[" & ".join(row) + r" \\" for row in rows], r"\bottomrule", r"\end{tabular}"])
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+          "$": r"\$", "±": r"$\pm$", "ρ": r"$\rho$", "σ": r"$\sigma$", "≥": r"$\geq$", "≤": r"$\leq$"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX.get(ch, ch) for ch in text)

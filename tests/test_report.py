@@ -133,9 +133,14 @@ def test_sampling_time_table_is_relative_to_rho_one(setting):
     assert used["none"] == pytest.approx(100.0) and used["min"] < used["none"]
 
 
-def test_latex_bolds_and_escapes(setting):
+def test_latex_is_booktabs_bolds_and_escapes(setting):
     tex = overall_table(setting).latex()
     assert r"\textbf{" in tex and r"$\pm$" in tex and "±" not in tex and r"BWT \%" in tex
+    lines = tex.splitlines()
+    assert lines[1].startswith(r"\begin{tabular}{l") and lines[2] == r"\toprule" and lines[4] == r"\midrule"
+    assert lines[-2:] == [r"\bottomrule", r"\end{tabular}"] and r"\hline" not in tex
+    assert all(ln.endswith(r" \\") for ln in lines[5:-2]) and len(lines[5:-2]) == len(overall_table(setting).rows)
+    assert tex.count("&") == 10 * (len(lines) - 6)  # 11 columns: only the column separators, nothing unescaped
 
 
 def test_report_matches_golden_and_writes_figures(tmp_path):

@@ -105,6 +105,8 @@ def _add_grid_options(r: argparse.ArgumentParser) -> None:
                    "pip install \"curb[text]\"); text sets backbone.item_init=text")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. train.lr=1e-3, split.level=pair, teracon.alpha=0.5 (repeatable)")
+    r.add_argument("--tuned", default=None, metavar="FILE",
+                   help="apply a tuned configuration written by `curb tune` (e.g. tuning/ml.toml); --set wins over it")
 
 
 def _grid_specs(args: argparse.Namespace) -> list:
@@ -130,6 +132,10 @@ def _grid_specs(args: argparse.Namespace) -> list:
         overrides = {"train.precision": args.precision, **overrides}
     if args.item_init == "text":  # random is the default: such cells are the ordinary ones (results reused)
         overrides = {"backbone.item_init": "text", **overrides}
+    if getattr(args, "tuned", None):
+        from .tuning import read_tuned
+
+        overrides = {"tuned": read_tuned(args.tuned)[0], **overrides}
     specs = [CellSpec(m, d, o, n, s, args.preset, tuple(sorted(overrides.items())))
              for d in datasets for m in methods for o in orders for n in dict.fromkeys(args.noise_task)
              for s in args.seeds]
@@ -231,6 +237,29 @@ def build_parser() -> argparse.ArgumentParser:
     from .leaderboard import add_parser as add_leaderboard_parser
 
     add_leaderboard_parser(sub)
+    tu = sub.add_parser(
+        "tune", help="equal-budget tuning of each method on validation; writes a tuned configuration file",
+        description="For every method that trains, run --trials cells (trial 0: the defaults; the others drawn at "
+        "random from the learning rate of each task kind and the method's own key knobs, seeded) and pick the "
+        "trial whose final model has the best mean validation lift over popularity (validation only: test "
+        "scores are never read). Writes the choice to --write, for `curb run --tuned FILE`. Trials are ordinary "
+        "cells under --out: they run in parallel, resume, and are kept (docs/protocol.md §4.9).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    tu.add_argument("--methods", default="all", help="comma list of method names, or 'all'")
+    tu.add_argument("--dataset", required=True, help="dataset name (see `curb datasets`)")
+    tu.add_argument("--preset", default=None, help="model size preset; default: the dataset's")
+    tu.add_argument("--trials", type=_positive_int, default=8, help="trials per method (the same for every method)")
+    tu.add_argument("--seed", type=int, default=0, help="seed of the trials' cells and of the random draws")
+    tu.add_argument("--epochs", type=int, default=None, help="cap on rounds per task (sets train.t1_epochs and train.epochs)")
+    tu.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="fixed overrides for every trial (repeatable)")
+    tu.add_argument("--out", type=Path, required=True, metavar="DIR", help="run folder of the trials")
+    tu.add_argument("--write", type=Path, required=True, metavar="FILE", help="the tuned configuration file to write")
+    tu.add_argument("--data-dir", type=Path, default=None, help="folder holding the raw files")
+    tu.add_argument("--jobs", type=_positive_int, default=1, help="cells run at once in local worker processes")
+    tu.add_argument("--threads", type=_positive_int, default=1, help="torch threads per cell")
+
     from .export import add_parser as add_export_parser
 
     add_export_parser(sub)
@@ -259,7 +288,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.plan is not None:
         defaults = vars(build_parser().parse_args(["run"]))
         fixed = [f"--{k.replace('_', '-')}" for k in ("methods", "dataset", "seeds", "order", "noise_task", "epochs",
-                                                       "precision", "item_init", "preset", "sets")
+                                                       "precision", "item_init", "preset", "sets", "tuned")
                  if getattr(args, k) != defaults[k]]
         if fixed:
             raise ConfigError(f"--plan FILE already fixes the grid; drop {', '.join(fixed)}")
@@ -291,6 +320,35 @@ def cmd_run(args: argparse.Namespace) -> int:
               "(a cell restarts after its last finished task)", file=sys.stderr)
         return 128 + (stop_signal() or signal.SIGINT)
     return 1 if failed else 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .grid import run_grid
+    from .tuning import choose, trial_specs, write_tuned
+
+    base = parse_sets(args.sets)
+    if args.epochs is not None:
+        base = {"train.t1_epochs": str(args.epochs), "train.epochs": str(args.epochs), **base}
+    specs, of = trial_specs(_methods(args.methods), args.dataset, args.trials, args.seed, args.preset, base,
+                            args.data_dir)
+    outcomes = run_grid(specs, args.out, data_dir=args.data_dir, jobs=args.jobs, threads=args.threads)
+    missing = [o["label"] for o in outcomes if o["status"] != "done"]
+    if missing:
+        print(f"curb: {len(missing)} trial cell(s) not finished ({', '.join(missing[:4])}...); rerun to resume; "
+              f"{args.write} not written", file=sys.stderr)
+        return 1
+    chosen, rows = choose(args.out, specs, of)
+    meta = {"dataset": args.dataset, "preset": args.preset or "(dataset default)", "seed": str(args.seed),
+            "trials_per_method": str(args.trials), "objective": "mean over tasks after T1 of val score / pop val score",
+            "command": "curb " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["tune"] else "curb tune"}
+    write_tuned(args.write, chosen, rows, meta)
+    for m, t in sorted(chosen.items()):
+        lift = next(r["val_lift"] for r in rows if r["method"] == m and r["trial"] == t.index)
+        print(f"{m:<10} trial {t.index}  val lift {lift:.4f}  {dict(t.overrides) or '(defaults)'}")
+    print(f"wrote {args.write}")
+    return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -418,9 +476,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "reproduce": cmd_reproduce, "report": cmd_report,
-            "leaderboard": cmd_leaderboard, "export": cmd_export, "methods": cmd_methods, "datasets": cmd_datasets,
-            "data": cmd_data}
+COMMANDS = {"run": cmd_run, "tune": cmd_tune, "plan": cmd_plan, "status": cmd_status, "reproduce": cmd_reproduce,
+            "report": cmd_report, "leaderboard": cmd_leaderboard, "export": cmd_export, "methods": cmd_methods,
+            "datasets": cmd_datasets, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,10 +29,11 @@ class RunConfig:
     train: TrainConfig
     split: SplitConfig
     method: Any  # the method's Config dataclass
+    tuned: str | None = None  # `<file>@<sha12>` of the tuned configuration applied, if any
 
     def as_dict(self) -> dict:
         return {
-            "preset": self.preset,
+            "preset": self.preset, "tuned": self.tuned,
             "backbone": dataclasses.asdict(self.backbone),
             "train": dataclasses.asdict(self.train),
             "split": dataclasses.asdict(self.split),

@@ -7,11 +7,14 @@ all labels at once (full ranking, tie-aware), in chunks so a large vocabulary fi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .method import Method, TaskData, TaskInfo
-from .metrics import CLASSIFY_METRICS, RANKING_METRICS, accuracy_sum, ranking_sums, tie_aware_rank, tie_counts
+from .metrics import CLASSIFY_METRICS, RANKING_METRICS, accuracy_values, ranking_values, tie_aware_rank, tie_counts
 from .streams import PARTS, SplitConfig, Task, TaskStream, Targets, split_task
 
 # Upper bound on (pairs x labels) compared at once, to cap evaluation memory (~32M bools).
@@ -27,12 +30,53 @@ def model_inputs(kind: str, seqs: np.ndarray) -> np.ndarray:
     return seqs[:, :-1] if kind == "next_item" else seqs
 
 
-def evaluate_data(method: Method, task: TaskInfo, data: TaskData, eval_batch: int = 512) -> dict[str, float]:
-    """Mean metrics of `method` on one part of a task. Used for validation and for test."""
+def evaluate_data(method: Method, task: TaskInfo, data: TaskData, eval_batch: int = 512,
+                  with_loss: bool = False) -> dict[str, float]:
+    """Mean metrics of `method` on one part of a task. Used for validation and for test.
+
+    `with_loss` adds "loss", the mean cross-entropy of the method's logits (the selection
+    criterion, docs/protocol.md §4.4): over every (user, target) pair, or for the next-item task
+    over every non-padding position of the sequences (about 30 targets per user instead of one,
+    so a 5 % validation part still ranks epochs reliably)."""
+    means = evaluate_users(method, task, data, eval_batch)[0]
+    if with_loss:
+        means["loss"] = validation_loss(method, task, data, eval_batch)
+    return means
+
+
+def validation_loss(method: Method, task: TaskInfo, data: TaskData, eval_batch: int = 512) -> float:
+    """Mean cross-entropy of `method.forward_logits` on `data` (see `evaluate_data`)."""
+    total, n = 0.0, 0
+    counts = np.diff(data.ptr)
+    with method.inference():
+        for lo in range(0, data.n_users, eval_batch):
+            hi = min(lo + eval_batch, data.n_users)
+            seq = torch.from_numpy(data.inputs[lo:hi]).to(method.device)
+            if task.kind == "next_item":
+                logits = method.forward_logits(task.name, seq[:, :-1], train=False, all_positions=True).float()
+                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), seq[:, 1:].reshape(-1),
+                                     ignore_index=0, reduction="sum")
+                n += int((seq[:, 1:] != 0).sum())
+            else:
+                logp = F.log_softmax(method.forward_logits(task.name, seq, train=False).float(), dim=-1)
+                rows = torch.from_numpy(np.repeat(np.arange(hi - lo), counts[lo:hi])).to(logp.device)
+                y = torch.from_numpy(data.labels[data.ptr[lo] : data.ptr[hi]]).to(logp.device)
+                ce = -logp[rows, y].sum()
+                n += len(y)
+            total += ce.item()
+    return total / max(n, 1)
+
+
+def evaluate_users(method: Method, task: TaskInfo, data: TaskData, eval_batch: int = 512
+                   ) -> tuple[dict[str, float], np.ndarray]:
+    """Mean metrics over all pairs, and per user the SUM of the task's own metric over that
+    user's pairs (float64, in `data` order): the paired statistics resample users, and a
+    pair-weighted mean is a ratio of these sums to the users' pair counts."""
     ptr, labels = data.ptr, data.labels
     counts = np.diff(ptr)
     names = CLASSIFY_METRICS if task.kind == "classify" else RANKING_METRICS
     sums = dict.fromkeys(names, 0.0)
+    per_user = np.zeros(data.n_users, dtype=np.float64)
     x_all = model_inputs(task.kind, data.inputs)
     users_per_chunk = max(1, min(eval_batch, _MAX_CELLS // max(task.n_labels * max(counts.mean(), 1), 1)))
     for lo in range(0, data.n_users, int(users_per_chunk)):
@@ -48,11 +92,24 @@ def evaluate_data(method: Method, task: TaskInfo, data: TaskData, eval_batch: in
         rows = torch.from_numpy(np.repeat(np.arange(hi - lo), c)).to(scores.device)
         y = torch.from_numpy(labels[ptr[lo] : ptr[hi]]).to(scores.device)
         greater, equal = tie_counts(scores, rows, y)
-        part = accuracy_sum(greater, equal) if task.kind == "classify" else ranking_sums(tie_aware_rank(greater, equal))
+        part = (accuracy_values(greater, equal) if task.kind == "classify"
+                else ranking_values(tie_aware_rank(greater, equal)))
         for k in names:
-            sums[k] += part[k]
+            sums[k] += part[k].sum().item()
+        own = torch.zeros(hi - lo, dtype=torch.float64, device=scores.device)
+        per_user[lo:hi] = own.index_add_(0, rows, part[task.metric]).cpu().numpy()
     n = max(len(labels), 1)
-    return {k: v / n for k, v in sums.items()}
+    return {k: v / n for k, v in sums.items()}, per_user
+
+
+@dataclass(frozen=True)
+class UserScores:
+    """Per-user test scores of one task's test part, in the split's user order."""
+
+    metric: str
+    users: np.ndarray  # the test users' ids (stream rows), in split order
+    counts: np.ndarray  # test pairs per user
+    sums: np.ndarray  # per-user sum of `metric` over the user's pairs
 
 
 class Evaluator:
@@ -82,7 +139,13 @@ class Evaluator:
 
     def test(self, method: Method, name: str) -> dict[str, float]:
         """Test metrics of `method` on task `name` (the only place test labels are read)."""
-        return evaluate_data(method, self.info(name), self._data(name, "test"), self.eval_batch)
+        return self.test_users(method, name)[0]
+
+    def test_users(self, method: Method, name: str) -> tuple[dict[str, float], UserScores]:
+        """Test metrics and the per-user scores behind them (for paired statistics)."""
+        info, tg = self.info(name), self._splits[name]["test"]
+        means, sums = evaluate_users(method, info, self._data(name, "test"), self.eval_batch)
+        return means, UserScores(info.metric, np.asarray(tg.users), np.diff(tg.ptr), sums)
 
     def split_sizes(self) -> dict[str, dict[str, dict[str, int]]]:
         return {

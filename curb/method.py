@@ -66,29 +66,37 @@ class TaskData:
 
 @dataclass
 class TrainConfig:
-    """Optimisation protocol shared by all methods (METHODS.md §4)."""
+    """Optimisation and model-selection protocol shared by all methods (docs/protocol.md §4)."""
 
     t1_lr: float = 1e-3
     t1_batch: int = 32  # sequences per step on the next-item task
-    t1_epochs: int = 10
+    t1_epochs: int = 100  # budget in validation rounds; patience ends T1 (not a fixed cap)
     lr: float = 1e-4
-    t2_lr: float | None = None  # lr of the first task after T1 (None: `lr`)
+    t2_lr: float | None = None  # lr of the first task after T1 (None: by its kind)
+    classify_lr: float | None = None  # lr of profile (classify) tasks (None: `lr`)
     batch: int = 1024  # (user, target) pairs per step on later tasks
-    epochs: int = 100
-    patience: int = 5
+    pairs_per_user: int | None = None  # most pairs of one user in a step (None: all; 1: the reference)
+    epochs: int = 100  # budget in validation rounds for later tasks
+    patience: int = 5  # rounds without a strict improvement of the criterion
+    select: Literal["loss", "metric"] = "loss"  # selection criterion: validation CE, or the task metric
+    round_steps: int = 0  # a validation round makes whole passes until at least this many steps
     eval_batch: int = 512  # users scored per chunk
     ignore_pad: bool = False  # T1 loss: skip padding targets (reference counts them)
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward passes (for GPUs)
     compile: bool = False  # torch.compile each method's training loss (first steps compile)
 
     def __post_init__(self) -> None:
-        for k in ("t1_lr", "lr", "t2_lr"):
+        for k in ("t1_lr", "lr", "t2_lr", "classify_lr"):
             v = getattr(self, k)
             if v is not None and not 0 < v < float("inf"):
                 raise ValueError(f"train.{k} must be > 0 and finite, got {v}")
         for k in ("t1_batch", "t1_epochs", "batch", "epochs", "patience", "eval_batch"):
             if getattr(self, k) < 1:
                 raise ValueError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+        if self.pairs_per_user is not None and self.pairs_per_user < 1:
+            raise ValueError(f"train.pairs_per_user must be >= 1 or none, got {self.pairs_per_user}")
+        if self.round_steps < 0:
+            raise ValueError(f"train.round_steps must be >= 0, got {self.round_steps}")
 
 
 @dataclass
@@ -146,12 +154,35 @@ def task_loss(logits: Tensor, batch: Batch, ignore_pad: bool = False) -> Tensor:
     return -logp[batch.rows, batch.y].mean()
 
 
+@dataclass(frozen=True)
+class Knob:
+    """One searchable config value for `curb tune`: log-uniform or uniform in [low, high], or
+    one of `choices`. Values are rendered as `--set` strings."""
+
+    kind: Literal["log", "uniform", "choice"]
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple[str, ...] = ()
+
+    def draw(self, rng: np.random.Generator) -> str:
+        if self.kind == "choice":
+            return str(self.choices[int(rng.integers(len(self.choices)))])
+        u = rng.random()
+        if self.kind == "log":
+            return f"{float(np.exp(np.log(self.low) + u * (np.log(self.high) - np.log(self.low)))):.3g}"
+        return f"{self.low + u * (self.high - self.low):.3g}"
+
+
 class Method:
     """Base class of every continual learner. Subclass, decorate with `@register("name")`."""
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""  # one line for `curb methods`
     joint: ClassVar[bool] = False  # learns all tasks after T1 at once (not continual; MTL)
+    trains: ClassVar[bool] = True  # False for baselines without parameters (pop): never tuned
+    # At most two of the method's own key knobs, searched by `curb tune` beside the learning
+    # rates (keys as in `--set`, e.g. "hat.lam"); every method gets the same number of trials.
+    tune_space: ClassVar[dict[str, Knob]] = {}
 
     @dataclass
     class Config:
@@ -214,6 +245,15 @@ class Method:
         """Method-specific numbers for the result file (storage, free capacity, realised rates)."""
         return {}
 
+    def phase_state(self) -> dict:
+        """Mutable state of the task being learned that is not in `state_dict` because model
+        selection must not roll it back (running rates, step statistics): saved with every epoch
+        checkpoint so an interrupted phase continues exactly."""
+        return {}
+
+    def load_phase_state(self, state: dict) -> None:
+        pass
+
     # ------------------------------------------------------------------ driven by the runner
     def learn_task(self, task: TaskInfo, train: TaskData, val: TaskData, fit: "FitFn") -> None:
         self.tasks.append(task)
@@ -234,6 +274,8 @@ class Method:
             return t.t1_lr
         if t.t2_lr is not None and self.tasks.index(task) == 1:
             return t.t2_lr
+        if task.kind == "classify" and t.classify_lr is not None:
+            return t.classify_lr
         return t.lr
 
     def autocast(self) -> torch.autocast:

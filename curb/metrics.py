@@ -31,18 +31,27 @@ def tie_aware_rank(greater: Tensor, equal: Tensor) -> Tensor:
     return 1.0 + greater.double() + equal.double() / 2.0
 
 
-def ranking_sums(rank: Tensor, k: int = K) -> dict[str, float]:
-    """Sums (not means) of MRR@k, HR@k and NDCG@k over pairs, so chunks can be added up."""
+def ranking_values(rank: Tensor, k: int = K) -> dict[str, Tensor]:
+    """Per-pair MRR@k, HR@k and NDCG@k (float64), from tie-aware ranks."""
     hit = rank <= k
     rr = torch.where(hit, 1.0 / rank, torch.zeros_like(rank))
     ndcg = torch.where(hit, 1.0 / torch.log2(rank + 1.0), torch.zeros_like(rank))
-    return {f"mrr@{k}": rr.sum().item(), f"hr@{k}": hit.double().sum().item(), f"ndcg@{k}": ndcg.sum().item()}
+    return {f"mrr@{k}": rr, f"hr@{k}": hit.double(), f"ndcg@{k}": ndcg}
+
+
+def ranking_sums(rank: Tensor, k: int = K) -> dict[str, float]:
+    """Sums (not means) of MRR@k, HR@k and NDCG@k over pairs, so chunks can be added up."""
+    return {name: v.sum().item() for name, v in ranking_values(rank, k).items()}
+
+
+def accuracy_values(greater: Tensor, equal: Tensor) -> dict[str, Tensor]:
+    """Per-pair expected accuracy under random tie-breaking: 1/(1+ties) when nothing scores higher."""
+    return {"acc": torch.where(greater == 0, 1.0 / (1.0 + equal.double()),
+                               torch.zeros_like(equal, dtype=torch.float64))}
 
 
 def accuracy_sum(greater: Tensor, equal: Tensor) -> dict[str, float]:
-    """Expected accuracy under random tie-breaking: 1/(1+ties) when nothing scores higher."""
-    acc = torch.where(greater == 0, 1.0 / (1.0 + equal.double()), torch.zeros_like(equal, dtype=torch.float64))
-    return {"acc": acc.sum().item()}
+    return {"acc": accuracy_values(greater, equal)["acc"].sum().item()}
 
 
 # ----------------------------------------------------------------- continual-learning metrics

@@ -405,3 +405,62 @@ def _score_figure(data: pd.DataFrame, *, title: str = "", ylabel: str = "", xlab
         handles.append(Line2D([], [], color=colors[baseline], linestyle="--", linewidth=1.6, label=label))
     _legend(fig, handles)
     return fig
+
+
+# ------------------------------------------------------------------------ critical difference
+
+
+def cd_diagram(ranks: dict[str, float], cd: float, path: Path, *, title: str = "") -> list[Path]:
+    """Critical-difference diagram (Demšar 2006): each method at its average rank on an axis
+    from 1 (best, left) to k, best half labelled on the left, the rest on the right; a thick
+    bar joins every maximal group whose ranks differ by less than `cd` (not significantly
+    different by the Nemenyi test, `curb.stats.nemenyi_groups`); the CD is drawn to scale."""
+    return _render(path, _cd_figure, ranks, cd, title=title)
+
+
+def _cd_figure(ranks: dict[str, float], cd: float, *, title: str = "") -> Figure:
+    from .stats import nemenyi_groups  # the grouping rule lives with the test that defines it
+
+    names = [str(m) for m in ranks]
+    r = np.array([float(v) for v in ranks.values()])
+    if len(names) < 2:
+        raise ValueError(f"cd_diagram needs 2 or more methods, got {len(names)}")
+    if not np.isfinite(r).all() or not (np.isfinite(cd) and cd > 0):
+        raise ValueError(f"cd_diagram needs finite ranks and a positive critical difference, got {ranks}, cd={cd}")
+    k = len(names)
+    order = [int(i) for i in np.argsort(r, kind="stable")]
+    groups = nemenyi_groups(r, cd)
+    colors = method_colors(names)
+    # Layout in inches (1 data unit = 1 inch): the rank axis spans 3.8 in between 1.6 in label margins.
+    width, axis_w, margin, row_h, bar_h = 7.0, 3.8, 1.6, 0.3, 0.12
+    hi_rank = max(float(k), float(r.max()))
+    x_of = lambda rank: margin + (rank - 1.0) / (hi_rank - 1.0) * axis_w
+    n_left = (k + 1) // 2
+    first_row = -0.3 - bar_h * len(groups)
+    bottom = first_row - row_h * (max(n_left, k - n_left) - 1) - 0.3
+    top = 0.75 + (0.35 if title else 0.0)
+    fig = Figure(figsize=(width, top - bottom))
+    ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    ax.set_axis_off()
+    ax.set_xlim(0.0, width)
+    ax.set_ylim(bottom, top)
+    ax.hlines(0.0, x_of(1.0), x_of(hi_rank), color="black", linewidth=1.0)
+    for t in range(1, int(np.floor(hi_rank)) + 1):
+        ax.vlines(x_of(t), 0.0, 0.08, color="black", linewidth=1.0)
+        ax.text(x_of(t), 0.12, str(t), ha="center", va="bottom", fontsize=9)
+    ax.hlines(0.55, x_of(1.0), x_of(1.0) + cd / (hi_rank - 1.0) * axis_w, color="black", linewidth=1.5)
+    ax.text(x_of(1.0) + cd / (hi_rank - 1.0) * axis_w / 2, 0.6, f"CD = {cd:.2f}", ha="center", va="bottom",
+            fontsize=9)
+    if title:
+        ax.text(width / 2, top - 0.1, title, ha="center", va="top", fontsize=11)
+    for pos, i in enumerate(order):
+        left = pos < n_left
+        y = first_row - row_h * (pos if left else k - 1 - pos)
+        x_label = margin - 0.1 if left else margin + axis_w + 0.1
+        ax.plot([x_of(r[i]), x_of(r[i]), x_label], [0.0, y, y], color=colors[names[i]], linewidth=1.2)
+        ax.text(x_label - 0.05 if left else x_label + 0.05, y, f"{names[i]} ({r[i]:.2f})",
+                ha="right" if left else "left", va="center", fontsize=9)
+    for g, members in enumerate(groups):
+        y = -0.2 - bar_h * g
+        ax.hlines(y, x_of(r[members[0]]) - 0.05, x_of(r[members[-1]]) + 0.05, color="black", linewidth=3.0)
+    return fig

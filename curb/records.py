@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
-SHARED_SECTIONS = ("backbone", "train", "split")  # config sections every method of a comparison shares
+# Config sections every method of a comparison shares ("tuned": one tuned file for every method).
+SHARED_SECTIONS = ("backbone", "train", "split", "tuned")
 PAPER_METHODS = ("sinmo", "fineall", "peterrec", "mtl", "piggyback", "hat", "conure", "teracon")
 
 COLD_START = "cold-start"  # the `kind` of a cold-start study result
@@ -22,7 +23,7 @@ Overrides = tuple[tuple[str, str], ...]
 
 
 def shared_part(overrides: Overrides) -> Overrides:
-    """The overrides every method of a comparison shares (backbone., train., split.)."""
+    """The overrides every method of a comparison shares (backbone., train., split., tuned.)."""
     return tuple((k, v) for k, v in overrides if k.split(".", 1)[0] in SHARED_SECTIONS)
 
 
@@ -41,7 +42,7 @@ class SpecNames:
 
     @property
     def shared_overrides(self) -> Overrides:
-        """Overrides every method of a comparison shares (backbone., train., split.)."""
+        """Overrides every method of a comparison shares (backbone., train., split., tuned.)."""
         return shared_part(self.overrides)
 
     @property

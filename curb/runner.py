@@ -33,10 +33,10 @@ from .evaluator import Evaluator, evaluate_data, task_info
 from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
 from .records import SpecNames
-from .results import ResultError, canonical, load_result, load_sealed, save_result, save_sealed
+from .results import ResultError, canonical, load_result, load_sealed, pack_per_user, save_result, save_sealed
 from .streams import StreamError, TaskStream
 from .text import prepare as prepare_item_init
-from .training import FitLog, fit
+from .training import FitLog, Selection, fit
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,15 @@ class CellFiles:
         return CellFiles(d / f"{spec_hash}.ckpt", d / f"{spec_hash}.running.json", d / f"{spec_hash}.failed.json",
                          d / f"{spec_hash}.log")
 
+    def phase(self, key: str) -> Path:
+        """The epoch checkpoint of one training phase (sealed; the key is in its header)."""
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return self.checkpoint.with_name(f"{self.checkpoint.stem}.phase-{digest}.ckpt")
+
+    def clear_phases(self) -> None:
+        for p in self.checkpoint.parent.glob(f"{self.checkpoint.stem}.phase-*.ckpt"):
+            p.unlink(missing_ok=True)
+
 
 class CellInterrupted(KeyboardInterrupt):
     """A stop was requested (SIGINT/SIGTERM or a stop file); the cell resumes from its checkpoint."""
@@ -134,56 +143,80 @@ def build_stream(spec: CellSpec, data_dir: Path | None) -> TaskStream:
 
 
 def resolve_config(spec: CellSpec) -> RunConfig:
+    """defaults < dataset recipe < preset < tuned file (`tuned=<file>@<sha>`) < the spec's own overrides."""
     cls = get_method(spec.method)
-    return resolve(cls.name, cls.Config(), get_dataset(spec.dataset).defaults, spec.preset, dict(spec.overrides))
+    overrides = dict(spec.overrides)
+    tag = overrides.pop("tuned", None)
+    if tag is not None:
+        from .tuning import tuned_values
+
+        overrides = {**tuned_values(tag, cls.name), **overrides}
+    cfg = resolve(cls.name, cls.Config(), get_dataset(spec.dataset).defaults, spec.preset, overrides)
+    return dataclasses.replace(cfg, tuned=tag)
 
 
 class Fitter:
     """The fitting function handed to methods: the shared loop with this cell's protocol.
 
     Methods call `fit(method, task, train, val)` (optionally `phase=`, `max_epochs=`,
-    `batch_size=`); every phase's log is kept for the result file.
+    `batch_size=`); every phase's log is kept for the result file. Every phase is checkpointed
+    after each validation round in its own file (`CellFiles.phase`), so a stop loses at most one
+    round; the files of a task are removed once the task's own checkpoint exists.
     """
 
     def __init__(self, cfg: RunConfig, echo: Callable[[str], None], should_stop: Callable[[], bool] | None = None,
-                 progress: Path | None = None, progress_meta: dict | None = None,
+                 files: "CellFiles | None" = None, progress_meta: dict | None = None,
                  device: torch.device = torch.device("cpu")):
         # A plain function, not the evaluator's bound method: nothing here leads to test labels.
-        self.validate = functools.partial(evaluate_data, eval_batch=cfg.train.eval_batch)
+        self.validate = functools.partial(evaluate_data, eval_batch=cfg.train.eval_batch,
+                                          with_loss=cfg.train.select == "loss")
         self.train_cfg = cfg.train
         self.logs: list[dict] = []
         self.echo = echo
         self.should_stop = should_stop or (lambda: False)
-        self.progress, self.progress_meta, self.device = progress, dict(progress_meta or {}), device
+        self.files, self.progress_meta, self.device = files, dict(progress_meta or {}), device
+        self._calls: dict[str, int] = {}
 
-    def save_progress(self, state: dict) -> None:
-        """Checkpoint inside one long learning phase (MTL's joint epochs, which the per-task
-        checkpoints cannot split), then honour a stop request: the phase resumes from here."""
-        if self.progress is not None:
-            save_sealed(self.progress, {"state": state, "rng": _rng_state(self.device), "logs": self.logs},
-                        {**self.progress_meta, "kind": "phase-progress"})
-        if self.should_stop():
-            raise CellInterrupted("stop requested (the phase resumes from its last epoch)")
+    def selection(self, task: TaskInfo | None, max_epochs: int | None = None) -> Selection:
+        """The model-selection protocol of a phase (`task` None: a joint phase of later tasks)."""
+        t = self.train_cfg
+        t1 = task is not None and task.kind == "next_item"
+        return Selection(select=t.select, max_rounds=max_epochs or (t.t1_epochs if t1 else t.epochs),
+                         patience=t.patience, round_steps=t.round_steps)
 
-    def load_progress(self) -> dict | None:
-        """The state `save_progress` left for this cell (RNG states restored), or None."""
-        if self.progress is None or not self.progress.exists():
-            return None
+    def phase_progress(self, method: Method, task: str, phase: str) -> tuple[Callable[[dict], None], dict | None]:
+        """(checkpoint function, saved state or None) of the next phase `phase` of `task`.
+
+        Phases are keyed by task, phase name, method and how many such phases this process has
+        run: a resumed cell replays its task's phases in the same order, so the keys match."""
+        key = f"{task}/{phase}/{method.name}"
+        n = self._calls[key] = self._calls.get(key, -1) + 1
+        meta = {**self.progress_meta, "kind": "phase-progress", "phase": f"{key}#{n}"}
+        path = self.files.phase(meta["phase"]) if self.files is not None else None
+
+        def checkpoint(state: dict) -> None:
+            if path is not None:
+                save_sealed(path, {**state, "rng": _rng_state(self.device), "logs": self.logs}, meta)
+            if self.should_stop():
+                raise CellInterrupted(f"stop requested (the {task} {phase} phase resumes after its last round)")
+
+        if path is None or not path.exists():
+            return checkpoint, None
         try:
-            meta, blob = load_sealed(self.progress)
+            got, blob = load_sealed(path)
         except ResultError as e:
             self.echo(f"  {e}; restarting the phase")
-            return None
-        if {k: meta.get(k) for k in self.progress_meta} != self.progress_meta or meta.get("kind") != "phase-progress":
-            self.echo(f"  {self.progress}: progress of another cell or format; restarting the phase")
-            return None
-        _set_rng_state(blob["rng"], self.device)
-        self.logs = blob["logs"]
-        self.echo(f"  resuming the phase from {self.progress}")
-        return blob["state"]
+            return checkpoint, None
+        if got != meta:
+            self.echo(f"  {path}: progress of another cell or format; restarting the phase")
+            return checkpoint, None
+        _set_rng_state(blob.pop("rng"), self.device)
+        self.logs = blob.pop("logs")
+        self.echo(f"  resuming {task} {phase} after round {len(blob['log']['epochs'])} from {path}")
+        return checkpoint, blob
 
     def _step_done(self, bar: "_StepBar", done: int, total: int) -> None:
-        """After every optimiser step: the only place a stop request interrupts training."""
+        """After every optimiser step: a stop request interrupts training here."""
         bar.update(done, total)
         if self.should_stop():
             bar.close()
@@ -194,11 +227,11 @@ class Fitter:
         t = self.train_cfg
         t1 = task.kind == "next_item"
         bar = _StepBar(f"{method.name} {task.name} {phase}")
-        log = fit(method, task, train, val, self.validate,
-                  max_epochs=max_epochs or (t.t1_epochs if t1 else t.epochs), patience=t.patience,
-                  batch_size=batch_size or (t.t1_batch if t1 else t.batch), phase=phase,
-                  progress=lambda msg: (bar.close(), self.echo(f"  [{method.name}] {msg}")),
-                  on_step=functools.partial(self._step_done, bar))
+        checkpoint, resume = self.phase_progress(method, task.name, phase)
+        log = fit(method, task, train, val, self.validate, sel=self.selection(task, max_epochs),
+                  batch_size=batch_size or (t.t1_batch if t1 else t.batch), pairs_per_user=t.pairs_per_user,
+                  phase=phase, progress=lambda msg: (bar.close(), self.echo(f"  [{method.name}] {msg}")),
+                  on_step=functools.partial(self._step_done, bar), checkpoint=checkpoint, resume=resume)
         bar.close()
         self.logs.append(log.as_dict())
         return log
@@ -244,7 +277,8 @@ def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunCon
     h.update(canonical({"n_items": n_items, "task": t1.name, "split": dataclasses.asdict(cfg.split),
                         "backbone": cfg.backbone.model_key(), "seed": seed,
                         "train": {k: v for k, v in dataclasses.asdict(cfg.train).items()
-                                  if k in ("t1_lr", "t1_batch", "t1_epochs", "patience", "ignore_pad")},
+                                  if k in ("t1_lr", "t1_batch", "t1_epochs", "patience", "ignore_pad", "select",
+                                           "round_steps")},
                         "device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None,
                         }).encode())
     path = cache_dir / f"t1-{h.hexdigest()[:16]}.pt"
@@ -321,7 +355,7 @@ def find_sinmo_diag(out: Path, spec: CellSpec, task_names: list[str], fingerprin
     return None
 
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: per-user test scores and per-phase epoch checkpoints
 
 
 def _rng_state(dev: torch.device) -> dict:
@@ -347,6 +381,32 @@ def load_checkpoint(path: Path, spec: CellSpec, fingerprint: str, names: list[st
     if not isinstance(state, dict) or not 1 <= state.get("next_task", 0) <= len(names):
         raise ResultError(f"{path}: checkpoint has no valid task position")
     return state
+
+
+# The training and evaluation protocol's version, recorded in every result: results of another
+# version are never reused (2: validation-CE selection, rounds, T1 by patience, docs/protocol.md §4).
+PROTOCOL = 2
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two resolved configs (a result written under
+    other defaults must not pass for today's). Keys the old config lacks are knobs added since,
+    whose defaults keep the earlier behaviour; they are not differences."""
+    out = []
+    for k in sorted(set(old) & set(new)):
+        a, b = old[k], new[k]
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{k}.")
+        elif (list(a) if isinstance(a, tuple) else a) != (list(b) if isinstance(b, tuple) else b):
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
+def per_user_block(users: dict[str, dict]) -> dict:
+    """The result file's per-user test scores (`results.pack_per_user` per task): what the paired
+    statistics of docs/metrics.md resample."""
+    return {name: pack_per_user(u["scores"].metric, u["scores"].users, u["scores"].counts, u["final"], u.get("diag"))
+            for name, u in users.items() if "scores" in u}
 
 
 def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: str = "cpu",
@@ -388,6 +448,14 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
                     f"source {existing['dataset']['meta'].get('source', '?')}) than this run's "
                     f"({fingerprint}, source {stream.meta.get('source', '?')}); use another --out"
                 )
+            changed = config_changes(existing.get("config", {}), resolve_config(spec).as_dict())
+            if existing.get("protocol") != PROTOCOL:
+                changed = [f"protocol {existing.get('protocol', 1)} -> {PROTOCOL}", *changed]
+            if changed:
+                raise ResultError(
+                    f"{path} was computed under another configuration (the defaults changed since: "
+                    f"{', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''}); use another --out"
+                )
             return existing
     stop = should_stop or (lambda: False)
     dev = torch.device(device)
@@ -396,7 +464,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     backbone, item_init = prepare_item_init(spec.dataset, data_dir, stream, cfg.backbone, echo)
     cfg = dataclasses.replace(cfg, backbone=backbone)  # every model of the cell is built from it
     evaluator = Evaluator(stream, cfg.split, cfg.train.eval_batch)
-    fitter = Fitter(cfg, echo, stop, progress=files.checkpoint if cls.joint else None, device=dev,
+    fitter = Fitter(cfg, echo, stop, files=files, device=dev,
                     progress_meta={"format": CHECKPOINT_FORMAT, "spec_hash": spec.hash, "fingerprint": fingerprint})
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
@@ -409,9 +477,11 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     m = len(names)
     metrics: list[list[dict | None]] = [[None] * m for _ in range(m)]
     timings: list[dict] = []
+    users: dict[str, dict] = {}  # per task: per-user test sums right after it ("diag") and at the end ("final")
     start, spent, resumed_at = 0, 0.0, []
     if force:
         files.checkpoint.unlink(missing_ok=True)
+        files.clear_phases()
     elif files.checkpoint.exists() and not cls.joint:
         try:
             ck = load_checkpoint(files.checkpoint, spec, fingerprint, names)
@@ -420,7 +490,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
             files.checkpoint.unlink(missing_ok=True)
         else:
             method.load_state_dict(ck["method"])
-            metrics, fitter.logs, timings = ck["metrics"], ck["fits"], ck["timings"]
+            metrics, fitter.logs, timings, users = ck["metrics"], ck["fits"], ck["timings"], ck["users"]
             start, spent = ck["next_task"], ck["elapsed_s"]
             resumed_at = [*ck["resumed_at"], names[start]] if start < m else ck["resumed_at"]
             _set_rng_state(ck["rng"], dev)
@@ -431,10 +501,14 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     def evaluate_row(j: int, seen: range) -> float:
         t0 = time.perf_counter()
         for i in seen:
-            metrics[j][i] = evaluator.test(method, names[i])
+            metrics[j][i], scores = evaluator.test_users(method, names[i])
+            if i == j and not cls.joint:
+                users[names[i]] = {"diag": scores.sums}
+            if j == m - 1:
+                users.setdefault(names[i], {}).update(final=scores.sums, scores=scores)
         return time.perf_counter() - t0
 
-    if cls.joint:  # one learning phase, checkpointed by the method after every epoch (Fitter.save_progress)
+    if cls.joint:  # one learning phase, checkpointed after every round (Fitter.phase_progress)
         later = names[1:]
         t0 = time.perf_counter()
         method.learn_joint([evaluator.info(n) for n in later], [evaluator.train_data(n) for n in later],
@@ -458,28 +532,33 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
                 on_task_end(method, name, stream)
             save_sealed(files.checkpoint, {
                 "next_task": j + 1, "method": method.state_dict(), "metrics": metrics, "fits": fitter.logs,
+                "users": {t: {k: v for k, v in u.items() if k != "scores"} for t, u in users.items()},
                 "timings": timings, "elapsed_s": spent + time.perf_counter() - t_start, "resumed_at": resumed_at,
                 "rng": _rng_state(dev),
             }, {"format": CHECKPOINT_FORMAT, "spec_hash": spec.hash, "fingerprint": fingerprint, "tasks": names,
                 "next_task": j + 1, "spec": spec.as_dict()})
+            files.clear_phases()
             if j + 1 < m and stop():
                 raise CellInterrupted(f"stopped after {name}")
 
     R = [[None if metrics[j][i] is None else metrics[j][i][evaluator.info(names[i]).metric] for i in range(m)]
          for j in range(m)]
+    # The final model on every task's validation part: what tuning may select on (never test).
+    val_final = {n: evaluate_data(method, evaluator.info(n), evaluator.val_data(n), cfg.train.eval_batch)
+                 for n in (names[1:] if cls.joint else names)}
     base_fingerprint = stream.fingerprint(skip=("noise",))
     tr = transfer(R, find_sinmo_diag(out, spec, names, base_fingerprint)) if not cls.joint else None
     if spec.method == "sinmo" and tr is not None:
         tr["fwt"] = [None] + [0.0] * (m - 1)
     result = {
-        "spec": spec.as_dict(), "spec_hash": spec.hash, "env": _env(dev),
+        "spec": spec.as_dict(), "spec_hash": spec.hash, "protocol": PROTOCOL, "env": _env(dev),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "dataset": {"name": spec.dataset, "fingerprint": fingerprint, "base_fingerprint": base_fingerprint, "n_users": stream.n_users,
                     "n_items": stream.n_items, "seq_len": int(stream.sequences.shape[1]), "meta": dict(stream.meta)},
         "config": cfg.as_dict(), "item_init": item_init,
         "tasks": [{"name": n, "kind": evaluator.info(n).kind, "metric": evaluator.info(n).metric,
                    "n_labels": evaluator.info(n).n_labels, "split": evaluator.split_sizes()[n]} for n in names],
-        "R": R, "metrics": metrics,
+        "R": R, "metrics": metrics, "per_user": per_user_block(users), "val_final": val_final,
         "final": {names[i]: R[m - 1][i] for i in range(m)},
         "transfer": tr, "fits": fitter.logs, "method_report": method.report(),
         "timings": {"tasks": timings, "total_s": spent + time.perf_counter() - t_start},
@@ -487,4 +566,5 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     }
     save_result(path, result)
     files.checkpoint.unlink(missing_ok=True)
+    files.clear_phases()
     return load_result(path)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from curb.backbone import Hooks, NextItNet, make_head
 from curb.config import ConfigError
-from curb.method import Method, Setup, TaskData, TaskInfo, readout, register
+from curb.method import Knob, Method, Setup, TaskData, TaskInfo, readout, register
 
 
 class NoFreeWeightsError(ConfigError):
@@ -52,6 +52,7 @@ class ConureNet(nn.Module):
 @register("conure")
 class Conure(Method):
     summary = "prune -> retrain -> freeze: disjoint magnitude-pruned kernel entries per task (BWT = 0)"
+    tune_space = {"conure.p": Knob("uniform", 0.3, 0.9)}  # the pruned share of each task's free entries
 
     @dataclass
     class Config:

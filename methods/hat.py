@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, NextItNet, make_head
-from curb.method import Batch, Method, Setup, TaskInfo, anneal, readout, register, task_loss
+from curb.method import Batch, Knob, Method, Setup, TaskInfo, anneal, readout, register, task_loss
 from curb.metrics import mask_similarity
 
 
@@ -38,6 +38,8 @@ class HatNet(nn.Module):
 class Hat(Method):
     summary = "hard attention to the task: annealed unit gates per task, gradients masked by past gates"
 
+    tune_space = {"hat.lam": Knob("log", 0.1, 4.0), "hat.emb_init": Knob("choice", choices=("uniform", "normal"))}
+
     @dataclass
     class Config:
         smax: float = 50.0  # TERACON setting ([R]/[O]); the HAT paper uses 400
@@ -46,6 +48,9 @@ class Hat(Method):
         clamp: float = 6.0  # task embeddings clamped to ±clamp after every step
         grad_comp: bool = True  # METHODS.md `hat_grad_comp`: embedding-gradient compensation (UNSURE)
         freeze_item_emb_after_t1: bool = False  # HAT's rule leaves ungated parameters trainable
+        # T1 stage: "hat" (regulariser and compensation, as in every stage) or "teracon" (neither,
+        # exactly TERACON's T1 stage), so a HAT-vs-TERACON BWT comparison starts from the same T1 recipe
+        t1_stage: Literal["hat", "teracon"] = "hat"
 
         def __post_init__(self) -> None:
             if not self.smax > 0 or self.lam < 0 or not self.clamp > 0:
@@ -107,7 +112,11 @@ class Hat(Method):
         self._s = anneal(batch.index, batch.n_batches, self.cfg.smax)
         g = self.gates(task.name, self._s)
         logits = self._logits(task.name, batch.x, g, all_positions=batch.rows is None)
-        return task_loss(logits, batch, self.setup.train.ignore_pad) + self.cfg.lam * self.regulariser(g)
+        ce = task_loss(logits, batch, self.setup.train.ignore_pad)
+        return ce if self._plain_t1_stage() else ce + self.cfg.lam * self.regulariser(g)
+
+    def _plain_t1_stage(self) -> bool:
+        return self.cfg.t1_stage == "teracon" and len(self.tasks) == 1
 
     def before_step(self, task: TaskInfo) -> None:
         """Protect old tasks' units; compensate the annealing in the embedding gradient."""
@@ -117,7 +126,7 @@ class Hat(Method):
                     if p.grad is not None:
                         p.grad.mul_(fac)
         e = self.net.emb[task.name]
-        if self.cfg.grad_comp and e.grad is not None:
+        if self.cfg.grad_comp and e.grad is not None and not self._plain_t1_stage():
             s, smax = self._s, self.cfg.smax
             with torch.no_grad():
                 e.grad.mul_(smax / s * (torch.cosh(torch.clamp(s * e, -50, 50)) + 1) / (torch.cosh(e) + 1))

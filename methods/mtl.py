@@ -6,12 +6,12 @@ No reference code exists; curb's documented design (UNSURE in the spec, all knob
 - backbone from scratch (`mtl_init=scratch`) or from the pre-trained T1 model (`t1`); no T1 loss;
 - each step draws one mini-batch of EVERY task (round-robin, smaller tasks cycle) and
   minimises sum_i w_i CE_i; an epoch is one pass over the largest task;
-- early stopping on the mean validation metric over tasks, best epoch restored.
+- model selection as for every method (docs/protocol.md §4.4) on the mean over tasks of the
+  validation criterion (cross-entropy, the joint objective, or the metric), best round restored.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
 
@@ -20,14 +20,16 @@ import torch
 from torch import Tensor, nn
 
 from curb.backbone import PlainModel
-from curb.method import Batch, Method, Setup, TaskData, TaskInfo, readout, register, task_loss
-from curb.training import EpochLog, FitLog, batches
+from curb.method import Batch, Knob, Method, Setup, TaskData, TaskInfo, readout, register, task_loss
+from curb.training import FitLog, batches, select
 
 
 @register("mtl")
 class MTL(Method):
     summary = "multi-task learning: all tasks after T1 jointly (not continual: needs the whole stream up front)"
     joint = True
+    joint = True
+    tune_space = {"mtl.mtl_init": Knob("choice", choices=("scratch", "t1"))}
 
     @dataclass
     class Config:
@@ -41,6 +43,7 @@ class MTL(Method):
     def __init__(self, setup: Setup):
         super().__init__(setup)
         self.model = PlainModel(setup.n_items, setup.backbone).to(self.device)
+        self._val_per_task: list[dict[str, float]] = []  # per round, for the result's fit log
 
     def weights(self) -> list[float]:
         w = self.cfg.mtl_task_weights
@@ -63,7 +66,7 @@ class MTL(Method):
         t = self.setup.train
         size = t.t1_batch if data.task.kind == "next_item" else t.batch
         while True:
-            yield from batches(data, size, self.rng, self.device)
+            yield from batches(data, size, self.rng, self.device, t.pairs_per_user)
 
     def train_epoch(self, trains: list[TaskData], opt: torch.optim.Optimizer,
                     loss_fn: Callable[[list[Batch]], Tensor]) -> tuple[float, int]:
@@ -92,43 +95,29 @@ class MTL(Method):
             self.model.backbone.load_state_dict(self.setup.pretrained_t1().backbone.state_dict())
         for t in tasks:
             self.model.add_head(t.name, t.n_labels)
-        cfg = fit.train_cfg
-        opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
-        loss_fn = torch.compile(self.joint_loss, dynamic=True) if cfg.compile else self.joint_loss  # train.compile
-        log = FitLog("+".join(t.name for t in tasks), "joint")
-        per_task: list[dict[str, float]] = []
-        best, bad, start = None, 0, 0
-        saved = fit.load_progress()  # an interrupted cell resumes after its last finished epoch
-        if saved is not None:
-            self.load_state_dict(saved["method"])
-            opt.load_state_dict(saved["opt"])
-            best, bad, start, per_task = saved["best"], saved["bad"], saved["epoch"], saved["per_task"]
-            log = FitLog(**{**saved["log"], "epochs": [EpochLog(**e) for e in saved["log"]["epochs"]]})
+        opt = torch.optim.Adam(self.model.parameters(), lr=fit.train_cfg.lr)
+        loss_fn = torch.compile(self.joint_loss, dynamic=True) if fit.train_cfg.compile else self.joint_loss
+        key = "+".join(t.name for t in tasks)
+        checkpoint, resume = fit.phase_progress(self, key, "joint")  # resumes after its last finished round
+
+        def validate() -> dict[str, float]:
+            """Mean over tasks of the metric and of the validation CE (the joint objective)."""
+            got = [fit.validate(self, t, v) for t, v in zip(tasks, vals)]
+            self._val_per_task.append({t.name: g[t.metric] for t, g in zip(tasks, got)})
+            return {"val": float(np.mean([g[t.metric] for t, g in zip(tasks, got)])),
+                    **({"loss": float(np.mean([g["loss"] for g in got]))} if "loss" in got[0] else {})}
+
         echo = getattr(fit, "echo", None)
-        for epoch in range(start, cfg.epochs):
-            t0 = time.perf_counter()
-            loss, steps = self.train_epoch(trains, opt, loss_fn)
-            secs = time.perf_counter() - t0
-            scores = {t.name: fit.validate(self, t, v)[t.metric] for t, v in zip(tasks, vals)}
-            score = float(np.mean(list(scores.values())))
-            per_task.append(scores)
-            log.epochs.append(EpochLog(epoch, loss, score, secs, steps))
-            if echo is not None:
-                echo(f"  [{self.name}] joint epoch {epoch + 1}: loss {loss:.4f} val mean {score:.4f} "
-                     f"({', '.join(f'{k} {v:.4f}' for k, v in scores.items())}) ({secs:.1f}s)")
-            if score > log.best_val:
-                log.best_val, log.best_epoch, bad = score, epoch, 0
-                best = self.snapshot()
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    log.stopped_early = True
-                    break
-            fit.save_progress({"method": self.state_dict(), "opt": opt.state_dict(), "best": best, "bad": bad,
-                               "epoch": epoch + 1, "log": log.as_dict(), "per_task": per_task})
-        if best is not None:
-            self.restore(best)
-        fit.logs.append({**log.as_dict(), "val_per_task": per_task})
+        log = select(self, opt, FitLog(key, "joint"), lambda: self.train_epoch(trains, opt, loss_fn), validate,
+                     fit.selection(None), checkpoint=checkpoint, resume=resume,
+                     progress=None if echo is None else (lambda msg: echo(f"  [{self.name}] {msg}")))
+        fit.logs.append({**log.as_dict(), "val_per_task": self._val_per_task})
+
+    def phase_state(self) -> dict:
+        return {"val_per_task": list(self._val_per_task)}
+
+    def load_phase_state(self, state: dict) -> None:
+        self._val_per_task = list(state["val_per_task"])
 
     def trainable_parameters(self, task: TaskInfo):
         return self.model.parameters()

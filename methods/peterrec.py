@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, PlainModel, make_head
-from curb.method import Batch, Method, Setup, TaskInfo, readout, register
+from curb.method import Batch, Knob, Method, Setup, TaskInfo, readout, register
 
 
 class Patch(nn.Module):
@@ -58,6 +58,7 @@ class TaskPatch(nn.Module):
 @register("peterrec")
 class PeterRec(Method):
     summary = "frozen pre-trained backbone + per-task model patches, LayerNorm-2 and head (SIGIR 2020)"
+    tune_space = {"peterrec.insertion": Knob("choice", choices=("serial", "parallel"))}
 
     @dataclass
     class Config:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, PlainModel
-from curb.method import Method, Setup, TaskData, TaskInfo, readout, register
+from curb.method import Knob, Method, Setup, TaskData, TaskInfo, readout, register
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
@@ -91,6 +91,7 @@ class TaskMasks(nn.Module):
 @register("piggyback")
 class Piggyback(Method):
     summary = "binary masks (learned scores, straight-through) on the frozen pre-trained T1 convs"
+    tune_space = {"piggyback.mask_lr": Knob("log", 1e-4, 1e-2)}
 
     @dataclass
     class Config:

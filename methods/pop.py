@@ -17,6 +17,7 @@ from curb.method import Method, Setup, TaskData, TaskInfo, register
 @register("pop")
 class Pop(Method):
     summary = "popularity / majority-class baseline from training-label counts (no learning)"
+    trains = False
 
     def __init__(self, setup: Setup):
         super().__init__(setup)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import BackboneConfig, Hooks, NextItNet, make_head
-from curb.method import Batch, Method, Setup, TaskInfo, anneal, readout, register, task_loss
+from curb.method import Batch, Knob, Method, Setup, TaskInfo, anneal, readout, register, task_loss
 from curb.metrics import mask_similarity
 
 
@@ -84,7 +84,7 @@ class TeraconNet(nn.Module):
 
 @dataclass
 class _StageStats:
-    """Running statistics of one stage's knowledge retention (not checkpointed mid-stage)."""
+    """Running statistics of one stage's knowledge retention (in epoch checkpoints via `phase_state`)."""
 
     past: list[str]
     steps: int = 0
@@ -107,6 +107,8 @@ class _StageStats:
 @register("teracon")
 class Teracon(Method):
     summary = "relation-aware task masks + relation-aware knowledge retention (KDD 2023; the paper's method)"
+
+    tune_space = {"teracon.alpha": Knob("uniform", 0.1, 1.5)}
 
     @dataclass
     class Config:
@@ -286,6 +288,19 @@ class Teracon(Method):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self._eval_masks.clear()
+
+    def phase_state(self) -> dict:
+        """The stage's running rates and retention statistics (they span all its steps)."""
+        if self._stats is None:
+            return {}
+        st = self._stats
+        return {"rho": list(self.rho), "steps": st.steps, "sums": [st.rho.copy(), st.fraction.copy(), st.users.copy()]}
+
+    def load_phase_state(self, state: dict) -> None:
+        if state:
+            self.rho = list(state["rho"])
+            self._stats.steps = state["steps"]
+            self._stats.rho, self._stats.fraction, self._stats.users = (a.copy() for a in state["sums"])
 
     def report(self) -> dict:
         """Deterministic numbers only: per-epoch training seconds are in the result's `fits`."""

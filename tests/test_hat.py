@@ -137,3 +137,34 @@ def test_report_mask_similarity_matches_the_gates():
     assert sim["tasks"] == ["T1", "T2", "T3"]
     want = torch.nn.functional.cosine_similarity(g["T1"], g["T3"], dim=0)
     assert sim["cosine"][0][2] == pytest.approx(float(want), abs=1e-5)
+
+
+@pytest.mark.parametrize("stage", ["hat", "teracon"])
+def test_t1_stage_teracon_drops_regulariser_and_compensation_in_t1_only(stage):
+    """`hat.t1_stage=teracon` trains T1 exactly like TERACON's T1 stage (plain CE, no embedding
+    compensation); later tasks keep HAT's regulariser either way."""
+    h = Harness("hat", **{"hat.t1_stage": stage})
+    m = h.method
+    t1 = h.ev.info("T1")
+    m.tasks.append(t1)
+    m.begin_task(t1)
+    x = h.x("T1", 8)
+    batch = Batch(x[:, :-1], x[:, 1:], None, index=1, n_batches=4)
+    loss = m.loss(t1, batch)
+    g = m.gates("T1", anneal(1, 4, m.cfg.smax))
+    ce = torch.nn.functional.cross_entropy(m._logits("T1", x[:, :-1], g, True).reshape(-1, t1.n_labels),
+                                           x[:, 1:].reshape(-1))
+    want = ce if stage == "teracon" else ce + m.cfg.lam * m.regulariser(g)
+    assert float(loss) == pytest.approx(float(want), rel=1e-6)
+    loss.backward()
+    raw = m.net.emb["T1"].grad.clone()
+    m.before_step(t1)
+    assert torch.equal(m.net.emb["T1"].grad, raw) == (stage == "teracon")
+    m.end_task(t1)
+    t2 = h.ev.info("T2")
+    m.tasks.append(t2)
+    m.begin_task(t2)
+    b2 = Batch(h.x("T2", 8), torch.zeros(8, dtype=torch.long), torch.arange(8), index=0, n_batches=2)
+    g2 = m.gates("T2", anneal(0, 2, m.cfg.smax))
+    ce2 = torch.nn.functional.cross_entropy(m._logits("T2", b2.x, g2, False), b2.y)
+    assert float(m.loss(t2, b2)) == pytest.approx(float(ce2 + m.cfg.lam * m.regulariser(g2)), rel=1e-6)

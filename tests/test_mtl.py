@@ -126,7 +126,7 @@ def test_joint_steps_follow_train_precision(make, precision):
 
 
 def test_an_interrupted_joint_phase_resumes_after_its_last_epoch_with_identical_numbers(tmp_path):
-    """MTL's single phase is checkpointed after every epoch: a stop mid-phase loses at most one epoch."""
+    """MTL's single phase is checkpointed after every round: a stop mid-phase loses at most one round."""
     from curb.runner import CellInterrupted, CellSpec, CellFiles, run_cell
 
     spec = CellSpec("mtl", "synthetic-mini", overrides=(("train.patience", "50"), ("train.epochs", "4")))
@@ -134,12 +134,15 @@ def test_an_interrupted_joint_phase_resumes_after_its_last_epoch_with_identical_
     polls = iter(range(100))
     with pytest.raises(CellInterrupted):
         run_cell(spec, tmp_path / "b", echo=lambda *_: None, should_stop=lambda: next(polls) >= 1)
-    assert CellFiles.of(tmp_path / "b", spec.hash).checkpoint.exists()  # stopped after epoch 2 of 4
+    cells = tmp_path / "b" / ".cells"
+    assert len(list(cells.glob(f"{spec.hash}.phase-*.ckpt"))) == 1  # stopped after round 2 of 4
     said = []
     resumed = run_cell(spec, tmp_path / "b", echo=said.append)
-    assert any("resuming the phase" in s for s in said)
-    assert [s.split(":")[0].strip() for s in said if "joint epoch" in s] == ["[mtl] joint epoch 3", "[mtl] joint epoch 4"]
+    assert any("resuming T2+T3+T4+T5 joint after round 2" in s for s in said), said
+    assert [s.split(":")[0].strip() for s in said if "joint round" in s] == ["[mtl] T2+T3+T4+T5 joint round 3",
+                                                                            "[mtl] T2+T3+T4+T5 joint round 4"]
     assert resumed["R"] == whole["R"]
     strip = lambda fits: [[{k: v for k, v in e.items() if k != "seconds"} for e in f["epochs"]] for f in fits]
     assert strip(resumed["fits"]) == strip(whole["fits"]) and len(resumed["fits"][-1]["epochs"]) == 4
-    assert not CellFiles.of(tmp_path / "b", spec.hash).checkpoint.exists()
+    assert resumed["fits"][-1]["val_per_task"] == whole["fits"][-1]["val_per_task"]
+    assert not list(cells.glob(f"{spec.hash}*.ckpt"))

@@ -171,3 +171,52 @@ def test_results_of_other_data_are_never_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(curb.runner, "build_stream", lambda spec, data_dir: synthetic.generate(400, 60, 12, seed=5))
     with pytest.raises(ResultError, match="different data"):
         run_cell(spec, tmp_path, echo=lambda *_: None)
+
+
+@pytest.mark.parametrize("method", ["fineall", "mtl"])
+def test_per_user_scores_round_trip_to_the_reported_scores(run_mini, method):
+    """The per-user test sums stored in a result give back R's final row and diagonal exactly
+    (pair-weighted means), and cover the same users in every result of the split."""
+    from curb.results import unpack_array
+
+    res = run_mini(method)
+    other = run_mini("pop")
+    names = [t["name"] for t in res["tasks"]]
+    m = len(names)
+    for i, name in enumerate(names):
+        if res["R"][m - 1][i] is None:
+            assert name not in res["per_user"]  # MTL has no T1 score
+            continue
+        block = res["per_user"][name]
+        counts = unpack_array(block["counts"], "<u4")
+        assert block["metric"] == res["tasks"][i]["metric"]
+        assert len(counts) == res["tasks"][i]["split"]["test"]["users"]
+        assert counts.sum() == res["tasks"][i]["split"]["test"]["pairs"]
+        final = unpack_array(block["final"], "<f8")
+        assert final.sum() / counts.sum() == pytest.approx(res["R"][m - 1][i], rel=1e-12, abs=1e-15)
+        if method == "mtl":
+            assert "diag" not in block
+        else:
+            diag = unpack_array(block["diag"], "<f8")
+            assert diag.sum() / counts.sum() == pytest.approx(res["R"][i][i], rel=1e-12, abs=1e-15)
+        assert other["per_user"][name]["users"] == block["users"]
+
+
+def test_a_result_of_other_defaults_or_protocol_is_refused_not_reused(run_mini, tmp_path):
+    """A result written under older defaults (or protocol) at this cell's path never passes for
+    today's: reusing it would put old-protocol numbers on a new board."""
+    from curb.results import ResultError, load_result, save_result
+
+    res = run_mini("pop")
+    path = tmp_path / "runs" / CellSpec(**{**res["spec"], "overrides": ()}).relpath()
+    old = {k: v for k, v in load_result(path).items() if k not in ("schema", "checksum")}
+    now = old["config"]["train"]["t1_epochs"]
+    save_result(path, {**old, "config": {**old["config"], "train": {**old["config"]["train"], "t1_epochs": now + 7}}})
+    with pytest.raises(ResultError, match=f"train.t1_epochs: {now + 7} -> {now}"):
+        run_mini("pop")
+    save_result(path, {**old, "protocol": 1})
+    with pytest.raises(ResultError, match="protocol 1 -> 2"):
+        run_mini("pop")
+    save_result(path, {**old, "config": {**old["config"], "train": {k: v for k, v in old["config"]["train"].items()
+                                                                     if k != "round_steps"}}})
+    assert run_mini("pop")["final"] == res["final"]  # a knob added since is not a difference

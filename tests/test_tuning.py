@@ -1,0 +1,81 @@
+"""`curb tune`: equal budgets, validation-only selection, and tuned files applied by `curb run --tuned`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from curb.cli import main
+from curb.config import ConfigError
+from curb.evaluator import Evaluator
+from curb.results import iter_results
+from curb.runner import CellSpec, resolve_config
+from curb.tuning import read_tuned, trials
+
+
+def _tune(tmp_path, name, methods="hat", trials="3"):
+    out, write = tmp_path / name, tmp_path / f"{name}.toml"
+    code = main(["tune", "--methods", methods, "--dataset", "synthetic-mini", "--trials", trials, "--epochs", "2",
+                 "--out", str(out), "--write", str(write)])
+    assert code == 0
+    return out, write
+
+
+def _choice(path):
+    return read_tuned(path)[1]
+
+
+def test_every_method_gets_the_same_number_of_trials_defaults_first():
+    kinds = {"recommend", "classify"}
+    for m in ("sinmo", "hat", "teracon", "conure", "mtl"):
+        ts = trials(m, "ml", kinds, 6, 0)
+        assert len(ts) == 6 and ts[0].overrides == () and len({t.overrides for t in ts}) == 6
+        keys = {k for t in ts[1:] for k, _ in t.overrides}
+        assert {"train.lr", "train.classify_lr"} <= keys and len(keys) <= 4  # lrs + at most 2 own knobs
+    assert trials("hat", "ml", kinds, 4, 0) == trials("hat", "ml", kinds, 4, 0)  # seeded
+    assert trials("hat", "ml", kinds, 4, 0) != trials("hat", "ml", kinds, 4, 1)
+    assert not any(k == "train.classify_lr" for t in trials("hat", "ml", {"recommend"}, 4, 0) for k, _ in t.overrides)
+
+
+def test_tuning_never_reads_test_labels(tmp_path, monkeypatch):
+    """Poisoned test labels change every test score but not the chosen configuration."""
+    _, clean = _tune(tmp_path, "clean")
+    real_init = Evaluator.__init__
+
+    def poisoned(self, stream, split=None, eval_batch=512):
+        real_init(self, stream, split, eval_batch) if split is not None else real_init(self, stream, eval_batch=eval_batch)
+        rng = np.random.default_rng(123)
+        for name, parts in self._splits.items():
+            t = parts["test"]
+            n_labels = stream.task(name).n_labels
+            parts["test"] = dataclasses.replace(t, labels=rng.integers(0, n_labels, len(t.labels)).astype(t.labels.dtype))
+
+    monkeypatch.setattr(Evaluator, "__init__", poisoned)
+    out, dirty = _tune(tmp_path, "dirty")
+    assert _choice(dirty) == _choice(clean)
+    finals = {p.name: r["final"] for p, r in iter_results(tmp_path / "clean")}
+    poisoned_finals = {p.name: r["final"] for p, r in iter_results(out)}
+    assert finals.keys() == poisoned_finals.keys() and finals != poisoned_finals  # the poison did reach the tests
+
+
+def test_run_tuned_applies_the_file_records_it_and_refuses_a_changed_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _, write = _tune(tmp_path, "t", "sinmo,hat", "2")
+    rel = write.name
+    tag, values = read_tuned(rel)
+    assert main(["run", "--methods", "sinmo,hat", "--dataset", "synthetic-mini", "--epochs", "1", "--tuned", rel,
+                 "--set", "train.patience=3", "--out", "runs"]) == 0
+    results = {r["spec"]["method"]: r for _, r in iter_results(tmp_path / "runs")}
+    for m, r in results.items():
+        assert r["config"]["tuned"] == tag and dict(r["spec"]["overrides"])["tuned"] == tag
+        for key, val in values.get(m, {}).items():
+            section, field = key.split(".", 1)
+            got = r["config"]["method" if section == m else section][field]
+            assert str(got) == val or float(got) == pytest.approx(float(val))
+    assert results["hat"]["transfer"]["fwt"][1] is not None  # the FWT reference is the tuned SinMo
+    write.write_text(write.read_text() + "\n# edited\n")
+    spec = CellSpec.from_dict(results["hat"]["spec"])
+    with pytest.raises(ConfigError, match="changed since the cell was planned"):
+        resolve_config(spec)

@@ -25,8 +25,10 @@ import numpy as np
 from tabulate import tabulate
 
 from . import stats
-from .report import epoch_seconds, t1_curve, transfer_mean
-from .runner import SHARED_SECTIONS, CellSpec
+from .records import SHARED_SECTIONS
+from .resultsets import transfer_mean
+from .runner import CellSpec
+from .sections import epoch_seconds, t1_curve
 
 ALPHA = 0.05
 SEED = 0

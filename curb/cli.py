@@ -1,5 +1,5 @@
 """Command line: `curb run`, `curb plan`, `curb status`, `curb reproduce`, `curb report`,
-`curb leaderboard`, `curb methods`, `curb datasets`, `curb data` (see `curb --help`)."""
+`curb leaderboard`, `curb export`, `curb methods`, `curb datasets`, `curb data` (see `curb --help`)."""
 
 from __future__ import annotations
 
@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--jobs", type=_positive_int, default=1, help="cells run at once in local worker processes")
     tu.add_argument("--threads", type=_positive_int, default=1, help="torch threads per cell")
 
+    from .export import add_parser as add_export_parser
+
+    add_export_parser(sub)
     lb = sub.add_parser("leaderboard", help="build or check the published leaderboards from result files",
                         description="build: write leaderboards/<board>/README.md, results.csv and figures from the "
                         "result JSONs named in the boards file; check: rebuild the text in memory and fail on any "
@@ -473,7 +476,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                 EXPERIMENTS[n].run(exp, out, args.device, print)
     written = write_report(out, out / "report", only=[*names, "overall"], figures=not args.no_figures)
     print((out / "report" / "README.md").read_text())
-    print(f"report: {written[0]} ({len(written) - 1} table files, figures in {out / 'report' / 'figures'})")
+    print(f"report: {written[0]} ({len(written) - 2} table files, {written[-1].name}, figures in "
+          f"{out / 'report' / 'figures'})")
     failed = [o for o in outcomes if o["status"] != "done"]
     for o in failed:
         print(f"curb: cell {o['label']} {o['status']}; rerun the same command to resume", file=sys.stderr)
@@ -489,7 +493,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = args.out or args.run_dir / "report"
     written = write_report(args.run_dir, out, only=only, figures=not args.no_figures)
     print(written[0].read_text())
-    print(f"wrote {written[0]} and {len(written) - 1} table file(s)" + ("" if args.no_figures else f"; figures in {out / 'figures'}"))
+    print(f"wrote {written[0]}, {out / 'scores.csv'} and {len(written) - 2} table file(s)"
+          + ("" if args.no_figures else f"; figures in {out / 'figures'}"))
     return 0
 
 
@@ -508,6 +513,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         return 1
     print(f"leaderboards in {boards.parent} match their result files")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import cmd_export
+
+    return cmd_export(args)
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -533,8 +544,9 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "tune": cmd_tune, "plan": cmd_plan, "status": cmd_status, "reproduce": cmd_reproduce, "report": cmd_report,
-            "leaderboard": cmd_leaderboard, "methods": cmd_methods, "datasets": cmd_datasets, "data": cmd_data}
+COMMANDS = {"run": cmd_run, "tune": cmd_tune, "plan": cmd_plan, "status": cmd_status, "reproduce": cmd_reproduce,
+            "report": cmd_report, "leaderboard": cmd_leaderboard, "export": cmd_export, "methods": cmd_methods,
+            "datasets": cmd_datasets, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

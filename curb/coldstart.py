@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -40,12 +40,11 @@ from .config import ConfigError, apply
 from .method import Method
 from .metrics import tie_aware_rank
 from .results import ResultError, canonical, iter_results, load_result, load_sealed, save_result, save_sealed
-from .runner import SHARED_SECTIONS, CellSpec, _env, build_stream, resolve_config, run_cell
+from .records import COLD_START as KIND
+from .records import SHARED_SECTIONS, is_cold_start
+from .runner import CellSpec, _env, build_stream, resolve_config, run_cell
 from .streams import Task, TaskStream
 
-KIND = "cold-start"
-GROUPS = ("all", "warm", "cold", "cold_natural", "cold_simulated")
-METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@10")
 DEFAULT_METHODS = ("teracon", "conure", "fineall")
 # Independent random streams of the protocol, keyed by purpose (numpy SeedSequence entropy).
 _ORDER, _COLD, _TEST_NEG, _VAL_NEG, _TRAIN = 0xC01D0, 0xC01D1, 0xC01D2, 0xC01D3, 0xC01D4
@@ -593,31 +592,6 @@ def run_cold_start(dataset: str, methods: Sequence[str] = DEFAULT_METHODS, seeds
 
 
 # ----------------------------------------------------------------------------------- reading results
-def is_cold_start(result: dict) -> bool:
-    return result.get("kind") == KIND
-
-
 def load_cold_start(root: Path) -> list[dict]:
     """Every valid cold-start result under `root` (other results and damaged files skipped)."""
     return [r for _, r in iter_results(Path(root)) if isinstance(r, dict) and is_cold_start(r)]
-
-
-def cold_start_rows(results: Iterable[dict]) -> list[dict]:
-    """One row per (result, user group): dataset, init, after, view, source, seed, group,
-    n_users and every metric. Aggregate over `seed` for the table (mean ± std)."""
-    rows = []
-    for r in results:
-        if not is_cold_start(r):
-            continue
-        s = r["spec"]
-        for g in GROUPS:
-            m = r["groups"].get(g)
-            if m is None:
-                continue
-            rows.append({"dataset": s["dataset"], "holdout": s["holdout"], "init": s["init"], "after": s["after"],
-                         "view": s["view"], "source": r["source"], "preset": s["preset"], "seed": s["seed"],
-                         "ncf": ",".join(f"{k}={v}" for k, v in sorted(s["ncf"].items())),
-                         "eval_negatives": r["config"]["ncf"]["eval_negatives"],
-                         "cold_threshold": r["config"]["ncf"]["cold_threshold"],
-                         "group": g, "n_users": m["n_users"], **{k: m[k] for k in METRICS}})
-    return rows

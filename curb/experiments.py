@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .config import ConfigError
+from .records import PAPER_METHODS
 
 if TYPE_CHECKING:  # the runner (torch) is imported where cells are made: `curb --help` lists experiments
     from .runner import CellSpec
 
-PAPER_METHODS = ("sinmo", "fineall", "peterrec", "mtl", "piggyback", "hat", "conure", "teracon")
 TRANSFER_METHODS = ("hat", "conure", "teracon")  # the methods of the paper's FWT/BWT and noisy tables
 SAMPLING_RATES = ("min", "relation", "none")  # rho_min, Eq. 15, rho = 1 (the paper's rows, protocol §8.3)
 TEXT_INIT_METHODS = ("teracon", "conure")  # the talk compares TERACON; CONURE is the strongest baseline

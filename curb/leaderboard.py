@@ -3,10 +3,13 @@
 `leaderboards/boards.toml` names each board: its folder, version (e.g. `ml-v1`), the run folder
 holding its result JSONs and the setting (dataset, preset, shared overrides) it ranks. `build`
 writes `<board>/README.md` (ranked table, provenance of every row, exact config, every experiment
-section whose cells exist, figures) and `<board>/results.csv` (one row per result file), plus an
-index. `check` rebuilds the text files in memory and fails on any difference, so a published
-number can only change together with the result files behind it. Figures are drawn by `build`
-and only checked for presence: PNG/SVG bytes depend on the matplotlib version.
+section whose cells exist, figures) and `<board>/results.csv` (one row per result file), an
+index, and the static site `site/` (the same pages as HTML: curb/site.py). Each board is built
+once as a `Page` (curb/document.py) and rendered both ways, so README and site never disagree.
+`check` rebuilds the text files in memory and fails on any difference, so a published number can
+only change together with the result files behind it; it also fails on a figure or site link that
+leads to no file. Figures are drawn by `build` and only checked for presence: PNG/SVG bytes
+depend on the matplotlib version.
 """
 
 from __future__ import annotations
@@ -22,12 +25,17 @@ import numpy as np
 import pandas as pd
 
 from .config import ConfigError
-from .report import (SECTIONS, Setting, Table, build_sections, load_settings, mean_final, mean_std, method_rank,
-                     overall_table, render_markdown, spec_of, task_names, transfer_mean)
+from .document import Block, Code, Page, Part, markdown, paragraphs
+from .report import SECTIONS, build_sections
 from .results import ResultError, iter_results
+from .site import ASSETS, asset, page_html
+from .resultsets import Setting, load_settings, mean_final, method_rank, spec_of, task_names, transfer_mean
+from .sections import overall_table
+from .tables import Table, mean_std
 
 BOARDS_FILE = Path("leaderboards") / "boards.toml"
 _MARK = re.compile(r"(<!-- leaderboard:([\w-]+) -->)\n(?:.*?\n)?(<!-- /leaderboard -->)", re.S)
+_HTML_LINK = re.compile(r'(?:src|href)="([^"#:]+)"')  # local links only (no scheme, no anchor)
 _KEYS = {"title", "version", "results", "dataset", "preset", "overrides", "description", "command"}
 
 
@@ -93,7 +101,7 @@ def ranked_table(st: Setting) -> Table:
     means = [mean_std(row[col]) for row in t.rows]
     order = sorted(range(len(t.rows)), key=lambda i: (means[i] is None, -(means[i] or (0.0,))[0]))
     t.rows = [[str(k + 1) if means[i] is not None else "-", *t.rows[i]] for k, i in enumerate(order)]
-    t.headers, t.best, t.digits = ["rank", *t.headers], [None, *t.best], [0, *t.digits]
+    t.headers, t.best, t.digits, t.key = ["rank", *t.headers], [None, *t.best], [0, *t.digits], 1
     t.name, t.title = "leaderboard", f"Leaderboard, {st.label}"
     t.note += " Ranked by the all-task mean; a row without one (MTL) is listed last, unranked."
     return t
@@ -126,20 +134,19 @@ def _shared_config(r: dict) -> dict:
     return cfg
 
 
-def config_markdown(st: Setting) -> str:
+def config_blocks(st: Setting) -> list[Block]:
     """The exact configuration: the shared part once, each method's own knobs per row."""
     rs = st.select()
     shared = _shared_config(rs[0])
-    differs = [spec_of(r).method for r in rs if _shared_config(r) != shared]
-    lines = ["Shared by every row:", "", "| section | config |", "|---|---|",
-             *[f"| {k} | `{json.dumps(v, sort_keys=True)}` |" for k, v in shared.items()], ""]
+    differs = sorted({spec_of(r).method for r in rs if _shared_config(r) != shared})
+    blocks: list[Block] = [Table("config-shared", "Shared by every row", ["section", "config"],
+                                 [[k, f"`{json.dumps(v, sort_keys=True)}`"] for k, v in shared.items()])]
     if differs:
-        lines += [f"Rows whose shared config differs: {', '.join(sorted(set(differs)))} (see their result files).", ""]
-    lines += ["| method | method config |", "|---|---|"]
-    for m in st.methods():
-        cfg = st.select(method=m)[0]["config"]["method"]
-        lines.append(f"| {m} | `{json.dumps(cfg, sort_keys=True)}` |")
-    return "\n".join(lines)
+        blocks.append(f"Rows whose shared config differs: {', '.join(differs)} (see their result files).")
+    blocks.append(Table("config-method", "Each method's own config", ["method", "method config"],
+                        [[m, f"`{json.dumps(st.select(method=m)[0]['config']['method'], sort_keys=True)}`"]
+                         for m in st.methods()]))
+    return blocks
 
 
 def results_frame(board: Board, st: Setting) -> pd.DataFrame:
@@ -159,58 +166,82 @@ def results_frame(board: Board, st: Setting) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def render_board(board: Board, st: Setting, figures_dir: Path | None) -> tuple[str, str]:
-    """(README.md, results.csv) of a board; figures drawn into `figures_dir` when given."""
+def results_csv(board: Board, st: Setting) -> str:
+    return results_frame(board, st).to_csv(index=False, float_format="%.6g")
+
+
+def board_page(board: Board, st: Setting, figures_dir: Path | None) -> Page:
+    """A board as a page (rendered as its README and its site page); figures drawn into
+    `figures_dir` when given."""
     sections = build_sections(st, figures_dir, SECTIONS)
-    overall = next(s for s in sections if s.name == "overall")
-    rest = [s for s in sections if s.name != "overall"]
-    ranked = ranked_table(st)
-    n_seeds = sorted({spec_of(r).seed for r in st.select()})
-    doc = [f"# {board.title}", "",
-           f"Benchmark version **{board.version}** · dataset `{board.dataset}` · preset `{board.preset or 'default'}`"
-           f" · seeds {', '.join(map(str, n_seeds))} · {len(st.results)} result files in "
-           f"`{board.results.name}/` · built by `curb leaderboard build` from those files only.", ""]
-    if board.description:
-        doc += [board.description.strip(), ""]
+    overall = next(s for s in sections if s.title == "overall")
+    rest = [s for s in sections if s.title != "overall"]
+    seeds = sorted({spec_of(r).seed for r in st.select()})
+    intro: list[Block] = [
+        f"Benchmark version **{board.version}** · dataset `{board.dataset}` · preset `{board.preset or 'default'}`"
+        f" · seeds {', '.join(map(str, seeds))} · {len(st.results)} result files in `{board.results.name}/` · "
+        "built by `curb leaderboard build` from those files only.", *paragraphs(board.description)]
     if board.command:
-        doc += ["Reproduce the rows:", "", "```", board.command.strip(), "```", ""]
-    doc += ["## Leaderboard", "", ranked.markdown(), ""]
-    doc += [f"![{cap}](figures/{stem}.png)\n\n*{cap}.*\n" for stem, cap in overall.figures]
-    doc += ["## Provenance", "", provenance_table(st).markdown(), "", "## Configuration", "", config_markdown(st), ""]
+        intro += ["Reproduce the rows:", Code(board.command)]
+    parts = [Part("Leaderboard", [ranked_table(st), *overall.figures()]),
+             Part("Provenance", [provenance_table(st)]),
+             Part("Configuration", config_blocks(st))]
     if rest:
-        doc += ["## Experiments", "", render_markdown(rest, "figures", level=3)]
-    doc += ["", "How to add a row: see [docs/leaderboards.md](../../docs/leaderboards.md).", ""]
-    return "\n".join(doc), results_frame(board, st).to_csv(index=False, float_format="%.6g")
+        parts.append(Part("Experiments", parts=rest))
+    parts.append(Part("How to add a row", ["See [docs/leaderboards.md](../../docs/leaderboards.md)."]))
+    return Page(board.title, intro, parts)
 
 
-def render_index(boards: list[Board], settings: dict[str, Setting]) -> str:
-    lines = ["# curb leaderboards", "",
-             "Built from committed result files by `curb leaderboard build`; `curb leaderboard check` (run in CI) "
-             "fails when a table no longer matches its results. Every board carries the `pop` "
-             "(popularity / majority-class) baseline.", "",
-             "| board | version | dataset | rows | best mean (method) | pop mean |", "|---|---|---|---|---|---|"]
+def index_page(boards: list[Board], settings: dict[str, Setting], *, site: bool) -> Page:
+    """The list of boards; `site`: links to the site's pages instead of the READMEs."""
+    rows = []
     for b in boards:
         st = settings[b.key]
         means = {m: ms[0] for m in st.methods() if (ms := mean_std(mean_final(r) for r in st.select(method=m)))}
         best = max((m for m in means if m != "pop"), key=lambda m: means[m], default=None)
-        pop = f"{means['pop']:.4f}" if "pop" in means else "-"
-        lines.append(f"| [{b.title}]({b.key}/README.md) | {b.version} | `{b.dataset}` | {len(st.methods())} | "
-                     f"{means[best]:.4f} ({best}) | {pop} |" if best else f"| {b.title} | {b.version} | - | 0 | - | - |")
-    lines += ["", "How an outside method gets a row: [docs/leaderboards.md](../docs/leaderboards.md).", ""]
-    return "\n".join(lines)
+        rows.append([f"[{b.title}]({b.key}.html)" if site else f"[{b.title}]({b.key}/README.md)", b.version,
+                     f"`{b.dataset}`", str(len(st.methods())), f"{means[best]:.4f}" if best else "-", best or "-",
+                     f"{means['pop']:.4f}" if "pop" in means else "-"])
+    docs = "../../docs/leaderboards.md" if site else "../docs/leaderboards.md"
+    return Page("curb leaderboards", [
+        "Built from committed result files by `curb leaderboard build`; `curb leaderboard check` (run in CI) "
+        "fails when a table no longer matches its results. Every board carries the `pop` "
+        "(popularity / majority-class) baseline.",
+        Table("boards", "Boards", ["board", "version", "dataset", "rows", "best mean", "best method", "pop mean"],
+              rows),
+        f"How an outside method gets a row: [docs/leaderboards.md]({docs})."])
+
+
+SITE_FOOTER = ("Built by `curb leaderboard build` from the committed result files; `curb leaderboard check` fails "
+               "when a page no longer matches them.")
+
+
+def site_files(site_dir: Path, boards: list[Board], settings: dict[str, Setting], pages: dict[str, Page]
+               ) -> dict[Path, str]:
+    """The static site: index.html, one page per board, and the stylesheet and script they share."""
+    files = {site_dir / "index.html": page_html(index_page(boards, settings, site=True), figures="",
+                                                links=[("index.html", "All boards")], footer=SITE_FOOTER)}
+    for b in boards:
+        links = [("index.html", "All boards"), (f"../{b.key}/README.md", "README.md"),
+                 (f"../{b.key}/results.csv", "results.csv")]
+        files[site_dir / f"{b.key}.html"] = page_html(pages[b.key], figures=f"../{b.key}/figures", links=links,
+                                                      footer=SITE_FOOTER)
+    files.update({site_dir / name: asset(name) for name in ASSETS})
+    return files
 
 
 # ---------------------------------------------------------------------------------- build / check
 def _render_all(boards_file: Path, figures: bool) -> dict[Path, str]:
     root = Path(boards_file).parent
     boards = read_boards(boards_file)
-    files, settings = {}, {}
+    files, settings, pages = {}, {}, {}
     for b in boards:
         st = settings[b.key] = board_setting(b)
-        readme, csv = render_board(b, st, root / b.key / "figures" if figures else None)
-        files[root / b.key / "README.md"] = readme
-        files[root / b.key / "results.csv"] = csv
-    files[root / "README.md"] = render_index(boards, settings)
+        page = pages[b.key] = board_page(b, st, root / b.key / "figures" if figures else None)
+        files[root / b.key / "README.md"] = markdown(page)
+        files[root / b.key / "results.csv"] = results_csv(b, st)
+    files[root / "README.md"] = markdown(index_page(boards, settings, site=False))
+    files.update(site_files(root / "site", boards, settings, pages))
     readme = root.parent / "README.md"  # the repository README may embed one board's table
     if readme.exists() and _MARK.search(readme.read_text()):
         def table(m: re.Match) -> str:
@@ -234,6 +265,7 @@ def build(boards_file: Path = BOARDS_FILE, echo: Callable[[str], None] = print, 
 def check(boards_file: Path = BOARDS_FILE) -> list[str]:
     """Differences between the committed leaderboards and a rebuild from their results (empty: all current)."""
     problems = []
+    root = Path(boards_file).parent.resolve()
     for path, text in _render_all(boards_file, figures=False).items():
         if not path.exists():
             problems.append(f"{path}: missing (run `curb leaderboard build`)")
@@ -248,6 +280,10 @@ def check(boards_file: Path = BOARDS_FILE) -> list[str]:
         for link in (ln.split("](", 1)[1].split(")", 1)[0] for ln in text.splitlines() if ln.startswith("![")):
             if not (path.parent / link).exists():
                 problems.append(f"{path}: figure {link} is missing (run `curb leaderboard build`)")
+        for link in _HTML_LINK.findall(text) if path.suffix == ".html" else ():
+            target = (path.parent / link).resolve()  # links into the boards' folder (figures, pages, CSVs)
+            if target.is_relative_to(root) and not target.exists():
+                problems.append(f"{path}: link {link} leads to no file (run `curb leaderboard build`)")
     return problems
 
 

@@ -11,13 +11,17 @@ Why this module looks the way it does:
   pyplot, so nothing is left open and no backend is chosen for the caller), styled inside an
   `rc_context` that is undone on return.
 - A method keeps its colour in every figure (`method_colors`).
+- A figure says what it cannot show: a bar or curve point that has no value is named in a
+  footnote (e.g. MTL has no T1 score; a curve's tail averages fewer seeds), every bar has a
+  marker at its value so a zero bar stays visible, and axes name the metric and the task.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import matplotlib as mpl
 import numpy as np
@@ -29,13 +33,16 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-KNOWN_METHODS = ("pop", "sinmo", "fineall", "peterrec", "mtl", "piggyback", "hat", "conure", "teracon")
+from .records import PAPER_METHODS
+
+KNOWN_METHODS = ("pop", *PAPER_METHODS)
 # What a baseline is, for its legend entry in `score_bars`.
 BASELINE_NOTES = {"pop": "popularity / majority"}
 DPI = 150
 _MAX_PANEL_COLS = 4
 _GROUP_WIDTH = 0.8  # share of a task slot taken by its group of bars
 _LEGEND_WIDTH = 1.8  # inches added to a figure for the legend outside the axes
+_NOTE_SIZE = 8  # points: footnotes under a figure (missing bars, fewer-seed tails)
 
 
 def method_colors(methods: Iterable[str]) -> dict[str, tuple]:
@@ -57,24 +64,31 @@ def method_colors(methods: Iterable[str]) -> dict[str, tuple]:
 
 def heatmaps(panels: dict[str, tuple[list[str], list[str], np.ndarray]], path: Path, *, title: str = "",
              fmt: str = ".3f", vmin: float | None = None, vmax: float | None = None, cmap: str = "viridis",
-             cbar_label: str = "") -> list[Path]:
+             cbar_label: str = "", scale: str = "shared", xlabel: str = "", ylabel: str = "",
+             note: str = "") -> list[Path]:
     """One annotated heatmap per panel (title = key; value = (row labels, column labels, 2-D
-    array)) on one shared colour scale, at most 4 panels a row; NaN cells stay blank (e.g. the
-    upper triangle of an R matrix). vmin/vmax default to the finite range over all panels."""
+    array)), at most 4 panels a row; NaN cells stay blank (e.g. the upper triangle of an R
+    matrix). `scale="shared"`: one colour scale (vmin/vmax default to the finite range over all
+    panels); `scale="column"`: each column label (a task) gets its own scale across all panels,
+    so tasks whose scores differ by orders of magnitude are each readable; the cells show the
+    raw values either way. `note`: a footnote under the figure."""
     return _render(path, _heatmaps_figure, panels, title=title, fmt=fmt, vmin=vmin, vmax=vmax, cmap=cmap,
-                   cbar_label=cbar_label)
+                   cbar_label=cbar_label, scale=scale, xlabel=xlabel, ylabel=ylabel, note=note)
 
 
-def transfer_bars(data: pd.DataFrame, path: Path, *, title: str = "") -> list[Path]:
+def transfer_bars(data: pd.DataFrame, path: Path, *, title: str = "", note: str = "") -> list[Path]:
     """FWT and BWT panels of grouped bars (x = task, hue = method) from columns method, task,
-    kind ("FWT"/"BWT"), value (mean, %), err (std over seeds, may be NaN)."""
-    return _render(path, _transfer_figure, data, title=title)
+    kind ("FWT"/"BWT"), value (mean, %), err (std over seeds, may be NaN). A method keeps its
+    slot in both panels; a missing value leaves its slot empty and is named in a footnote
+    (`note` adds the reason)."""
+    return _render(path, _transfer_figure, data, title=title, note=note)
 
 
 def curves(data: pd.DataFrame, path: Path, *, title: str = "", xlabel: str = "epoch",
            ylabel: str = "") -> list[Path]:
     """One line per method (mean over seeds at each x, ±1 std band where more than one seed
-    reached x) from columns method, x, value, seed."""
+    reached x) from columns method, x, value, seed. Where fewer seeds than the method has reached
+    x (early stopping), the line is dashed and a footnote says from which x."""
     return _render(path, _curves_figure, data, title=title, xlabel=xlabel, ylabel=ylabel)
 
 
@@ -83,12 +97,17 @@ def boxes(data: pd.DataFrame, path: Path, *, title: str = "", ylabel: str = "") 
     return _render(path, _boxes_figure, data, title=title, ylabel=ylabel)
 
 
-def score_bars(data: pd.DataFrame, path: Path, *, title: str = "", ylabel: str = "",
-               baseline: str = "pop") -> list[Path]:
+def score_bars(data: pd.DataFrame, path: Path, *, title: str = "", ylabel: str = "", xlabel: str = "task",
+               baseline: str = "pop", note: str = "") -> list[Path]:
     """Grouped bars (x = task, hue = method; mean ± std over seeds) from columns method, task,
-    value (one row per seed). The `baseline` method is drawn as a dashed line at its mean across
-    each task group instead of a bar, so beating the trivial baseline is visible at a glance."""
-    return _render(path, _score_figure, data, title=title, ylabel=ylabel, baseline=baseline)
+    value (one row per seed) and optionally panel: one panel per distinct `panel` value, which is
+    also its y label (say, a metric: tasks scored by MRR and by accuracy get their own y axes);
+    without it one panel labelled `ylabel`. The `baseline` method is drawn as a dashed line at its
+    mean across each task group instead of a bar, so beating the trivial baseline is visible at a
+    glance. A (task, method) without a value leaves its slot empty and is named in a footnote
+    (`note` adds the reason)."""
+    return _render(path, _score_figure, data, title=title, ylabel=ylabel, xlabel=xlabel, baseline=baseline,
+                   note=note)
 
 
 # ------------------------------------------------------------------------------ shared plumbing
@@ -111,14 +130,32 @@ def _save(fig: Figure, path: Path) -> list[Path]:
     return [png, svg]
 
 
-def _new_figure(nrows: int, ncols: int, panel_w: float, panel_h: float, title: str,
-                extra_w: float = 0.0) -> tuple[Figure, np.ndarray]:
-    """A constrained-layout figure with an nrows x ncols grid of axes (always a 2-D array)."""
-    fig = Figure(figsize=(ncols * panel_w + extra_w, nrows * panel_h + (0.4 if title else 0.0)),
-                 layout="constrained")
-    if title:
-        fig.suptitle(title)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
+def _new_figure(nrows: int, ncols: int, panel_w: float, panel_h: float, title: str, extra_w: float = 0.0,
+                notes: Sequence[str] = (), width_ratios: Sequence[float] | None = None) -> tuple[Figure, np.ndarray]:
+    """A constrained-layout figure with an nrows x ncols grid of axes (always a 2-D array; column
+    widths in `width_ratios`, equal by default) and the non-empty `notes` as a footnote below
+    them (wrapped to the figure's width)."""
+    width = ncols * panel_w + extra_w
+    lines = [ln for n in notes if n for ln in textwrap.wrap(n, width=int(width * 72 / (0.55 * _NOTE_SIZE)))]
+    note_h = (len(lines) * 1.35 * _NOTE_SIZE / 72 + 0.1) if lines else 0.0
+    height = round((nrows * panel_h + (0.4 if title else 0.0) + note_h) * DPI) / DPI  # whole pixels
+    fig = Figure(figsize=(width, height), layout="constrained")
+    if title:  # centred over the panels, not over the legend column beside them
+        fig.suptitle(title, x=ncols * panel_w / 2 / width)
+    if lines:
+        fig.get_layout_engine().set(rect=(0.0, note_h / height, 1.0, 1.0 - note_h / height))
+        fig.text(0.01, 0.02 / height, "\n".join(lines), ha="left", va="bottom", fontsize=_NOTE_SIZE, color="0.25")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, width_ratios=width_ratios)
+
+
+def _gaps(mean: pd.DataFrame) -> list[str]:
+    """The (method, task) slots of a bar matrix (index = task, columns = method) left empty."""
+    return [f"{m} on {str(t).splitlines()[0]}" for m in mean.columns for t in mean.index  # task name only
+            if not np.isfinite(mean.loc[t, m])]
+
+
+def _gap_note(gaps: Sequence[str]) -> str:
+    return f"No bar (no value): {'; '.join(gaps)}." if gaps else ""
 
 
 def _legend(fig: Figure, handles: list) -> None:
@@ -160,6 +197,9 @@ def _grouped_bars(ax: Axes, mean: pd.DataFrame, err: pd.DataFrame, colors: dict[
         y, e = mean[m].to_numpy(float), err[m].to_numpy(float)
         ok = np.isfinite(y)
         ax.bar(x[ok], y[ok], width, color=colors[m], label=m)
+        # A marker at the value: a bar of height 0 is invisible, its marker on the zero line is not.
+        ax.plot(x[ok], y[ok], linestyle="none", marker="D", markersize=3.5, markerfacecolor=colors[m],
+                markeredgecolor="black", markeredgewidth=0.6, zorder=3, label=f"_{m} value")
         has_err = ok & np.isfinite(e)
         if has_err.any():
             ax.errorbar(x[has_err], y[has_err], yerr=e[has_err], fmt="none", ecolor="black", elinewidth=0.8,
@@ -184,9 +224,12 @@ def _method_patches(methods: list[str], colors: dict[str, tuple]) -> list[Patch]
 
 def _heatmaps_figure(panels: dict[str, tuple[list[str], list[str], np.ndarray]], *, title: str = "",
                      fmt: str = ".3f", vmin: float | None = None, vmax: float | None = None,
-                     cmap: str = "viridis", cbar_label: str = "") -> Figure:
+                     cmap: str = "viridis", cbar_label: str = "", scale: str = "shared", xlabel: str = "",
+                     ylabel: str = "", note: str = "") -> Figure:
     if not panels:
         raise ValueError("no data to plot in heatmaps: no panels")
+    if scale not in ("shared", "column"):
+        raise ValueError(f"heatmaps: scale must be 'shared' or 'column', got {scale!r}")
     arrays = {}
     for name, (rows, cols, values) in panels.items():
         a = np.asarray(values, dtype=float)
@@ -197,29 +240,48 @@ def _heatmaps_figure(panels: dict[str, tuple[list[str], list[str], np.ndarray]],
     finite = np.concatenate([a[np.isfinite(a)] for a in arrays.values()])
     if finite.size == 0:
         raise ValueError("no data to plot in heatmaps: every cell is NaN")
-    lo = float(finite.min()) if vmin is None else vmin
-    hi = float(finite.max()) if vmax is None else vmax
+    if scale == "column":  # colour = position within the column's range over all panels
+        lo, hi = 0.0, 1.0
+        ranges: dict[str, list[float]] = {}
+        for name, (_, cols, _) in panels.items():
+            for j, c in enumerate(cols):
+                ranges.setdefault(c, []).extend(arrays[name][:, j][np.isfinite(arrays[name][:, j])])
+        colour = {}
+        for name, (_, cols, _) in panels.items():
+            a = arrays[name].copy()
+            for j, c in enumerate(cols):
+                cmin, cmax = (min(ranges[c]), max(ranges[c])) if ranges[c] else (0.0, 0.0)
+                a[:, j] = (a[:, j] - cmin) / (cmax - cmin) if cmax > cmin else 0.5
+            colour[name] = a
+    else:
+        lo = float(finite.min()) if vmin is None else vmin
+        hi = float(finite.max()) if vmax is None else vmax
+        colour = arrays
     n = len(panels)
     ncols = min(_MAX_PANEL_COLS, n)
     max_r = max(a.shape[0] for a in arrays.values())
     max_c = max(a.shape[1] for a in arrays.values())
-    fig, axes = _new_figure(math.ceil(n / ncols), ncols, panel_w=max(2.5, 0.6 * max_c + 1.3),
-                            panel_h=max(2.2, 0.45 * max_r + 1.2), title=title, extra_w=1.0)
+    fig, axes = _new_figure(math.ceil(n / ncols), ncols, panel_w=max(2.8, 0.62 * max_c + 1.4),
+                            panel_h=max(2.4, 0.42 * max_r + 1.4), title=title, extra_w=1.2, notes=[note])
     for ax, (name, (rows, cols, _)) in zip(axes.flat, panels.items()):
         a = arrays[name]
-        sns.heatmap(a, ax=ax, mask=~np.isfinite(a), vmin=lo, vmax=hi, cmap=cmap, cbar=False, annot=True,
-                    fmt=fmt, annot_kws={"fontsize": 7}, xticklabels=list(cols), yticklabels=list(rows),
+        sns.heatmap(colour[name], ax=ax, mask=~np.isfinite(a), vmin=lo, vmax=hi, cmap=cmap, cbar=False,
+                    annot=a, fmt=fmt, annot_kws={"fontsize": 7.5}, xticklabels=list(cols), yticklabels=list(rows),
                     linewidths=0.5, linecolor="white")
         ax.grid(False)
         ax.tick_params(axis="y", labelrotation=0)
+        ax.tick_params(axis="x", labelrotation=0)
         ax.set_title(name)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
     for ax in axes.flat[n:]:
         ax.remove()
-    fig.colorbar(axes.flat[0].collections[0], ax=list(axes.flat[:n]), label=cbar_label)
+    bar = fig.colorbar(axes.flat[0].collections[0], ax=list(axes.flat[:n]), label=cbar_label)
+    if scale == "column":
+        bar.set_ticks([0.0, 1.0], labels=["lowest", "highest"])
     return fig
 
 
-def _transfer_figure(data: pd.DataFrame, *, title: str = "") -> Figure:
+def _transfer_figure(data: pd.DataFrame, *, title: str = "", note: str = "") -> Figure:
     d = _check(data, ["method", "task", "kind", "value", "err"], "transfer_bars", finite=False)
     d["err"] = d["err"].astype(float)
     bad = sorted(set(d["kind"]) - {"FWT", "BWT"})
@@ -232,24 +294,27 @@ def _transfer_figure(data: pd.DataFrame, *, title: str = "") -> Figure:
     tasks, methods = _order(d["task"]), _order(d["method"])
     colors = method_colors(methods)
     shown = d[np.isfinite(d["value"])]
-    width = max(_bar_panel_width(len(_order(shown.loc[shown["kind"] == k, "task"])), len(methods))
-                for k in ("FWT", "BWT"))
-    fig, axes = _new_figure(1, 2, width, 3.4, title, extra_w=_LEGEND_WIDTH)
-    for ax, kind in zip(axes.flat, ("FWT", "BWT")):
-        ax.set_title(kind)
+    panels = {}
+    for kind in ("FWT", "BWT"):  # a panel's tasks: those with a value; its slots: every method
         part = shown[shown["kind"] == kind]
-        if part.empty:
+        row_order = [t for t in tasks if t in set(part["task"])]
+        mean = part.pivot(index="task", columns="method", values="value").reindex(index=row_order, columns=methods)
+        err = part.pivot(index="task", columns="method", values="err").reindex(index=row_order, columns=methods)
+        panels[kind] = (mean, err)
+    gaps = [f"{kind}: {', '.join(g)}" for kind, (mean, _) in panels.items() if (g := _gaps(mean))]
+    notes = [_gap_note(gaps), note]
+    width = max(_bar_panel_width(len(mean.index), len(methods)) for mean, _ in panels.values())
+    fig, axes = _new_figure(1, 2, width, 3.4, title, extra_w=_LEGEND_WIDTH, notes=notes)
+    for ax, (kind, (mean, err)) in zip(axes.flat, panels.items()):
+        ax.set_title(kind)
+        if mean.empty:
             ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", color="grey")
             ax.set_xticks([])
             ax.set_yticks([])
             continue
-        row_order = [t for t in tasks if t in set(part["task"])]
-        col_order = [m for m in methods if m in set(part["method"])]
-        mean = part.pivot(index="task", columns="method", values="value").reindex(index=row_order, columns=col_order)
-        err = part.pivot(index="task", columns="method", values="err").reindex(index=row_order, columns=col_order)
         _grouped_bars(ax, mean, err, colors)
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_ylabel("%")
+        ax.set(xlabel="task", ylabel=f"{kind} (%)")
     _legend(fig, _method_patches(methods, colors))
     return fig
 
@@ -258,19 +323,30 @@ def _curves_figure(data: pd.DataFrame, *, title: str = "", xlabel: str = "epoch"
     d = _check(data, ["method", "x", "value", "seed"], "curves")
     methods = _order(d["method"])
     colors = method_colors(methods)
-    fig, axes = _new_figure(1, 1, 6.0, 3.6, title, extra_w=_LEGEND_WIDTH)
+    # Seeds may stop at different epochs (early stopping): each x averages the seeds that reached it.
+    stats = {m: d[d["method"] == m].groupby("x")["value"].agg(["mean", "std", "count"]).sort_index() for m in methods}
+    seeds = {m: d.loc[d["method"] == m, "seed"].nunique() for m in methods}
+    full = {m: int((g["count"] == seeds[m]).to_numpy().argmin()) if (g["count"] < seeds[m]).any() else len(g)
+            for m, g in stats.items()}  # leading points that average every seed
+    tails = [f"{m} from {xlabel} {stats[m].index[full[m]]} ({int(stats[m]['count'].iloc[-1])} of {seeds[m]} "
+             "at the end)" for m in methods if full[m] < len(stats[m])]
+    note = f"Dashed: the mean of fewer seeds than the method has (early stopping): {'; '.join(tails)}." if tails else ""
+    fig, axes = _new_figure(1, 1, 6.0, 3.6, title, extra_w=_LEGEND_WIDTH, notes=[note])
     ax = axes[0, 0]
     for m in methods:
-        # Seeds may stop at different epochs (early stopping): each x averages the seeds that reached it.
-        g = d[d["method"] == m].groupby("x")["value"].agg(["mean", "std"]).sort_index()
+        g = stats[m]
         x, mean, sd = g.index.to_numpy(), g["mean"].to_numpy(), g["std"].to_numpy()
-        ax.plot(x, mean, marker="o", markersize=3, color=colors[m], label=m)
+        k = full[m]
+        ax.plot(x[:k], mean[:k], marker="o", markersize=3, color=colors[m], label=m)
+        if k < len(x):  # the tail, joined to the last full point
+            ax.plot(x[max(k - 1, 0):], mean[max(k - 1, 0):], marker="o", markersize=3, color=colors[m],
+                    linestyle="--", label=f"_{m} (fewer seeds)")
         band = np.isfinite(sd)  # std is NaN where a single seed reached x: no band there
         if band.any():
             ax.fill_between(x, mean - sd, mean + sd, where=band, color=colors[m], alpha=0.2, linewidth=0)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel=xlabel, ylabel=ylabel)
-    _legend(fig, ax.get_lines())
+    _legend(fig, [ln for ln in ax.get_lines() if not ln.get_label().startswith("_")])
     return fig
 
 
@@ -295,28 +371,38 @@ def _boxes_figure(data: pd.DataFrame, *, title: str = "", ylabel: str = "") -> F
     return fig
 
 
-def _score_figure(data: pd.DataFrame, *, title: str = "", ylabel: str = "", baseline: str = "pop") -> Figure:
-    d = _check(data, ["method", "task", "value"], "score_bars")
-    tasks, methods = _order(d["task"]), _order(d["method"])
+def _score_figure(data: pd.DataFrame, *, title: str = "", ylabel: str = "", xlabel: str = "task",
+                  baseline: str = "pop", note: str = "") -> Figure:
+    d = _check(data, ["method", "task", "value", *(["panel"] if "panel" in data.columns else [])], "score_bars")
+    if "panel" not in d:
+        d["panel"] = ylabel
+    methods = _order(d["method"])
     colors = method_colors(methods)
-    stats = d.groupby(["task", "method"])["value"].agg(["mean", "std"])
-    mean = stats["mean"].unstack("method").reindex(index=tasks, columns=methods)
-    err = stats["std"].unstack("method").reindex(index=tasks, columns=methods)
     bar_methods = [m for m in methods if m != baseline]
-    fig, axes = _new_figure(1, 1, _bar_panel_width(len(tasks), len(bar_methods)), 3.6, title,
-                            extra_w=_LEGEND_WIDTH)
-    ax = axes[0, 0]
-    centres = _grouped_bars(ax, mean[bar_methods], err[bar_methods], colors)
+    panels = []
+    for name in _order(d["panel"]):
+        part = d[d["panel"] == name]
+        stats = part.groupby(["task", "method"])["value"].agg(["mean", "std"])
+        tasks = _order(part["task"])
+        panels.append((name, stats["mean"].unstack("method").reindex(index=tasks, columns=methods),
+                       stats["std"].unstack("method").reindex(index=tasks, columns=methods)))
+    widths = [_bar_panel_width(len(mean.index), len(bar_methods)) for _, mean, _ in panels]
+    gaps = [g for _, mean, _ in panels for g in _gaps(mean[bar_methods])]
+    fig, axes = _new_figure(1, len(panels), sum(widths) / len(panels), 3.6, title, extra_w=_LEGEND_WIDTH,
+                            notes=[_gap_note(gaps), note], width_ratios=widths)
     handles: list = _method_patches(bar_methods, colors)
+    label = f"{baseline} ({BASELINE_NOTES.get(baseline, 'baseline')})"
+    for ax, (name, mean, err) in zip(axes.flat, panels):
+        centres = _grouped_bars(ax, mean[bar_methods], err[bar_methods], colors)
+        if baseline in methods:
+            y = mean[baseline].to_numpy(float)
+            ok = np.isfinite(y)
+            half = _GROUP_WIDTH / 2 + 0.05
+            ax.hlines(y[ok], centres[ok] - half, centres[ok] + half, colors=[colors[baseline]], linestyles="--",
+                      linewidth=1.6, label=label, zorder=4)
+        ax.set(xlabel=xlabel, ylabel=name)
     if baseline in methods:
-        label = f"{baseline} ({BASELINE_NOTES.get(baseline, 'baseline')})"
-        y = mean[baseline].to_numpy(float)
-        ok = np.isfinite(y)
-        half = _GROUP_WIDTH / 2 + 0.05
-        ax.hlines(y[ok], centres[ok] - half, centres[ok] + half, colors=[colors[baseline]], linestyles="--",
-                  linewidth=1.6, label=label, zorder=4)
         handles.append(Line2D([], [], color=colors[baseline], linestyle="--", linewidth=1.6, label=label))
-    ax.set_ylabel(ylabel)
     _legend(fig, handles)
     return fig
 

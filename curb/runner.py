@@ -32,17 +32,15 @@ from .data import DataFormatError, DataNotFoundError, get_dataset
 from .evaluator import Evaluator, evaluate_data, task_info
 from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
+from .records import SpecNames
 from .results import ResultError, canonical, load_result, load_sealed, pack_per_user, save_result, save_sealed
 from .streams import StreamError, TaskStream
 from .text import prepare as prepare_item_init
 from .training import FitLog, Selection, fit
 
 
-SHARED_SECTIONS = ("backbone", "train", "split", "tuned")  # "tuned": one tuned file for every method
-
-
 @dataclass(frozen=True)
-class CellSpec:
+class CellSpec(SpecNames):
     """Everything that determines a cell's numbers (data location and device excluded)."""
 
     method: str
@@ -61,21 +59,6 @@ class CellSpec:
     @property
     def hash(self) -> str:
         return hashlib.sha256(canonical(self.as_dict()).encode()).hexdigest()[:12]
-
-    @property
-    def order_tag(self) -> str:
-        tag = self.order.replace(",", "-")
-        return tag + (f"+noise{self.noise}" if self.noise is not None else "")
-
-    @property
-    def shared_overrides(self) -> tuple[tuple[str, str], ...]:
-        """Overrides every method of a comparison shares (backbone., train., split.)."""
-        return tuple((k, v) for k, v in self.overrides if k.split(".", 1)[0] in SHARED_SECTIONS)
-
-    @property
-    def method_overrides(self) -> tuple[tuple[str, str], ...]:
-        """Overrides of the method's own config (its variant, e.g. teracon.sampling=none)."""
-        return tuple((k, v) for k, v in self.overrides if k.split(".", 1)[0] not in SHARED_SECTIONS)
 
     def relpath(self) -> Path:
         return Path(self.dataset) / self.method / self.order_tag / f"seed{self.seed}-{self.hash}.json"

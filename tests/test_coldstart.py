@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from curb.backbone import PlainModel
-from curb.coldstart import (NCFConfig, build_ncf, capture_representations, cold_start_rows, group_metrics,
-                            load_cold_start, ncf_data, rank_metrics, ranks, run_cold_start, runs_dir,
-                            scale_representation, score_candidates, training_negatives, user_representations)
+from curb.coldstart import (NCFConfig, build_ncf, capture_representations, group_metrics, load_cold_start,
+                            ncf_data, rank_metrics, ranks, run_cold_start, runs_dir, scale_representation,
+                            score_candidates, training_negatives, user_representations)
 from curb.method import Setup, get_method
+from curb.records import cold_start_rows
 from curb.results import load_result, load_sealed
 from curb.runner import CellSpec, resolve_config, run_cell
 from curb.streams import StreamError, Targets, Task

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection, PolyCollection
+from matplotlib.lines import Line2D
 from matplotlib.patches import PathPatch, Rectangle
 
 from curb import plots
@@ -126,6 +127,27 @@ def test_heatmaps_blank_nan_cells_and_shared_scale():
     assert all(ax.collections[0].get_clim() == (-1.0, 1.0) for ax in fixed.axes if ax.get_title() in panels)
 
 
+def test_heatmaps_column_scale_gives_each_task_its_own_range_and_shows_raw_values():
+    """R(T2) ~ 0.009 next to R(T1) ~ 0.026: on one scale T2 is uniformly dark, per column it is readable."""
+    a = np.array([[0.026, np.nan], [0.024, 0.0090]])
+    b = np.array([[0.025, np.nan], [0.025, 0.0093]])
+    fig = plots._heatmaps_figure({"a": (["after T1", "after T2"], ["T1", "T2"], a),
+                                  "b": (["after T1", "after T2"], ["T1", "T2"], b)},
+                                 scale="column", fmt=".4f", xlabel="test task")
+    maps = {ax.get_title(): ax for ax in fig.axes if ax.get_title() in ("a", "b")}
+    colours = {k: ax.collections[0].get_array().reshape(2, 2) for k, ax in maps.items()}
+    assert colours["a"][1, 1] == pytest.approx(0.0) and colours["b"][1, 1] == pytest.approx(1.0)  # T2: 0.0090..0.0093
+    assert colours["a"][0, 0] == pytest.approx(1.0) and colours["a"][1, 0] == pytest.approx(0.0)  # T1: 0.024..0.026
+    assert sorted(t.get_text() for t in maps["a"].texts) == ["0.0090", "0.0240", "0.0260"]  # raw values
+    assert maps["a"].get_xlabel() == "test task"
+    (bar,) = [ax for ax in fig.axes if ax.get_title() not in ("a", "b")]
+    assert [t.get_text() for t in bar.get_yticklabels()] == ["lowest", "highest"]
+
+
+def _footnote(fig) -> str:
+    return " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+
+
 def _bars(ax) -> list[Rectangle]:
     return [p for p in ax.patches if isinstance(p, Rectangle)]
 
@@ -146,10 +168,25 @@ def test_transfer_bars_one_bar_per_finite_value():
         assert _errorbar_lengths(ax) == pytest.approx(sorted(2 * with_err["err"]))
         assert [t.get_text() for t in ax.get_xticklabels()] == sorted(set(part["task"]))  # T1.. in order
         assert any(list(line.get_ydata()) == [0, 0] for line in ax.get_lines())
-        assert ax.get_ylabel() == "%"
+        assert ax.get_ylabel() == f"{kind} (%)" and ax.get_xlabel() == "task"
+        markers = sorted(y for line in ax.get_lines() if line.get_marker() == "D" for y in line.get_ydata())
+        assert markers == pytest.approx(sorted(part["value"]))  # a marker at every value
     colors = plots.method_colors(["teracon"])
     teracon_fwt = [r.get_height() for r in _bars(panels["FWT"]) if r.get_facecolor()[:3] == colors["teracon"]]
     assert teracon_fwt == pytest.approx([2.0, 3.0])
+
+
+def test_zero_bars_stay_visible_and_missing_bars_are_named():
+    data = _transfer_frame()
+    data.loc[data["method"] == "fineall", "value"] = data.loc[data["method"] == "fineall", "value"].where(
+        data["value"].isna(), 0.0)  # CONURE-like: exactly 0 everywhere
+    data = data[~((data["method"] == "hat") & (data["kind"] == "FWT"))]  # no FWT for hat at all
+    fig = plots._transfer_figure(data, note="Hat has none here.")
+    bwt = {ax.get_title(): ax for ax in fig.axes}["BWT"]
+    zeros = [line for line in bwt.get_lines() if line.get_marker() == "D" and list(line.get_ydata()) == [0.0, 0.0]]
+    assert len(zeros) == 1 and zeros[0].get_markerfacecolor()[:3] == pytest.approx(plots.method_colors(["fineall"])[
+        "fineall"])
+    assert _footnote(fig) == "No bar (no value): FWT: hat on T2, hat on T3. Hat has none here."
 
 
 def test_transfer_bars_empty_panel_says_no_data():
@@ -177,21 +214,42 @@ def test_score_bars_baseline_is_a_dashed_line_not_bars():
     assert line.get_linestyle()[0][1] is not None  # dashed
     assert "pop (popularity / majority)" in [t.get_text() for t in ax.figure.legends[0].get_texts()]
 
+    assert _footnote(ax.figure) == ""  # nothing missing, nothing to say
+
     no_baseline = plots._score_figure(data, baseline="none").axes[0]
     assert len(_bars(no_baseline)) == 3 * len(TASKS)
     assert not any(c.get_label().startswith("pop") for c in no_baseline.collections)
 
 
+def test_score_bars_one_panel_per_metric_and_missing_bars_named():
+    data = _scores_frame()
+    data["panel"] = np.where(data["task"] == "T3", "final test accuracy", "final test MRR@5")
+    data = data[~((data["method"] == "teracon") & (data["task"] == "T1"))]  # e.g. MTL has no T1 score
+    fig = plots._score_figure(data, note="teracon learns T2.. jointly.")
+    assert [ax.get_ylabel() for ax in fig.axes] == ["final test MRR@5", "final test accuracy"]
+    assert [[t.get_text() for t in ax.get_xticklabels()] for ax in fig.axes] == [["T1", "T2"], ["T3"]]
+    assert [len(_bars(ax)) for ax in fig.axes] == [3, 2]  # sinmo T1, T2, teracon T2 | sinmo, teracon T3
+    assert _footnote(fig) == "No bar (no value): teracon on T1. teracon learns T2.. jointly."
+
+
 def test_curves_mean_over_seeds_with_band_only_for_several_seeds():
     data = _curves_frame()
-    ax = plots._curves_figure(data, ylabel="MRR@5").axes[0]
-    lines = {line.get_label(): line for line in ax.get_lines()}
-    assert list(lines) == ["teracon", "hat"]
-    for m, line in lines.items():
+    fig = plots._curves_figure(data, ylabel="MRR@5")
+    ax = fig.axes[0]
+    solid = {line.get_label(): line for line in ax.get_lines() if line.get_linestyle() == "-"}
+    dashed = {line.get_label(): line for line in ax.get_lines() if line.get_linestyle() == "--"}
+    assert list(solid) == ["teracon", "hat"] and list(dashed) == ["_teracon (fewer seeds)"]
+    for m, line in solid.items():
         want = data[data["method"] == m].groupby("x")["value"].mean()
-        assert list(line.get_xdata()) == list(want.index)
-        assert list(line.get_ydata()) == pytest.approx(list(want))
+        tail = dashed.get(f"_{m} (fewer seeds)")
+        xs = list(line.get_xdata()) + (list(tail.get_xdata())[1:] if tail else [])
+        ys = list(line.get_ydata()) + (list(tail.get_ydata())[1:] if tail else [])
+        assert xs == list(want.index) and ys == pytest.approx(list(want))
         assert line.get_marker() not in (None, "None", "")
+    # teracon's three seeds all reach epoch 4; from epoch 5 fewer do: dashed from 4 on, and said so
+    assert list(dashed["_teracon (fewer seeds)"].get_xdata()) == [4, 5, 6]
+    assert "teracon from epoch 5 (1 of 3 at the end)" in _footnote(fig) and "hat" not in _footnote(fig)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["teracon", "hat"]
     bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
     colors = plots.method_colors(["teracon", "hat"])
     assert len(bands) == 1 and tuple(bands[0].get_facecolor()[0][:3]) == pytest.approx(colors["teracon"])

@@ -14,8 +14,13 @@ import pytest
 from curb.cli import main
 from curb.config import ConfigError
 from curb.experiments import ExperimentArgs, experiment_cells, get_experiment, task_orders
-from curb.leaderboard import board_setting, build, check, read_boards, render_board
-from curb.report import load_settings, mean_std, noisy_table, overall_table, sampling_tables, write_report
+from curb.document import markdown
+from curb.leaderboard import board_page, board_setting, build, check, read_boards, results_csv
+from curb.report import build_sections, write_report
+from curb.resultsets import load_settings
+from curb.sections import (adaptation_data, adaptation_table, cold_start_tables, noisy_table, overall_table,
+                           sampling_tables, text_init_table)
+from curb.tables import mean_std
 from curb.results import load_result, save_result
 
 DATA = Path(__file__).parent / "data"
@@ -128,9 +133,14 @@ def test_sampling_time_table_is_relative_to_rho_one(setting):
     assert used["none"] == pytest.approx(100.0) and used["min"] < used["none"]
 
 
-def test_latex_bolds_and_escapes(setting):
+def test_latex_is_booktabs_bolds_and_escapes(setting):
     tex = overall_table(setting).latex()
     assert r"\textbf{" in tex and r"$\pm$" in tex and "±" not in tex and r"BWT \%" in tex
+    lines = tex.splitlines()
+    assert lines[1].startswith(r"\begin{tabular}{l") and lines[2] == r"\toprule" and lines[4] == r"\midrule"
+    assert lines[-2:] == [r"\bottomrule", r"\end{tabular}"] and r"\hline" not in tex
+    assert all(ln.endswith(r" \\") for ln in lines[5:-2]) and len(lines[5:-2]) == len(overall_table(setting).rows)
+    assert tex.count("&") == 10 * (len(lines) - 6)  # 11 columns: only the column separators, nothing unescaped
 
 
 def test_report_matches_golden_and_writes_figures(tmp_path):
@@ -159,9 +169,10 @@ def test_damaged_result_is_skipped_with_a_warning(tmp_path):
 # ---------------------------------------------------------------------------------- leaderboards
 def test_leaderboard_matches_golden_and_ranks_by_mean():
     board = read_boards(DATA / "mini-boards.toml")[0]
-    readme, csv = render_board(board, board_setting(board), None)
+    st = board_setting(board)
+    readme = markdown(board_page(board, st, None))
     assert readme == (DATA / "golden" / "leaderboard.md").read_text()
-    assert csv == (DATA / "golden" / "leaderboard.csv").read_text()
+    assert results_csv(board, st) == (DATA / "golden" / "leaderboard.csv").read_text()
     table = [ln for ln in readme.splitlines() if ln.startswith("| ") and ln[2].isdigit()]
     means = [_mean(ln.split("|")[8]) for ln in table]
     assert means == sorted(means, reverse=True) and len(table) == 8  # MTL unranked (no T1)
@@ -255,8 +266,6 @@ def test_text_init_section_pairs_a_setting_with_its_text_twin(tmp_path):
         save_result(run / "text" / p.name, {k: v for k, v in r.items() if k not in ("checksum", "schema")})
     base = next(st for st in load_settings(run) if not st.overrides)
     assert base.text_init is not None and base.text_init.overrides == (("backbone.item_init", "text"),)
-    from curb.report import text_init_table
-
     t = text_init_table(base)
     rows = {(r[0], r[1]): r for r in t.rows}
     assert set(rows) == {("pop", "-"), ("teracon", "random"), ("teracon", "text")}
@@ -270,7 +279,6 @@ def test_text_init_section_pairs_a_setting_with_its_text_twin(tmp_path):
 
 def test_cold_start_results_get_their_own_section_and_never_break_the_tables(tmp_path):
     from curb.coldstart import run_cold_start
-    from curb.report import build_sections, cold_start_tables
 
     run = tmp_path / "run"
     shutil.copytree(RUN, run)
@@ -283,7 +291,7 @@ def test_cold_start_results_get_their_own_section_and_never_break_the_tables(tmp
     hr10 = [load_result(p)["groups"]["cold"]["hr@10"] for p in paths if p.parent.name == "fineall-after-T5"]
     row = next(r for r in cold.rows if r[0] == "fineall after T5")
     assert mean_std(row[4])[0] == pytest.approx(np.mean(hr10))
-    assert [s.name for s in build_sections(st, None)][-2:] == ["cold-start", "orders"]
+    assert [s.title for s in build_sections(st, None)][-2:] == ["cold-start", "orders"]
 
 
 def test_reproduce_routes_ncf_overrides_to_cold_start_only(tmp_path, capsys):
@@ -325,8 +333,6 @@ def test_reproduce_runs_the_cold_start_study_with_the_threads_asked_for(tmp_path
 
 
 def test_adaptation_curve_is_t4_after_t1_to_t3_from_the_fit_logs(setting):
-    from curb.report import adaptation_data, adaptation_table
-
     assert adaptation_table(setting).title.startswith("Adaptation to T4 ")
     data = adaptation_data(setting)
     r = next(load_result(p) for p in RUN.glob("synthetic-mini/hat/default/seed1-*.json"))

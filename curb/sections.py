@@ -1,0 +1,376 @@
+"""The report's sections, one per experiment (overall, transfer, noisy, sampling, adaptation,
+orders, text init, cold start): each builds its tables and the data of its figures from one
+setting's result files. Within a setting the experiment of a cell follows from its spec: order
+(default / reversed / a custom order), noise task, and the method's own overrides (e.g.
+`teracon.sampling=none`). Each section is built only when its cells are present."""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+
+import numpy as np
+import pandas as pd
+
+from .records import COLD_START_METRICS, cold_start_rows
+from .resultsets import (Setting, final, mean_final, method_rank, metric_of, spec_of, task_names, transfer_mean,
+                         transfer_of)
+from .tables import Cell, Table, Value, finite, fmt_stat, mean_std
+
+
+def _seeds(rs: list[dict]) -> str:
+    return ",".join(str(spec_of(r).seed) for r in rs)
+
+
+
+def overall_table(st: Setting) -> Table | None:
+    """Final R(T_M, T_i) per task, the mean over tasks, BWT and FWT (the paper's overall table)."""
+    methods = st.methods()
+    if not methods:
+        return None
+    rs = st.select()
+    names, metric = task_names(rs), metric_of(rs)
+    rows = []
+    for m in methods:
+        cells = st.select(method=m)
+        rows.append([m, *[[final(r, n) for r in cells] for n in names], [mean_final(r) for r in cells],
+                     [mean_final(r, later_only=True) for r in cells],
+                     [transfer_mean(r, "bwt") for r in cells], [transfer_mean(r, "fwt") for r in cells], _seeds(cells)])
+    k = len(names)
+    return Table("overall", f"Overall: final R(T_M, T_i), {st.label}",
+                 ["method", *[f"{n} ({metric[n]})" for n in names], "mean", f"mean {names[1]}-{names[-1]}",
+                  "BWT %", "FWT %", "seeds"], rows,
+                 best=[None, *["max"] * (k + 2), "max", "max", None], digits=[0, *[4] * (k + 2), 2, 2, 0],
+                 note="Mean ± std over seeds; best mean per column in bold. `mean`: over all tasks (none for MTL, "
+                      "which has no T1 score); the next column leaves T1 out so MTL can be compared. BWT/FWT: "
+                      "relative %, docs/protocol.md §5.6 (FWT against SinMo of the same seed). `pop` is the "
+                      "popularity / majority-class baseline.")
+
+
+def transfer_tables(st: Setting) -> list[Table]:
+    """Final score, BWT and FWT per task for each method in original and reversed order."""
+    methods = [m for m in st.methods(order="reversed") if m != "pop"]
+    if not methods:
+        return []
+    rs = st.select(order=None)
+    names = task_names(rs)
+    pairs = [(m, o) for m in methods for o in ("default", "reversed") if st.select(method=m, order=o)]
+    tables = []
+    for kind, title, value, digits in (
+            ("score", "final score", final, 4),
+            ("bwt", "BWT %", lambda r, n: transfer_of(r, "bwt", n), 2),
+            ("fwt", "FWT %", lambda r, n: transfer_of(r, "fwt", n), 2)):
+        rows = [[m, o, *[[value(r, n) for r in st.select(method=m, order=o)] for n in names]] for m, o in pairs]
+        if kind == "score" and st.select(method="pop"):
+            rows.insert(0, ["pop", "any", *[[final(r, n) for r in st.select(method="pop")] for n in names]])
+        tables.append(Table(f"transfer-{kind}", f"Transfer ({title}), original vs reversed order, {st.label}",
+                            ["method", "order", *names], rows, best=[None, None, *["max"] * len(names)],
+                            digits=[0, 0, *[digits] * len(names)]))
+    tables[-1].note = ("Columns are tasks by name; the reversed stream learns them as T1, T_M, ..., T2 "
+                       "(T1 has no FWT; the last-learned task has no BWT).")
+    return tables
+
+
+def _rel(a: Value, b: Value) -> str:
+    return "" if a is None or b is None or b == 0 else f" ({(a - b) / b * 100:+.2f}%)"
+
+
+def noisy_table(st: Setting) -> Table | None:
+    """Each real task's final score with and without the noise task, and the relative change."""
+    noisy = [r for r in st.select(noise="any") if spec_of(r).noise is not None]
+    if not noisy:
+        return None
+    names = task_names(st.select())
+    rows = []
+    if st.select(method="pop"):
+        rows.append(["pop", "clean", *[[final(r, n) for r in st.select(method="pop")] for n in names]])
+    for m in sorted({spec_of(r).method for r in noisy}, key=method_rank):
+        clean = st.select(method=m)
+        rows.append([m, "clean", *[[final(r, n) for r in clean] for n in names]])
+        for pos in sorted({spec_of(r).noise for r in noisy if spec_of(r).method == m}):
+            cells = st.select(method=m, noise=pos)
+            row: list[Cell] = [m, f"T' after T{pos}"]
+            for n in names:
+                a, b = mean_std(final(r, n) for r in cells), mean_std(final(r, n) for r in clean)
+                row.append("-" if a is None else fmt_stat([final(r, n) for r in cells]) +
+                           _rel(a[0], b[0] if b else None))
+            rows.append(row)
+    return Table("noisy", f"Noisy task: scores with T' inserted (relative change of the mean vs clean), {st.label}",
+                 ["method", "stream", *names], rows,
+                 note="T' gives half the T1 users a uniformly random label out of 50 (docs/protocol.md §1.7); it is "
+                      "learned like any task and not reported.")
+
+
+def epoch_seconds(r: dict, task: str) -> Value:
+    """Mean training seconds per epoch of `task`'s main phase (from the fit logs)."""
+    secs = [e["seconds"] for f in r["fits"] if f["task"] == task and f["phase"] == "train" for e in f["epochs"]]
+    return float(np.mean(secs)) if secs else None
+
+
+def sampling_tables(st: Setting) -> list[Table]:
+    """TERACON with each sampling rate: final scores, seconds per epoch and users sampled."""
+    variants = {spec_of(r).method_overrides for r in st.select(method="teracon", order=None, variant=None)}
+    if len(variants) < 2:
+        return []
+    names = task_names(st.select(order=None))
+    label = lambda v: dict(v).get("teracon.sampling", "relation") if v else "relation"
+    rank = {"min": 0, "relation": 1, "none": 2}
+    variants_sorted = sorted(variants, key=lambda v: (rank.get(label(v), 3), label(v)))
+    scores, speed = [], []
+    for o in ("default", "reversed"):
+        base = st.select(method="teracon", order=o, variant=(("teracon.sampling", "none"),))
+        base_s = finite(sum(finite(epoch_seconds(r, n) for n in names[1:])) for r in base)
+        for v in variants_sorted:
+            rs = st.select(method="teracon", order=o, variant=v)
+            if not rs:
+                continue
+            scores.append([o, label(v), *[[final(r, n) for r in rs] for n in names], [mean_final(r) for r in rs]])
+            total = [sum(finite(epoch_seconds(r, n) for n in names[1:])) for r in rs]
+            frac = [float(np.mean(finite(x for s in r["method_report"]["stages"].values()
+                                          for x in s["sampled_fraction_mean"].values()))) * 100 for r in rs]
+            ratio = f"{np.mean(total) / np.mean(base_s):.2f}" if base_s else "-"
+            speed.append([o, label(v), *[[epoch_seconds(r, n) for r in rs] for n in names[1:]], total, ratio, frac])
+    if st.select(method="pop"):
+        scores.insert(0, ["any", "pop", *[[final(r, n) for r in st.select(method="pop")] for n in names],
+                          [mean_final(r) for r in st.select(method="pop")]])
+    k = len(names)
+    return [
+        Table("sampling-score", f"Sampling (TERACON): final scores per ρ, {st.label}",
+              ["order", "ρ", *names, "mean"], scores, best=[None, None, *["max"] * (k + 1)],
+              note="ρ: `min` = ρ_min = 1 − σ(c) for every past task; `relation` = Eq. 15 (default); "
+                   "`none` = ρ = 1 (all users, no sampling)."),
+        Table("sampling-time", f"Sampling (TERACON): training seconds per epoch, {st.label}",
+              ["order", "ρ", *[f"{n} s/epoch" for n in names[1:]], "sum s/epoch", "time vs ρ=1", "users sampled %"],
+              speed, digits=[0, 0, *[1] * (k - 1), 1, 0, 2],
+              note="Seconds are hardware-specific (see each result's env); compare the ratios."),
+    ]
+
+
+def adaptation_task(r: dict) -> dict:
+    """The task whose learning curve shows adaptation: T4 after T1-T3 as in the paper, or the last
+    task of a shorter stream."""
+    return r["tasks"][min(3, len(r["tasks"]) - 1)]
+
+
+def adaptation_data(st: Setting) -> pd.DataFrame:
+    """Per-epoch validation metric of the last task for every method (default order, clean)."""
+    rows = []
+    for r in st.select():
+        s = spec_of(r)
+        last = adaptation_task(r)["name"]
+        fits = [f for f in r["fits"] if f["task"] == last and f["phase"] == "train"]
+        if s.method == "pop" or not fits:
+            continue
+        rows += [{"method": s.method, "x": e["epoch"] + 1, "value": e["val"], "seed": s.seed} for e in fits[-1]["epochs"]]
+    return pd.DataFrame(rows, columns=["method", "x", "value", "seed"]).sort_values(
+        "method", key=lambda m: m.map(method_rank), kind="stable")
+
+
+def adaptation_table(st: Setting) -> Table | None:
+    data = adaptation_data(st)
+    if data.empty:
+        return None
+    last = adaptation_task(st.select()[0])
+    rows = []
+    for m in sorted(data["method"].unique(), key=method_rank):
+        d = data[data.method == m]
+        by_seed = d.groupby("seed")
+        rows.append([m, by_seed.apply(lambda g: g.sort_values("x")["value"].iloc[0], include_groups=False).tolist(),
+                     by_seed["value"].max().tolist(),
+                     by_seed.apply(lambda g: float(g.loc[g["value"].idxmax(), "x"]), include_groups=False).tolist()])
+    return Table("adaptation", f"Adaptation to {last['name']} (validation {last['metric']}), {st.label}",
+                 ["method", "after epoch 1", "best", "epoch of best"], rows, best=[None, "max", "max", None],
+                 digits=[0, 4, 4, 1],
+                 note="The task's validation curve per epoch, learned on top of each method's representation "
+                      "after the earlier tasks (MTL has none: it learns the later tasks jointly).")
+
+
+def orders_data(st: Setting) -> pd.DataFrame:
+    """Mean final score per (method, order, seed) for methods run in at least 2 orders."""
+    rows = []
+    for m in st.methods(order=None):
+        rs = st.select(method=m, order=None)
+        if len({spec_of(r).order for r in rs}) < 2:
+            continue
+        rows += [{"method": m, "order": spec_of(r).order, "seed": spec_of(r).seed, "value": mean_final(r),
+                  **{f"task:{k}": v for k, v in r["final"].items() if k != "noise"}} for r in rs]
+    return pd.DataFrame(rows)
+
+
+def orders_table(st: Setting) -> Table | None:
+    data = orders_data(st)
+    if data.empty:
+        return None
+    names = task_names(st.select(order=None))
+    rows = []
+    if st.select(method="pop"):
+        pops = st.select(method="pop")
+        rows.append(["pop", "1", *[[final(r, n) for r in pops] for n in names], [mean_final(r) for r in pops], "-"])
+    for m in sorted(data["method"].unique(), key=method_rank):
+        d = data[data.method == m]
+        per_order = d.groupby("order")["value"].mean()
+        rows.append([m, str(len(per_order)), *[d[f"task:{n}"].tolist() for n in names], d["value"].tolist(),
+                     f"{per_order.max() - per_order.min():.4f}"])
+    return Table("orders", f"Order robustness: final scores over task orders, {st.label}",
+                 ["method", "orders", *names, "mean", "range of order means"], rows,
+                 best=[None, None, *["max"] * (len(names) + 1), None],
+                 note="Mean ± std over all (order, seed) cells: the std is the spread a method's numbers have when "
+                      "only the order of the tasks changes. Range: best minus worst order (mean over seeds).")
+
+
+def r_matrices(st: Setting) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
+    """Mean R matrix (over seeds) per method, default order, clean stream."""
+    panels = {}
+    for m in st.methods():
+        rs = st.select(method=m)
+        names = [t["name"] for t in rs[0]["tasks"]]
+        arr = np.array([[[np.nan if v is None else v for v in row] for row in r["R"]] for r in rs], dtype=float)
+        with warnings.catch_warnings():  # cells never filled (upper triangle, MTL's rows) stay NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(arr, axis=0)
+        panels[m] = ([f"after {n}" for n in names], [task_label(st, n) for n in names], mean)
+    return panels
+
+
+def mask_similarity(st: Setting) -> dict[str, tuple[list[str], list[str], np.ndarray]]:
+    """Mean task-mask cosine similarity (over seeds) of the methods that report it: default-order
+    cells, else those of the first other order that has it (named in the panel title)."""
+    panels = {}
+    for m in st.methods(order=None):
+        by_order: dict[str, list[dict]] = defaultdict(list)
+        for r in st.select(method=m, order=None):
+            if "mask_similarity" in (r.get("method_report") or {}):
+                by_order[spec_of(r).order].append(r["method_report"]["mask_similarity"])
+        if not by_order:
+            continue
+        order = "default" if "default" in by_order else sorted(by_order)[0]
+        sims = by_order[order]
+        names = sims[0]["tasks"]
+        panels[m if order == "default" else f"{m} ({order} order)"] = (
+            names, names, np.mean([s["cosine"] for s in sims if s["tasks"] == names], axis=0))
+    return panels
+
+
+def transfer_data(st: Setting) -> pd.DataFrame:
+    rows = []
+    names = task_names(st.select())
+    for m in st.methods():
+        if m in ("pop", "mtl"):
+            continue
+        rs = st.select(method=m)
+        for kind in ("FWT", "BWT"):
+            for n in names:
+                ms = mean_std(transfer_of(r, kind.lower(), n) for r in rs)
+                if ms is not None and not (m == "sinmo" and kind == "FWT"):
+                    rows.append({"method": m, "task": n, "kind": kind, "value": ms[0], "err": ms[1]})
+    return pd.DataFrame(rows, columns=["method", "task", "kind", "value", "err"])
+
+
+def metric_name(metric: str) -> str:
+    """A metric as an axis names it: MRR@5, HR@10, accuracy."""
+    return "accuracy" if metric == "acc" else metric.upper()
+
+
+def task_label(st: Setting, task: str) -> str:
+    """A task with its metric, for an axis tick: "T2\nMRR@5"."""
+    return f"{task}\n{metric_name(metric_of(st.select(order=None))[task])}"
+
+
+def score_axis(st: Setting, template: str = "final test {}") -> str:
+    """The y label of scores over all tasks, naming their metric when they share one
+    ("final test MRR@5"); `{}` in `template` is replaced by the metric."""
+    rs = st.select(order=None)
+    metrics = {metric_of(rs)[n] for n in task_names(rs)}
+    return template.format(metric_name(metrics.pop()) if len(metrics) == 1 else "score (each task's metric)")
+
+
+def score_data(st: Setting) -> pd.DataFrame:
+    """Final score per (method, seed, task); `panel` names the task's metric (one panel each)."""
+    metric = metric_of(st.select())
+    rows = [{"method": spec_of(r).method, "task": n, "value": final(r, n),
+             "panel": f"final test {metric_name(metric[n])}"}
+            for r in st.select() for n in task_names(st.select()) if final(r, n) is not None]
+    return pd.DataFrame(rows, columns=["method", "task", "value", "panel"]).sort_values(
+        "method", key=lambda s: s.map(method_rank), kind="stable")
+
+
+def t1_curve(r: dict) -> list[dict]:
+    """T1's per-epoch validation log (the method's own T1 fit, or the cached one it started from)."""
+    first = r["tasks"][0]["name"]
+    fits = [f for f in r["fits"] if f["task"] == first and f["phase"] in ("train", "pretrained (cached)")]
+    return fits[0]["epochs"] if fits else []
+
+
+def text_init_table(st: Setting) -> Table | None:
+    """Final scores with random vs text-initialised item embeddings, and T1's first-epoch validation."""
+    if st.text_init is None:
+        return None
+    names = task_names(st.select())
+    rows: list[list[Cell]] = []
+    if st.select(method="pop"):
+        pops = st.select(method="pop")
+        rows.append(["pop", "-", *[[final(r, n) for r in pops] for n in names], [mean_final(r) for r in pops], "-"])
+    for m in st.text_init.methods():
+        for init, side in (("random", st), ("text", st.text_init)):
+            rs = side.select(method=m)
+            if rs:
+                rows.append([m, init, *[[final(r, n) for r in rs] for n in names], [mean_final(r) for r in rs],
+                             [(t1_curve(r) or [{"val": None}])[0]["val"] for r in rs]])
+    k = len(names)
+    return Table("text-init", f"Item-embedding init: random vs text (titles), {st.label}",
+                 ["method", "item init", *names, "mean", f"{names[0]} val after epoch 1"], rows,
+                 best=[None, None, *["max"] * (k + 2)],
+                 note="`text`: each item's title embedded by all-MiniLM-L6-v2 and projected to the backbone width "
+                      "(docs/architecture.md, item-embedding init); everything else identical.")
+
+
+def text_init_curves(st: Setting) -> pd.DataFrame:
+    rows = []
+    for init, side in (("random", st), ("text", st.text_init)):
+        for m in st.text_init.methods():
+            for r in side.select(method=m):
+                rows += [{"method": f"{m} ({init})", "x": e["epoch"] + 1, "value": e["val"], "seed": spec_of(r).seed}
+                         for e in t1_curve(r)]
+    return pd.DataFrame(rows, columns=["method", "x", "value", "seed"])
+
+
+def cold_start_frame(st: Setting) -> pd.DataFrame:
+    df = pd.DataFrame(cold_start_rows(st.cold_start))
+    if df.empty:
+        return df
+    several = df["ncf"].nunique() > 1  # results of different NCF protocols never share a row
+    df["row"] = [("random init" if i == "random" else f"{i} after {a}") + (f" (ncf: {n or 'defaults'})" if several else "")
+                 for i, a, n in zip(df["init"], df["after"], df["ncf"])]
+    return df
+
+
+def cold_start_tables(st: Setting) -> list[Table]:
+    """HR@1/5/10 and NDCG@10 of the downstream NCF per user-init source: one table for warm users,
+    one for cold users (rows compare within a group)."""
+    df = cold_start_frame(st)
+    if df.empty:
+        return []
+    order = sorted(df["row"].unique(), key=lambda x: (not x.startswith("random init"), method_rank(x.split(" ")[0]), x))
+    holdout = df["holdout"].iloc[0]
+    tables = []
+    for group in ("warm", "cold"):
+        rows = []
+        for src in order:
+            d = df[(df.row == src) & (df.group == group)].sort_values("seed")
+            if not d.empty:
+                rows.append([src, f"{d['n_users'].mean():.0f}", *[d[k].tolist() for k in COLD_START_METRICS]])
+        tables.append(Table(f"cold-start-{group}", f"Cold start, {group} users: NCF on the held-out {holdout}, "
+                            f"{st.label}", ["user init", "users", *[k.upper() for k in COLD_START_METRICS]], rows,
+                            best=[None, None, *["max"] * len(COLD_START_METRICS)]))
+    protocol = (f"against {n} sampled negatives" for n in sorted(df["eval_negatives"].unique()))
+    below = " or ".join(str(t) for t in sorted(df["cold_threshold"].unique()))
+    tables[-1].note = ("NeuMF trained on the held-out task with user vectors from random init or a method's "
+                       f"representation; leave-one-out {' or '.join(protocol)} (docs/coldstart.md); cold = "
+                       f"fewer than {below} training interactions (natural and simulated).")
+    return tables
+
+
+def cold_start_bars(st: Setting) -> pd.DataFrame:
+    df = cold_start_frame(st)
+    df = df[df.group.isin(["warm", "cold"])]
+    return pd.DataFrame({"method": df["row"], "task": df["group"] + " users", "value": df["hr@10"]})

@@ -131,6 +131,17 @@ def readout(h: Tensor, all_positions: bool) -> Tensor:
     return h if all_positions else h[:, -1]
 
 
+def full_sequences(batch: Batch) -> Tensor:
+    """The whole sequences of a batch's users (a next-item batch holds x[:, :-1] and x[:, 1:])."""
+    return batch.x if batch.rows is not None else torch.cat([batch.x, batch.y[:, -1:]], dim=1)
+
+
+def inputs_for(kind: str, full: Tensor) -> Tensor:
+    """What a task of `kind` reads from whole sequences: a next-item task predicts the last item
+    from the rest (as the evaluator scores it), any other task reads everything."""
+    return full[:, :-1] if kind == "next_item" else full
+
+
 def task_loss(logits: Tensor, batch: Batch, ignore_pad: bool = False) -> Tensor:
     """Cross-entropy with a full softmax.
 

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import BackboneConfig, Hooks, NextItNet, make_head
-from curb.method import Batch, Method, Setup, TaskInfo, anneal, readout, register, task_loss
+from curb.method import (Batch, Method, Setup, TaskInfo, anneal, full_sequences, inputs_for, readout, register,
+                         task_loss)
 from curb.metrics import mask_similarity
 
 
@@ -239,8 +240,7 @@ class Teracon(Method):
 
     def retention(self, batch: Batch, m_cur: Tensor, s: float) -> Tensor:
         """L_KR+ (Eq. 16) on sampled users of this batch; updates rho for the next step (Eq. 15)."""
-        # Full sequences of the batch's users (a next-item batch holds x[:, :-1] and x[:, 1:]).
-        full = batch.x if batch.rows is not None else torch.cat([batch.x, batch.y[:, -1:]], dim=1)
+        full = full_sequences(batch)
         n_users = full.shape[0]
         past = self.tasks[:-1]
         fixed = self.cfg.fixed_rate()
@@ -254,7 +254,7 @@ class Teracon(Method):
             if self.cfg.kr_max_users is not None:
                 n = min(n, self.cfg.kr_max_users)
             idx = torch.from_numpy(self.rng.permutation(n_users)[:n]).to(full.device)
-            xj = full[idx, :-1] if pt.kind == "next_item" else full[idx]
+            xj = inputs_for(pt.kind, full[idx])
             with torch.no_grad():  # pseudo-labels: the teacher's Tj mask at the current annealed s
                 m_t = self.teacher.mask(pt.name, self.others(pt.name, teacher_known), s)
                 target = self.teacher.logits(pt.name, xj, m_t)

@@ -80,6 +80,15 @@ class EWC(FineTune):
             self.fisher[n] = fisher[n] if prev is None else self.cfg.gamma * prev + fisher[n]
             self.anchor[n] = p.detach().clone()
 
+    def grow_items(self, n_new: int) -> None:
+        """New item rows carry no Fisher information: they are not penalised (their anchor is moot)."""
+        super().grow_items(n_new)
+        if self.fisher:
+            key = "item_emb.weight"
+            rows = self.model.backbone.item_emb.weight.detach()[-n_new:]
+            self.fisher[key] = torch.cat([self.fisher[key], torch.zeros_like(rows)])
+            self.anchor[key] = torch.cat([self.anchor[key], rows.clone()])
+
     def penalty(self) -> Tensor:
         """λ/2 · Σ_i F_i (θ_i − θ*_i)² over the backbone; exactly 0 at the anchor."""
         terms = [(self.fisher[n] * (p - self.anchor[n]) ** 2).sum()

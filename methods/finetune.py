@@ -28,6 +28,7 @@ def take_users(data: TaskData, rows: np.ndarray) -> TaskData:
 @register("finetune")
 class FineTune(Method):
     summary = "one shared model fine-tuned task after task, nothing protects old tasks (forgetting lower bound)"
+    grows_items = True
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -48,8 +49,12 @@ class FineTune(Method):
 
     def begin_task(self, task: TaskInfo) -> None:
         if self.model is None:  # no shared pre-trained model offered: T1 is trained here, plainly
-            self.model = PlainModel(self.setup.n_items, self.setup.backbone).to(self.device)
+            self.model = PlainModel(self.n_items, self.setup.backbone).to(self.device)
         self.model.add_head(task.name, task.n_labels)
+
+    def grow_items(self, n_new: int) -> None:
+        if self.model is not None:
+            self.model.backbone.grow_items(n_new)
 
     def trainable_parameters(self, task: TaskInfo):
         # Backbone and every head: old heads receive gradient only from a method's own loss terms
@@ -71,7 +76,7 @@ class FineTune(Method):
 
     def load_extra_state(self, state: dict) -> None:
         if self.model is None:  # the module skeleton the checkpoint fills
-            self.model = PlainModel(self.setup.n_items, self.setup.backbone).to(self.device)
+            self.model = PlainModel(self.n_items, self.setup.backbone).to(self.device)
         for t in self.tasks:
             if t.name not in self.model.heads:
                 self.model.add_head(t.name, t.n_labels)

@@ -37,6 +37,7 @@ class HatNet(nn.Module):
 @register("hat")
 class Hat(Method):
     summary = "hard attention to the task: annealed unit gates per task, gradients masked by past gates"
+    grows_items = True  # item embeddings are ungated and stay trainable: new rows simply join them
 
     @dataclass
     class Config:
@@ -96,6 +97,9 @@ class Hat(Method):
         with torch.no_grad():
             self.net.cum.copy_(torch.maximum(self.net.cum, self.gates(task.name, self.cfg.smax)))
         self._factors = None
+
+    def grow_items(self, n_new: int) -> None:
+        self.net.backbone.grow_items(n_new)
 
     def trainable_parameters(self, task: TaskInfo):
         bb = self.net.backbone

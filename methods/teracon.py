@@ -108,6 +108,7 @@ class _StageStats:
 @register("teracon")
 class Teracon(Method):
     summary = "relation-aware task masks + relation-aware knowledge retention (KDD 2023; the paper's method)"
+    grows_items = True  # one shared, always-trainable backbone: new item rows join it
 
     @dataclass
     class Config:
@@ -200,6 +201,9 @@ class Teracon(Method):
             self.stage_stats[task.name] = self._stats.summary()
         self.teacher, self._stats = None, None
         self._eval_masks.clear()
+
+    def grow_items(self, n_new: int) -> None:
+        self.net.backbone.grow_items(n_new)  # between tasks: no teacher exists yet
 
     def trainable_parameters(self, task: TaskInfo):
         return self.net.parameters()  # whole backbone, every embedding, relation map and head

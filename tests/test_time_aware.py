@@ -11,10 +11,11 @@ import torch
 
 from curb.backbone import BackboneConfig, ItemRows, NextItNet, item_init_bound
 from curb.config import ConfigError
-from curb.data import get_dataset
+from curb.data import DataFormatError, get_dataset
 from curb.method import Method, Setup, TrainConfig, available_methods
 from curb.runner import CellInterrupted, CellSpec, run_cell
 from curb.streams import StreamError, Targets, Task, TaskStream
+from conftest import data_root, needs_data
 from harness import Harness
 
 QUIET = {"echo": lambda *_: None}
@@ -139,3 +140,64 @@ def test_text_rows_of_new_items_are_written_when_they_enter():
     net.grow_items(4)
     assert torch.equal(net.item_emb.weight[6:10, :3], rows.values[5:])
     assert torch.equal(net.item_emb.weight[1:6, :3], rows.values[:5])
+
+
+# ---------------------------------------------------------------------------------- recipes
+def _custom(tmp_path, t2_new: str = "100\n101\n", t2_line: str = "1,100,2,,7", t3_new: str = "200\n"):
+    (tmp_path / "t1.csv").write_text("".join(f"{a},{b},{c}\n" for a, b, c in [(1, 2, 3), (2, 3, 1), (3, 1, 2)] * 7))
+    (tmp_path / "t2.csv").write_text("".join(f"{t2_line}{k % 3}\n" for k in range(20)))
+    (tmp_path / "t3.csv").write_text("".join(f"2,101,200,,{k % 2}\n" for k in range(20)))
+    (tmp_path / "t2_new.txt").write_text(t2_new)
+    (tmp_path / "t3_new.txt").write_text(t3_new)
+    (tmp_path / "stream.json").write_text(
+        '{"tasks": [{"name": "T1", "kind": "next_item", "file": "t1.csv"},'
+        ' {"name": "T2", "kind": "recommend", "file": "t2.csv", "new_items": "t2_new.txt"},'
+        ' {"name": "T3", "kind": "classify", "file": "t3.csv", "new_items": "t3_new.txt"}]}')
+    return get_dataset("custom").build(tmp_path)
+
+
+def test_a_custom_stream_lists_the_new_items_of_each_task(tmp_path):
+    s = _custom(tmp_path)
+    assert [t.vocab for t in s.tasks] == [4, 6, 7] and s.n_items == 7
+    assert s.item_ids.tolist() == [0, 1, 2, 3, 100, 101, 200]  # ids in order of first appearance
+    assert s.meta["new_items"] == {"T1": 3, "T2": 2, "T3": 1}
+    row = s.sequences[s.task("T3").targets.users[0]]
+    assert row[row != 0].tolist() == [2, 5, 6]
+
+
+@pytest.mark.parametrize("t2_new,t2_line,t3_new,match", [
+    ("100\n", "1,101,2,,", "101\n200\n", "listed as new only at the later task T3"),
+    ("100\n101\n2\n", "1,100,2,,", "200\n", "already occurs in the first file"),
+    ("100\n101\n", "1,100,2,,", "101\n200\n", "already occurs in an earlier task"),
+    ("100\nx\n", "1,100,2,,", "200\n", "must be a positive integer"),
+])
+def test_custom_new_items_errors_name_the_file_and_problem(tmp_path, t2_new, t2_line, t3_new, match):
+    with pytest.raises(DataFormatError, match=match):
+        _custom(tmp_path, t2_new, t2_line, t3_new)
+
+
+@needs_data("ml-100k")
+def test_ml_time_cuts_ml_100k_into_three_periods():
+    import pandas as pd
+
+    s = get_dataset("ml-time").build(data_root() / "ml-100k")
+    sizes = {t.name: (t.targets.n_users, t.targets.n_pairs, t.n_labels, t.vocab) for t in s.tasks}
+    assert sizes == {"T1": (352, 352, 1323, 1323), "T2": (363, 11338, 1111, 1525), "T3": (383, 7085, 936, 1640)}
+    assert s.meta["new_items"] == {"T1": 1322, "T2": 202, "T3": 115}
+    # An item enters at the task of the period of its first below-4-star rating.
+    df = pd.read_csv(data_root() / "ml-100k" / "ml-100k.inter", sep="\t")
+    df.columns = ["user", "item", "rating", "ts"]
+    bounds = np.quantile(df["ts"].to_numpy(), [1 / 3, 2 / 3])
+    low = df[df["rating"] < 4]
+    first = low.groupby("item")["ts"].min().apply(lambda t: int(np.searchsorted(bounds, t, side="right")))
+    period_of_id = first[s.item_ids[1:]].to_numpy()
+    assert (np.diff(period_of_id) >= 0).all()
+    assert np.bincount(period_of_id).tolist() == [1322, 202, 115]
+
+
+@needs_data("ml-1m")
+def test_ml_time_refuses_ratings_without_timestamps():
+    from curb.data import DataNotFoundError
+
+    with pytest.raises(DataNotFoundError, match="without timestamps"):
+        get_dataset("ml-time").build(data_root() / "ml-1m")

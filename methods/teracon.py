@@ -238,9 +238,12 @@ class Teracon(Method):
         loss = task_loss(logits, batch, self.setup.train.ignore_pad)
         if self.teacher is None:  # T1 stage
             return loss + self.cfg.t1_mask_reg * m_cur.mean() if self.cfg.t1_mask_reg else loss
-        if self.cfg.alpha == 0:
-            return loss
-        return loss + self.cfg.alpha * self.retention(batch, m_cur, s)
+        extra = self.transfer(batch, m_cur, s)
+        return loss if extra is None else loss + extra
+
+    def transfer(self, batch: Batch, m_cur: Tensor, s: float) -> Tensor | None:
+        """What a later task's loss adds to its CE: α · L_KR+, or nothing at all when α = 0."""
+        return self.cfg.alpha * self.retention(batch, m_cur, s) if self.cfg.alpha else None
 
     def retention(self, batch: Batch, m_cur: Tensor, s: float) -> Tensor:
         """L_KR+ (Eq. 16) on sampled users of this batch; updates rho for the next step (Eq. 15)."""

@@ -167,9 +167,10 @@ class Ditto(Teracon):
         return cfg.alpha * fkt + bkt
 
     def adapt_next_item(self, task: TaskInfo, full: Tensor, old_vocab: int, rate: float, mask: Tensor, j: int) -> Tensor:
-        """BKT to the next-item task: its objective on the users holding the most distinct new items."""
-        seqs = inputs_for(task.kind, full)  # the next-item task's view: the sequence without its last item
-        new = torch.where(seqs >= old_vocab, seqs, torch.zeros_like(seqs))
+        """BKT to the next-item task: its objective on the users holding the most distinct new items
+        (counted over the whole sequence, trained on the task's view: the sequence without its last item)."""
+        seqs = inputs_for(task.kind, full)
+        new = torch.where(full >= old_vocab, full, torch.zeros_like(full))
         new = torch.cat([torch.zeros_like(new[:, :1]), new], dim=1)  # a 0 first, so the count below is exact
         distinct = (torch.diff(torch.sort(new, dim=1).values, dim=1) != 0).sum(dim=1)  # distinct new ids per user
         cand = torch.nonzero(distinct > 0).flatten()

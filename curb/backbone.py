@@ -215,6 +215,36 @@ class NextItNet(nn.Module):
         return h
 
 
+class OwnedItemRows:
+    """Time-aware streams, for methods whose backbone is frozen after T1 (PeterRec, Piggyback,
+    CONURE): the item rows a task brings belong to that task. They are trained while it is
+    learned (the gradient of every older row is zeroed, so Adam leaves those rows bit-identical)
+    and frozen afterwards, so no task ever changes what an older task reads."""
+
+    def __init__(self) -> None:
+        self.start: int | None = None  # first row the task being learned owns; None: it owns none
+
+    def grow(self, net: NextItNet, n_new: int) -> None:
+        """Append `n_new` rows to `net`'s table; the next task owns them."""
+        if self.start is None:
+            self.start = net.n_items
+        net.grow_items(n_new)
+
+    @property
+    def owned(self) -> bool:
+        return self.start is not None
+
+    def mask_grad(self, net: NextItNet) -> None:
+        """After backward: only the owned rows keep a gradient."""
+        g = net.item_emb.weight.grad
+        if self.start is not None and g is not None:
+            g[: self.start] = 0
+
+    def release(self) -> None:
+        """At the end of the task: its rows are frozen from now on."""
+        self.start = None
+
+
 def make_head(channels: int, n_labels: int) -> nn.Linear:
     """Task head G: Linear(f, |Y|), weight N(0, 0.01^2), bias 0.1 (METHODS.md §3.4)."""
     head = nn.Linear(channels, n_labels)

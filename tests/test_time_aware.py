@@ -201,3 +201,35 @@ def test_ml_time_refuses_ratings_without_timestamps():
 
     with pytest.raises(DataNotFoundError, match="without timestamps"):
         get_dataset("ml-time").build(data_root() / "ml-1m")
+
+
+@pytest.mark.parametrize("name", ["peterrec", "piggyback", "conure"])
+def test_frozen_backbone_methods_give_new_rows_to_the_task_that_brings_them(name):
+    h = Harness(name, dataset="synthetic-time-mini")
+    m = h.learn("T1")
+
+    def table() -> torch.Tensor:
+        (net,) = {id(x): x for mod in m.modules().values() for x in mod.modules() if isinstance(x, NextItNet)}.values()
+        return net.item_emb.weight.detach().clone()
+
+    t1_rows = table()
+    h.learn("T2")
+    after2 = table()
+    assert torch.equal(after2[:37], t1_rows)  # T1's rows: untouched by T2
+    assert not torch.equal(after2[37:43], _grown_rows(h, name))  # T2's own rows: trained by T2
+    before3 = h.scores()
+    h.learn("T3")
+    after3 = table()
+    assert torch.equal(after3[:43], after2)  # T2's rows are frozen once T2 is done
+    now = h.scores()
+    assert all(torch.equal(now[k], before3[k]) for k in before3)  # older tasks never change (BWT = 0)
+    assert h.scores_equal(h.method, h.reload())
+
+
+def _grown_rows(h: Harness, name: str) -> torch.Tensor:
+    """The rows T2 would start from: the same method grown but not trained (same seeds)."""
+    other = Harness(name, dataset="synthetic-time-mini")
+    m = other.learn("T1")
+    m.extend_items(43)
+    (net,) = {id(x): x for mod in m.modules().values() for x in mod.modules() if isinstance(x, NextItNet)}.values()
+    return net.item_emb.weight.detach()[37:43].clone()

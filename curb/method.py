@@ -216,8 +216,8 @@ class Method:
         """Time-aware streams: before the next task, item ids `self.n_items .. self.n_items + n_new - 1`
         enter the vocabulary. Append that many rows to every item table (old rows must stay
         bit-identical: `NextItNet.grow_items`) and to any per-item state; set `grows_items = True`.
-        A method that cannot (its item table is frozen, or it learns all tasks at once) leaves
-        `grows_items` False and the runner refuses it on a time-aware stream."""
+        A method that cannot (MTL learns all tasks at once) leaves `grows_items` False and the
+        runner refuses it on a time-aware stream."""
         raise NotImplementedError(f"method {self.name!r} cannot add items to its vocabulary")
 
     def modules(self) -> dict[str, nn.Module]:

@@ -233,3 +233,10 @@ def _grown_rows(h: Harness, name: str) -> torch.Tensor:
     m.extend_items(43)
     (net,) = {id(x): x for mod in m.modules().values() for x in mod.modules() if isinstance(x, NextItNet)}.values()
     return net.item_emb.weight.detach()[37:43].clone()
+
+
+def test_the_cold_start_study_refuses_a_time_aware_stream(tmp_path):
+    from curb.coldstart import run_cold_start
+
+    with pytest.raises(ConfigError, match="needs a static stream"):
+        run_cold_start("synthetic-time-mini", out=tmp_path, echo=lambda *_: None)

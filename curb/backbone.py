@@ -111,13 +111,16 @@ class ItemRows:
         h.update(self.values.numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def write(self, weight: Tensor) -> None:
+    def write(self, weight: Tensor, start: int = 0) -> None:
+        """Write the rows of ids in [start, rows of `weight`): a time-aware stream's table holds the
+        first periods' items only, and rows of items that enter later are written when they do."""
         n, f = weight.shape
-        if n != self.n_items or self.values.shape[1] > f:
+        if n > self.n_items or self.values.shape[1] > f:
             raise ValueError(f"item rows for {self.n_items} items x {self.values.shape[1]} columns do not fit an "
                              f"item table of {n} x {f}")
+        keep = (self.items >= start) & (self.items < n)
         with torch.no_grad():
-            weight[self.items, : self.values.shape[1]] = self.values.to(weight.dtype)
+            weight[self.items[keep], : self.values.shape[1]] = self.values[keep].to(weight.dtype)
 
 
 class CausalConv(nn.Module):
@@ -170,6 +173,23 @@ class NextItNet(nn.Module):
             cfg.item_rows.write(self.item_emb.weight)
         self.blocks = nn.ModuleList(ResidualBlock(cfg, d) for d in cfg.dilations)
 
+    def grow_items(self, n_new: int) -> None:
+        """Append `n_new` item rows (the next ids), drawn like a fresh table of the new size (U(-b, b),
+        b = 1/sqrt(new vocabulary); text rows where the config carries them). Existing rows are
+        copied bit for bit; the row parameter is a new tensor, so an optimiser must be created after
+        growth (the shared fit loop creates one per phase). `requires_grad` is kept."""
+        old = self.item_emb.weight
+        n = self.n_items + n_new
+        new = torch.empty(n, old.shape[1], dtype=old.dtype, device=old.device)
+        bound = item_init_bound(n)
+        with torch.no_grad():
+            new[self.n_items:].uniform_(-bound, bound)
+            if self.cfg.item_init == "text":
+                self.cfg.item_rows.write(new, start=self.n_items)
+            new[: self.n_items] = old
+        self.item_emb = nn.Embedding(n, old.shape[1], _weight=new).requires_grad_(old.requires_grad)
+        self.n_items = n
+
     def convs(self) -> list[CausalConv]:
         """The convolutions in forward order (index i used by the hooks)."""
         return [c for b in self.blocks for c in (b.conv1, b.conv2)]
@@ -193,6 +213,36 @@ class NextItNet(nn.Module):
                     inp = inp * (g.unsqueeze(1) if g.dim() == 2 else g)
             h = h + inp
         return h
+
+
+class OwnedItemRows:
+    """Time-aware streams, for methods whose backbone is frozen after T1 (PeterRec, Piggyback,
+    CONURE): the item rows a task brings belong to that task. They are trained while it is
+    learned (the gradient of every older row is zeroed, so Adam leaves those rows bit-identical)
+    and frozen afterwards, so no task ever changes what an older task reads."""
+
+    def __init__(self) -> None:
+        self.start: int | None = None  # first row the task being learned owns; None: it owns none
+
+    def grow(self, net: NextItNet, n_new: int) -> None:
+        """Append `n_new` rows to `net`'s table; the next task owns them."""
+        if self.start is None:
+            self.start = net.n_items
+        net.grow_items(n_new)
+
+    @property
+    def owned(self) -> bool:
+        return self.start is not None
+
+    def mask_grad(self, net: NextItNet) -> None:
+        """After backward: only the owned rows keep a gradient."""
+        g = net.item_emb.weight.grad
+        if self.start is not None and g is not None:
+            g[: self.start] = 0
+
+    def release(self) -> None:
+        """At the end of the task: its rows are frozen from now on."""
+        self.start = None
 
 
 def make_head(channels: int, n_labels: int) -> nn.Linear:

@@ -530,6 +530,9 @@ def run_cold_start(dataset: str, methods: Sequence[str] = DEFAULT_METHODS, seeds
     ncf_ov, cell_ov = _split_overrides(overrides or {})
     cfg = ncf_config(ncf_ov)
     full = build_stream(CellSpec("pop", dataset, preset=preset), data_dir)
+    if full.time_aware:  # a snapshot's vocabulary would not cover the held-out task's later items
+        raise ConfigError(f"the cold-start study needs a static stream; {dataset!r} is time-aware (its rows hold items "
+                          "that enter the vocabulary task by task)")
     task = full.task(holdout)
     if task.kind != "recommend":
         raise ConfigError(f"held-out task {holdout!r} is a {task.kind} task; NCF needs a recommend task")

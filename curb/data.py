@@ -219,7 +219,8 @@ def save_stream(stream: TaskStream, path: Path) -> None:
     header = {
         "format": STREAM_FORMAT, "name": stream.name, "n_items": stream.n_items, "meta": stream.meta,
         "tasks": [{"name": t.name, "kind": t.kind, "n_labels": t.n_labels, "description": t.description,
-                   "label_names": list(t.label_names) if t.label_names is not None else None} for t in stream.tasks],
+                   "label_names": list(t.label_names) if t.label_names is not None else None,
+                   **({"vocab": t.vocab} if t.vocab is not None else {})} for t in stream.tasks],
     }
     arrays = {"header": np.array(json.dumps(header)), "sequences": _small(stream.sequences)}
     if stream.item_ids is not None:
@@ -242,7 +243,7 @@ def load_stream(path: Path) -> TaskStream:
             Task(t["name"], t["kind"], t["n_labels"],
                  Targets(i64(f"t{i}_users"), i64(f"t{i}_ptr"), i64(f"t{i}_labels")),
                  label_names=tuple(t["label_names"]) if t["label_names"] is not None else None,
-                 description=t["description"])
+                 description=t["description"], vocab=t.get("vocab"))
             for i, t in enumerate(header["tasks"])
         )
         return TaskStream(header["name"], i64("sequences"), header["n_items"], tasks, meta=header["meta"],

@@ -87,10 +87,12 @@ def stream_stats(stream: TaskStream) -> dict:
     lengths = (stream.sequences != 0).sum(axis=1)
     q = np.percentile(lengths, [0, 10, 25, 50, 75, 90, 100])
     tasks = []
-    for t in stream.tasks:
+    for j, t in enumerate(stream.tasks):
         c = t.targets.counts()
         tasks.append({"task": t.name, "kind": t.kind, "description": t.description, "users": t.targets.n_users,
-                      "labels": t.n_labels, "pairs": t.targets.n_pairs, "mean_targets": float(c.mean())})
+                      "labels": t.n_labels, "pairs": t.targets.n_pairs, "mean_targets": float(c.mean()),
+                      **({"new_items": stream.vocab_at(j) - (stream.vocab_at(j - 1) if j else 1)}
+                         if stream.time_aware else {})})
     return {
         "name": stream.name, "users": stream.n_users, "items": stream.n_items,
         "seq_len": int(stream.sequences.shape[1]),
@@ -103,11 +105,12 @@ def stream_stats(stream: TaskStream) -> dict:
 
 
 def format_stats(s: dict) -> str:
+    timed = "new_items" in s["tasks"][0]  # a time-aware stream: the items each task brings
     rows = [[t["task"], t["kind"], t["description"], f"{t['users']:,}", f"{t['labels']:,}", f"{t['pairs']:,}",
-             f"{t['mean_targets']:.1f}"] for t in s["tasks"]]
+             f"{t['mean_targets']:.1f}", *([f"{t['new_items']:,}"] if timed else [])] for t in s["tasks"]]
     table = tabulate(rows, headers=["task", "kind", "description", "users |U|", "labels |Y|", "pairs",
-                                    "mean targets"], tablefmt="github", colalign=("left",) * 3 + ("right",) * 4,
-                     disable_numparse=True)
+                                    "mean targets", *(["new items"] if timed else [])], tablefmt="github",
+                     colalign=("left",) * 3 + ("right",) * (5 if timed else 4), disable_numparse=True)
     ln = s["length"]
     src = ", ".join(s["meta"].get("sources", {})) or "(generated)"
     return "\n".join([

@@ -119,7 +119,7 @@ class Batch:
 class Setup:
     """Everything a method is constructed with."""
 
-    n_items: int
+    n_items: int  # item vocabulary at the first task (time-aware streams add items later: `grow_items`)
     seq_len: int
     backbone: BackboneConfig
     train: TrainConfig
@@ -137,6 +137,17 @@ def anneal(index: int, n_batches: int, smax: float) -> float:
 def readout(h: Tensor, all_positions: bool) -> Tensor:
     """Backbone output [B, n, f] -> what a head reads: the last position [B, f], or all positions."""
     return h if all_positions else h[:, -1]
+
+
+def full_sequences(batch: Batch) -> Tensor:
+    """The whole sequences of a batch's users (a next-item batch holds x[:, :-1] and x[:, 1:])."""
+    return batch.x if batch.rows is not None else torch.cat([batch.x, batch.y[:, -1:]], dim=1)
+
+
+def inputs_for(kind: str, full: Tensor) -> Tensor:
+    """What a task of `kind` reads from whole sequences: a next-item task predicts the last item
+    from the rest (as the evaluator scores it), any other task reads everything."""
+    return full[:, :-1] if kind == "next_item" else full
 
 
 def task_loss(logits: Tensor, batch: Batch, ignore_pad: bool = False) -> Tensor:
@@ -186,6 +197,7 @@ class Method:
     # In `--methods all`, the fixed benchmark set. Honoured only when set on a built-in class
     # itself (not inherited, not a plugin's), so a method joins the set deliberately.
     benchmark: ClassVar[bool] = False
+    grows_items: ClassVar[bool] = False  # implements `grow_items` (may run on time-aware streams)
 
     @dataclass
     class Config:
@@ -197,6 +209,7 @@ class Method:
         self.device = setup.device
         self.tasks: list[TaskInfo] = []  # learned so far, in stream order
         self.rng = np.random.default_rng(setup.seed)
+        self.n_items = setup.n_items  # item vocabulary every item table of the method has now
 
     # ------------------------------------------------------------------ to override
     def begin_task(self, task: TaskInfo) -> None:
@@ -233,6 +246,14 @@ class Method:
     def end_task(self, task: TaskInfo) -> None:
         """Consolidate after training on `task` (freeze, prune, cumulate masks)."""
 
+    def grow_items(self, n_new: int) -> None:
+        """Time-aware streams: before the next task, item ids `self.n_items .. self.n_items + n_new - 1`
+        enter the vocabulary. Append that many rows to every item table (old rows must stay
+        bit-identical: `NextItNet.grow_items`) and to any per-item state; set `grows_items = True`.
+        A method that cannot (MTL learns all tasks at once) leaves `grows_items` False and the
+        runner refuses it on a time-aware stream."""
+        raise NotImplementedError(f"method {self.name!r} cannot add items to its vocabulary")
+
     def modules(self) -> dict[str, nn.Module]:
         """Every nn.Module holding the method's state (checkpointed and moved to device)."""
         raise NotImplementedError
@@ -258,6 +279,12 @@ class Method:
         pass
 
     # ------------------------------------------------------------------ driven by the runner
+    def extend_items(self, n_items: int) -> None:
+        """Grow the vocabulary to `n_items` (no-op when it is not larger): calls `grow_items`."""
+        if n_items > self.n_items:
+            self.grow_items(n_items - self.n_items)
+            self.n_items = n_items
+
     def learn_task(self, task: TaskInfo, train: TaskData, val: TaskData, fit: "FitFn") -> None:
         self.tasks.append(task)
         self.begin_task(task)
@@ -314,12 +341,14 @@ class Method:
             "tasks": [dataclasses.asdict(t) for t in self.tasks],
             "extra": self.extra_state(),
             "rng": self.rng.bit_generator.state,
+            "n_items": self.n_items,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.tasks = [TaskInfo(**{**t, "label_names": tuple(t["label_names"]) if t["label_names"] else None})
                       for t in state["tasks"]]
-        self.load_extra_state(state["extra"])  # may create modules the state below fills
+        self.extend_items(state.get("n_items", self.n_items))  # grow existing tables first (time-aware streams)
+        self.load_extra_state(state["extra"])  # may create modules the state below fills, at self.n_items
         mods = self.modules()
         for k, sd in state["modules"].items():
             mods[k].load_state_dict(sd)

@@ -35,12 +35,17 @@ _QUIET = bool(os.environ.get(WARNED_ENV))  # this process is such a worker: its 
 # needs no torch, and tests/test_plugins.py fails when the two disagree.
 BUILTIN_METHODS: dict[str, tuple[str, bool]] = {
     "conure": ("prune -> retrain -> freeze: disjoint magnitude-pruned kernel entries per task (BWT = 0)", True),
+    "ditto": ("time-aware successor of TERACON: similarity-selected forward and backward transfer (SIGIR 2025)", True),
+    "ewc": ("elastic weight consolidation: a diagonal-Fisher penalty keeps the shared backbone near past optima", True),
     "fineall": ("copy of the pre-trained T1 model fine-tuned end to end per task", True),
+    "finetune": ("one shared model fine-tuned task after task, nothing protects old tasks (forgetting lower bound)", False),
     "hat": ("hard attention to the task: annealed unit gates per task, gradients masked by past gates", True),
+    "lwf": ("learning without forgetting: old heads' softened outputs on each new task's inputs are distilled", True),
     "mtl": ("multi-task learning: all tasks after T1 jointly (not continual: needs the whole stream up front)", True),
     "peterrec": ("frozen pre-trained backbone + per-task model patches, LayerNorm-2 and head (SIGIR 2020)", True),
     "piggyback": ("binary masks (learned scores, straight-through) on the frozen pre-trained T1 convs", True),
     "pop": ("popularity / majority-class baseline from training-label counts (no learning)", True),
+    "replay": ("experience replay (DER++): a fixed seeded buffer of training users per task replays labels and logits", True),
     "sinmo": ("single model per task from random init (no transfer; FWT reference)", True),
     "teracon": ("relation-aware task masks + relation-aware knowledge retention (KDD 2023; the paper's method)", True),
 }

@@ -271,7 +271,7 @@ def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunCon
     The returned function closes over T1's train/val data only, never over the stream.
     """
     t1 = stream.tasks[0]
-    info, n_items = task_info(t1), stream.n_items
+    info, n_items = task_info(t1), stream.vocab_at(0)
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(stream.sequences).tobytes())
     h.update(canonical({"n_items": n_items, "task": t1.name, "split": dataclasses.asdict(cfg.split),
@@ -460,6 +460,10 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     stop = should_stop or (lambda: False)
     dev = torch.device(device)
     cls = get_method(spec.method)
+    if stream.time_aware and not cls.grows_items:
+        raise ConfigError(f"method {spec.method!r} cannot run on the time-aware stream {spec.dataset!r}: items enter "
+                          "its vocabulary task by task and the method does not grow its item embeddings "
+                          "(Method.grow_items; docs/methods.md says which methods can)")
     cfg = resolve_config(spec)
     backbone, item_init = prepare_item_init(spec.dataset, data_dir, stream, cfg.backbone, echo)
     cfg = dataclasses.replace(cfg, backbone=backbone)  # every model of the cell is built from it
@@ -468,7 +472,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
                     progress_meta={"format": CHECKPOINT_FORMAT, "spec_hash": spec.hash, "fingerprint": fingerprint})
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
-    setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, spec.seed,
+    setup = Setup(stream.vocab_at(0), stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, spec.seed,
                   pretrained_t1=_t1_provider(stream, evaluator.train_data(stream.tasks[0].name),
                                              evaluator.val_data(stream.tasks[0].name), cfg, spec.seed, dev,
                                              out / ".cache" / "t1", fitter))
@@ -522,6 +526,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
         for j in range(start, m):
             name = names[j]
             t0 = time.perf_counter()
+            method.extend_items(stream.vocab_at(j))  # time-aware streams: this task's new items enter
             method.learn_task(evaluator.info(name), evaluator.train_data(name), evaluator.val_data(name), fitter)
             train_s = time.perf_counter() - t0
             eval_s = evaluate_row(j, range(j + 1))

@@ -5,6 +5,12 @@ and an ordered list of `Task`s. A task only names which users it covers and thei
 inputs of every task are the users' shared sequences (docs/protocol.md §1.1). Transforms return new
 streams and never mutate: `reversed()`, `reorder()`, `without()`, `with_noise_task()`.
 
+Time-aware streams (docs/datasets.md, "Time-aware streams"): every task names the item
+vocabulary of its period (`Task.vocab`), item ids are numbered by the period they first appear
+in, and a row holds one user's sequence as of one period (a user active in several periods has
+one row per period). `vocab_at(j)` is what a learner knows at the task in position j; the runner
+grows every method's item embeddings to it before that task (`Method.grow_items`).
+
 Splits are built here too (`split_task`) but are owned by the evaluator: methods never receive
 a `Task`'s test part.
 """
@@ -107,6 +113,9 @@ class Task:
     targets: Targets
     label_names: tuple[str, ...] | None = None
     description: str = ""
+    # Time-aware streams only: the item vocabulary (padding included) as of this task's period.
+    # Its users' sequences use ids below it; ids from here up to the stream's n_items appear later.
+    vocab: int | None = None
 
     @property
     def metric(self) -> str:
@@ -130,6 +139,9 @@ class Task:
             )
         if self.kind == "classify" and np.any(self.targets.counts() != 1):
             raise StreamError(f"task {self.name!r}: a classify task needs exactly one label per user")
+        if self.vocab is not None and (not isinstance(self.vocab, (int, np.integer)) or self.vocab < 2):
+            raise StreamError(f"task {self.name!r}: vocab (items of its period, padding included) must be an "
+                              f"integer >= 2, got {self.vocab!r}")
 
 
 @dataclass(frozen=True)
@@ -163,11 +175,42 @@ class TaskStream:
         for t in self.tasks:
             if t.targets.users.max() >= len(seqs):
                 raise StreamError(f"task {t.name!r} names a user outside the stream")
+        if self.time_aware:
+            self._check_time_aware()
         ids = self.item_ids
         if ids is not None and (not isinstance(ids, np.ndarray) or ids.shape != (self.n_items,)
                                 or ids.dtype.kind not in "iu"):
             raise StreamError(f"stream {self.name!r}: item_ids must be an integer array of n_items ({self.n_items}) "
                               "source ids")
+
+    def _check_time_aware(self) -> None:
+        """Every task names its period's vocabulary, the last period holds every item, and a task's
+        users' sequences use only items of its period."""
+        missing = [t.name for t in self.tasks if t.vocab is None]
+        if missing:
+            raise StreamError(f"stream {self.name!r} is time-aware (some tasks name their period's vocab) but tasks "
+                              f"{missing} do not")
+        if max(t.vocab for t in self.tasks) != self.n_items:
+            raise StreamError(f"stream {self.name!r}: the largest task vocab ({max(t.vocab for t in self.tasks)}) "
+                              f"must be the stream's n_items ({self.n_items})")
+        for t in self.tasks:
+            top = int(self.sequences[t.targets.users].max())
+            if top >= t.vocab:
+                raise StreamError(f"task {t.name!r}: its users' sequences hold item id {top}, which appears only after "
+                                  f"its period (its vocab is {t.vocab})")
+
+    @property
+    def time_aware(self) -> bool:
+        """Items enter the vocabulary over time: task j brings the ids below `vocab_at(j)`."""
+        return any(t.vocab is not None for t in self.tasks)
+
+    def vocab_at(self, position: int) -> int:
+        """The item vocabulary (padding included) a learner knows while learning the task at
+        `position` (0-based): the largest period vocabulary so far on a time-aware stream, so a
+        task brings its period's new items wherever it stands; n_items on a static stream."""
+        if not self.time_aware:
+            return self.n_items
+        return max(t.vocab for t in self.tasks[: position + 1])
 
     @property
     def task_names(self) -> list[str]:
@@ -192,6 +235,8 @@ class TaskStream:
             if t.name in skip:
                 continue
             h.update(f"{t.name}|{t.kind}|{t.n_labels}".encode())
+            if t.vocab is not None:
+                h.update(f"|vocab {t.vocab}".encode())
             for a in (t.targets.users, t.targets.ptr, t.targets.labels):
                 h.update(np.ascontiguousarray(a).tobytes())
         return h.hexdigest()[:16]
@@ -242,7 +287,8 @@ class TaskStream:
         """Insert an uninformative classification task at 0-based index `position` (>= 1).
 
         `user_frac` of all users (U^{T1}) are drawn at random and each gets a label uniform in
-        {0..n_classes-1}, independent of its behaviour (docs/protocol.md §1.7).
+        {0..n_classes-1}, independent of its behaviour (docs/protocol.md §1.7). On a time-aware stream
+        the users are drawn among those whose sequences hold only items known at that position.
         """
         if not 1 <= position <= len(self.tasks):
             raise StreamError(f"noise position must lie in 1..{len(self.tasks)}, got {position}")
@@ -251,8 +297,15 @@ class TaskStream:
         if n_classes < 2:
             raise StreamError(f"noise n_classes must be >= 2, got {n_classes}")
         rng = np.random.default_rng([seed, 0x401CE])
-        n = max(1, int(round(user_frac * self.n_users)))
-        users = np.sort(rng.choice(self.n_users, size=n, replace=False))
+        if self.time_aware:  # users whose sequences the learner can read at that point of the stream
+            vocab = self.vocab_at(position - 1)
+            pool = np.flatnonzero(self.sequences.max(axis=1) < vocab)
+            n = max(1, int(round(user_frac * len(pool))))
+            users = np.sort(rng.choice(pool, size=n, replace=False))
+        else:
+            vocab = None
+            n = max(1, int(round(user_frac * self.n_users)))
+            users = np.sort(rng.choice(self.n_users, size=n, replace=False))
         labels = rng.integers(0, n_classes, size=n)
         noise = Task(
             name="noise",
@@ -260,6 +313,7 @@ class TaskStream:
             n_labels=n_classes,
             targets=Targets(users, np.arange(n + 1, dtype=np.int64), labels.astype(np.int64)),
             description=f"uninformative: {user_frac:.0%} of users, uniform labels in {n_classes} classes",
+            vocab=vocab,
         )
         if "noise" in self.task_names:
             raise StreamError("the stream already has a noise task")

@@ -18,6 +18,10 @@ identical (indexed) sequence, the k-th such line to the k-th such user, so class
 tasks keep one label per user; a later line with no match becomes a new user outside T1.
 Items of later inputs that never occur in the first file are rejected (`unseen: "error"`, the
 default, as the reference crashes on them) or mapped to padding (`unseen: "pad"`).
+Time-aware streams: a later task may name `"new_items": "file"`, one item id per line, the items
+that first appear at that task. Their ids follow the first file's (sorted within each task), every
+task records the vocabulary of its period (`Task.vocab`), and a task's input holding an item
+listed for a later task is an error.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class TaskSpec:
     kind: str
     file: str
     description: str = ""
+    new_items: str | None = None  # time-aware streams: a file of the item ids that first appear at this task
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,9 @@ class Manifest:
     item_text: str | None = None  # CSV `item,text` for backbone.item_init=text (does not change the stream)
 
     def options(self) -> dict:
-        return {"unseen": self.unseen, "padded": self.padded, "max_len": self.max_len}
+        new = {s.name: s.new_items for s in self.tasks if s.new_items}
+        return {"unseen": self.unseen, "padded": self.padded, "max_len": self.max_len,
+                **({"new_items": new} if new else {})}
 
 
 _OPTION_KEYS = ("name", "unseen", "padded", "max_len", "item_text")
@@ -108,8 +115,8 @@ def read_manifest(path: Path) -> Manifest:
     for k, t in enumerate(tasks):
         where = f"tasks[{k}]"
         if not isinstance(t, dict) or not {"name", "kind", "file"} <= set(t) or set(t) - valid:
-            raise DataFormatError(path, None, f"{where} must have the keys name, kind, file (optional: description), "
-                                              f"got {t!r}")
+            raise DataFormatError(path, None, f"{where} must have the keys name, kind, file (optional: description, "
+                                              f"new_items), got {t!r}")
         if not isinstance(t["name"], str) or not _NAME.fullmatch(t["name"]):
             raise DataFormatError(path, None, f"{where}: task name {t['name']!r} must match {_NAME.pattern}")
         if t["kind"] not in KINDS:
@@ -119,7 +126,11 @@ def read_manifest(path: Path) -> Manifest:
                                               f"next_item (got {t['kind']!r})")
         if not _relative(t["file"]):
             raise DataFormatError(path, None, f"{where}: file {t['file']!r} must be a path relative to the manifest")
-        specs.append(TaskSpec(t["name"], t["kind"], t["file"], str(t.get("description", ""))))
+        new = t.get("new_items")
+        if new is not None and (k == 0 or not _relative(new)):
+            raise DataFormatError(path, None, f"{where}: new_items must be a path relative to the manifest, on a task "
+                                              f"after the first (the first task's items are those of its file); got {new!r}")
+        specs.append(TaskSpec(t["name"], t["kind"], t["file"], str(t.get("description", "")), new))
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise DataFormatError(path, None, f"duplicate task names {names}")
@@ -342,11 +353,24 @@ def build(folder: Path, manifest: Manifest) -> TaskStream:
     checked(first)
     if width < 2:
         raise DataFormatError(first.path, None, "sequences must be at least 2 items long for next-item training")
-    vocab = _sorted_unique(first.seq[first.seq != 0])  # real item tokens, sorted numerically: ids 1..n
+    # Item tokens in id order: the first file's, sorted numerically (ids 1..n), then each task's listed
+    # new items, sorted (a time-aware stream); `sizes[j]` is the vocabulary as of task j.
+    tokens, sizes = _item_order(folder, manifest, _sorted_unique(first.seq[first.seq != 0]))
+    order = np.argsort(tokens, kind="stable")
+    time_aware = any(s.new_items for s in manifest.tasks)
 
     def index(p: Parsed, spec: TaskSpec) -> tuple[np.ndarray, int]:
         """Item ids of `p`'s inputs (left-padded to `width`) and how many unseen items became padding."""
-        ids = _lookup(vocab, p.seq) + 1  # 0 for padding and for unseen items
+        pos = _lookup(tokens[order], p.seq)
+        ids = np.where(pos >= 0, order[np.maximum(pos, 0)] + 1, 0)  # 0 for padding and for unseen items
+        j = manifest.tasks.index(spec)
+        late = ids >= sizes[j]
+        if late.any():
+            k = int(np.flatnonzero(late)[0])
+            at = next(s.name for s, n in zip(manifest.tasks, sizes) if ids[k] < n)
+            raise DataFormatError(p.path, p.line_of_token(k), f"item {p.seq[k]} in the input of task {spec.name} is "
+                                  f"listed as new only at the later task {at}: a task's input holds items of its own "
+                                  "period or earlier")
         unknown = (ids == 0) & (p.seq != 0)
         if unknown.any() and manifest.unseen == "error":
             k = int(np.flatnonzero(unknown)[0])
@@ -357,8 +381,9 @@ def build(folder: Path, manifest: Manifest) -> TaskStream:
 
     seqs, _ = index(first, manifest.tasks[0])
     n1 = len(seqs)
-    tasks = [Task(manifest.tasks[0].name, "next_item", len(vocab) + 1, Targets(np.arange(n1), np.arange(n1 + 1),
-                  seqs[:, -1]), description=manifest.tasks[0].description or "next item")]
+    tasks = [Task(manifest.tasks[0].name, "next_item", sizes[0], Targets(np.arange(n1), np.arange(n1 + 1),
+                  seqs[:, -1]), description=manifest.tasks[0].description or "next item",
+                  vocab=sizes[0] if time_aware else None)]
     unseen, added = {}, {}
     for spec, p in zip(manifest.tasks[1:], later):
         x, unseen[spec.name] = index(p, spec)
@@ -374,13 +399,52 @@ def build(folder: Path, manifest: Manifest) -> TaskStream:
         labels_raw = _sorted_unique(p.tgt)  # the task's own dictionary, sorted numerically
         tg = Targets.from_pairs(np.repeat(row, p.tgt_len), _lookup(labels_raw, p.tgt))
         tasks.append(Task(spec.name, spec.kind, len(labels_raw), tg, description=spec.description,
-                          label_names=tuple(map(str, labels_raw)) if spec.kind == "classify" else None))
+                          label_names=tuple(map(str, labels_raw)) if spec.kind == "classify" else None,
+                          vocab=sizes[len(tasks)] if time_aware else None))
     meta = {"format": "curb-custom", "files": {s.name: s.file for s in manifest.tasks}, "options": manifest.options(),
             "users_outside_T1": added, **({"unseen_items_padded": unseen} if manifest.unseen == "pad" else {})}
-    stream = TaskStream(manifest.name, seqs, len(vocab) + 1, tuple(tasks), meta=meta,
-                        item_ids=np.concatenate([[0], vocab]).astype(np.int64))
+    if time_aware:
+        meta["new_items"] = {s.name: n - (sizes[k - 1] if k else 1) for k, (s, n) in enumerate(zip(manifest.tasks, sizes))}
+    stream = TaskStream(manifest.name, seqs, sizes[-1], tuple(tasks), meta=meta,
+                        item_ids=np.concatenate([[0], tokens]).astype(np.int64))
     check_splittable(stream, {k: str(v) for k, v in files.items()})
     return stream
+
+
+def read_new_items(path: Path) -> np.ndarray:
+    """A task's `new_items` file: one item id per line (a positive integer, as in the task files)."""
+    if not path.is_file():
+        raise DataNotFoundError(f"new-items file {path} is missing (named by \"new_items\" in {MANIFEST})")
+    ids = []
+    for lineno, line in enumerate(path.read_text(encoding="latin-1").splitlines(), 1):
+        tok = line.strip()
+        if not tok:
+            continue
+        if not tok.isdigit() or int(tok) == 0:
+            raise DataFormatError(path, lineno, f"item id {tok[:40]!r} must be a positive integer (0 is padding)")
+        ids.append(int(tok))
+    out = np.array(ids, dtype=np.int64)
+    uniq, counts = np.unique(out, return_counts=True)
+    if (counts > 1).any():
+        raise DataFormatError(path, None, f"item {uniq[counts > 1][0]} listed twice")
+    return out
+
+
+def _item_order(folder: Path, manifest: Manifest, first: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Item tokens in id order (the first file's, then every task's new items, each block sorted) and
+    the vocabulary size (padding included) as of each task."""
+    blocks, sizes = [first], [len(first) + 1]
+    for spec in manifest.tasks[1:]:
+        new = np.sort(read_new_items(folder / spec.new_items)) if spec.new_items else np.zeros(0, np.int64)
+        known = np.concatenate(blocks)
+        again = new[np.isin(new, known)]
+        if len(again):
+            where = "the first file" if np.isin(again[0], first) else "an earlier task's new_items"
+            raise DataFormatError(folder / spec.new_items, None, f"item {again[0]} is listed as new at task {spec.name}"
+                                  f" but already occurs in {where}")
+        blocks.append(new)
+        sizes.append(sizes[-1] + len(new))
+    return np.concatenate(blocks), sizes
 
 
 def load(folder: Path, manifest: Manifest, manifest_path: Path | None, dataset: str) -> TaskStream:
@@ -388,6 +452,7 @@ def load(folder: Path, manifest: Manifest, manifest_path: Path | None, dataset: 
     if missing:
         raise DataNotFoundError("task files missing: " + ", ".join(map(str, missing)))
     sources = ([manifest_path] if manifest_path else []) + [folder / s.file for s in manifest.tasks]
+    sources += [folder / s.new_items for s in manifest.tasks if s.new_items]
     return cached_build(dataset, list(dict.fromkeys(sources)), lambda: build(folder, manifest),
                         options=manifest.options())
 

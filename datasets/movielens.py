@@ -73,12 +73,13 @@ class Layout:
     header: tuple[str, ...] | None = None  # exact header line fields, when the file has one
     half_stars: bool = False
     items: str = ""  # the file holding the movie titles
+    timestamps: bool = True  # `ts` is a rating time (False: only each user's order, as in the rebuilt ML-1M)
 
 
 _LAYOUTS = (
     Layout("ml-1m", "ratings.dat", "users.dat", "::", ("user", "item", "rating", "ts"), items="movies.dat"),
     Layout("ml-1m", "ratings_reconstructed.csv.gz", "users.dat", ",", ("user", "item", "rating", "ts", "orig"),
-           ("user_id", "movie_id", "rating", "seq_idx", "orig_line"), items="movies.dat"),
+           ("user_id", "movie_id", "rating", "seq_idx", "orig_line"), items="movies.dat", timestamps=False),
     Layout("ml-100k", "u.data", "u.user", "\t", ("user", "item", "rating", "ts"), items="u.item"),
     Layout("ml-100k", "ml-100k.inter", "ml-100k.user", "\t", ("user", "item", "rating", "ts"),
            ("user_id:token", "item_id:token", "rating:float", "timestamp:float"), items="ml-100k.item"),
@@ -260,15 +261,22 @@ def read_users(path: Path) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------- locating files
-def locate(data_dir: Path | None) -> tuple[Layout, Path]:
-    """The first (layout, folder) found: --data-dir, else each release's candidate folders."""
+def locate(data_dir: Path | None, timestamps: bool = False) -> tuple[Layout, Path]:
+    """The first (layout, folder) found: --data-dir, else each release's candidate folders.
+    `timestamps`: only layouts with real rating times (not the reconstructed ML-1M file)."""
     folders = [Path(data_dir)] if data_dir is not None else [
         d for r in RELEASES for d in candidate_dirs(r.name, None)]
+    layouts = [lay for lay in _LAYOUTS if lay.timestamps or not timestamps]
     for d in dict.fromkeys(folders):
-        for layout in _LAYOUTS:
+        for layout in layouts:
             if (d / layout.ratings).is_file():
                 return layout, d
-    raise DataNotFoundError(not_found_message("MovieLens ratings", [r.name for r in RELEASES], folders))
+    if timestamps and data_dir is not None and any((Path(data_dir) / lay.ratings).is_file() for lay in _LAYOUTS):
+        raise DataNotFoundError(f"{data_dir} holds MovieLens ratings without timestamps (the reconstructed ML-1M file "
+                                "keeps only the order of each user's ratings); the time-aware stream needs rating "
+                                "times: use ML-100K (`curb data fetch ml-100k`), ML-1M's ratings.dat or ML-25M")
+    raise DataNotFoundError(not_found_message("MovieLens ratings with timestamps" if timestamps else "MovieLens ratings",
+                                              [r.name for r in RELEASES], folders))
 
 
 # ------------------------------------------------------------------------------- the recipe
@@ -324,6 +332,76 @@ def build_stream(ratings: pd.DataFrame, users: pd.DataFrame | None, name: str, r
         ]
     return TaskStream(name, seqs, len(vocab) + 1, tuple(tasks), meta={"release": release},
                       item_ids=np.concatenate([[0], vocab]).astype(np.int64))
+
+
+TIME_PERIODS = 3  # T1, T2, T3: one period each
+
+
+def build_time_stream(ratings: pd.DataFrame, name: str, release: str, source: Path | str = "") -> TaskStream:
+    """The time-aware `ml-time` stream (docs/datasets.md): the ratings' timeline is cut at the 1/3 and
+    2/3 quantiles of all rating times into three periods of about equal numbers of ratings.
+
+      T1 (period 1) next item: the last 30 movies each user rated below 4 stars by the end of period 1
+         (users with at least 3).
+      T2 (period 2) recommend: movies rated 4 stars during period 2, for users with at least 3
+         below-4 movies by the end of period 2; input: the last 30 of them.
+      T3 (period 3) recommend: movies rated 5 stars during period 3, likewise at the end of period 3.
+    Item ids (input items: movies rated below 4 stars) are numbered by the period of their first
+    such rating, then by movie id, so each task brings the movies first rated in its period. A row
+    is one user's sequence at one period's end; T2 and T3 have their own target vocabularies.
+    """
+    bounds = np.quantile(ratings["ts"].to_numpy(), np.arange(1, TIME_PERIODS) / TIME_PERIODS)
+    ratings = ratings.assign(period=np.searchsorted(bounds, ratings["ts"].to_numpy(), side="right"))
+    low = ratings[ratings["stars"] <= 3]
+    first = low.groupby("item")["period"].min()
+    order = np.lexsort((first.index.to_numpy(), first.to_numpy()))  # by first period, then movie id
+    movies = first.index.to_numpy()[order]
+    id_of = pd.Series(np.arange(1, len(movies) + 1), index=movies)
+    vocab = [1 + int((first.to_numpy() <= p).sum()) for p in range(TIME_PERIODS)]
+    seqs, tasks, offset = [], [], 0
+    for p, (tname, stars) in enumerate((("T1", None), ("T2", 4), ("T3", 5))):
+        past = low[low["period"] <= p]
+        n_low = past.groupby("user").size()
+        users = np.sort(n_low.index[n_low.to_numpy() >= MIN_SEQ].to_numpy())
+        if stars is not None:
+            part = ratings[(ratings["period"] == p) & (ratings["stars"] == stars) & ratings["user"].isin(users)]
+            users = np.unique(part["user"].to_numpy())
+        if len(users) == 0:
+            raise DataFormatError(source or name, None, f"task {tname}: no user qualifies in period {p + 1}")
+        past = past[past["user"].isin(users)]
+        from_end = past.groupby("user").cumcount(ascending=False).to_numpy()
+        take = from_end < SEQ_LEN
+        row_of = pd.Series(np.arange(len(users)), index=users)
+        block = np.zeros((len(users), SEQ_LEN), dtype=np.int64)
+        block[row_of[past["user"][take]].to_numpy(), SEQ_LEN - 1 - from_end[take]] = id_of[past["item"][take]].to_numpy()
+        seqs.append(block)
+        if stars is None:
+            n = len(users)
+            tasks.append(Task(tname, "next_item", vocab[p], Targets(np.arange(n), np.arange(n + 1), block[:, -1]),
+                              description="last 30 movies rated below 4 stars by the end of period 1 (next item)",
+                              vocab=vocab[p]))
+        else:
+            tg, n_labels = _targets(part, row_of + offset)
+            tasks.append(Task(tname, "recommend", n_labels, tg, description=f"movies rated {stars} stars in period "
+                              f"{p + 1}", vocab=vocab[p]))
+        offset += len(users)
+    spans = [int(ratings["ts"].min()), *map(float, bounds), int(ratings["ts"].max())]
+    meta = {"release": release, "time_aware": True, "period_bounds": spans,
+            "new_items": {t.name: t.vocab - (tasks[k - 1].vocab if k else 1) for k, t in enumerate(tasks)}}
+    return TaskStream(name, np.concatenate(seqs), vocab[-1], tuple(tasks), meta=meta,
+                      item_ids=np.concatenate([[0], movies]).astype(np.int64))
+
+
+def load_time(data_dir: Path | None) -> TaskStream:
+    layout, folder = locate(data_dir, timestamps=True)
+    rpath = folder / layout.ratings
+
+    def parse() -> TaskStream:
+        stream = build_time_stream(read_ratings(rpath, layout), "ml-time", layout.release, rpath)
+        check_splittable(stream, {t.name: rpath for t in stream.tasks})
+        return stream
+
+    return cached_build("ml-time", [rpath], parse)
 
 
 def load(data_dir: Path | None, profile: bool) -> TaskStream:
@@ -404,13 +482,16 @@ def read_titles(path: Path) -> ItemTexts:
 
 def load_titles(data_dir: Path | None) -> ItemTexts:
     """The titles of the release the stream is built from (same lookup as the ratings)."""
-    layout, folder = locate(data_dir)
+    return read_titles(_title_path(*locate(data_dir)))
+
+
+def _title_path(layout: Layout, folder: Path) -> Path:
     path = folder / layout.items
     if not path.is_file():
         raise DataNotFoundError(f"backbone.item_init=text reads the movie titles from {path}, which is missing (found "
                                 f"the ratings {folder / layout.ratings}); reinstall the release with "
                                 f"`curb data fetch {layout.release} --force`, or use backbone.item_init=random")
-    return read_titles(path)
+    return path
 
 
 @register_dataset("ml", "MovieLens (ML-1M, ML-100K or ML-25M files): T1 clicks (<4 stars), T2 4-star, T3 5-star",
@@ -418,6 +499,14 @@ def load_titles(data_dir: Path | None) -> ItemTexts:
                   item_texts=load_titles)
 def build_ml(data_dir: Path | None = None) -> TaskStream:
     return load(data_dir, profile=False)
+
+
+@register_dataset("ml-time", "time-aware MovieLens (ratings with timestamps; ML-100K here): T1, T2, T3 in three "
+                  "successive periods, each bringing the movies first rated in it (docs/datasets.md)",
+                  defaults={"preset": "paper"}, version=VERSION, releases=("ml-100k", "ml-1m", "ml-25m"),
+                  item_texts=lambda data_dir: read_titles(_title_path(*locate(data_dir, timestamps=True))))
+def build_ml_time(data_dir: Path | None = None) -> TaskStream:
+    return load_time(data_dir)
 
 
 @register_dataset("ml-profile", "MovieLens + profile tasks: T4 age, T5 gender, T6 occupation (curb extension)",

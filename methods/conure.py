@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from curb.backbone import Hooks, NextItNet, make_head
+from curb.backbone import Hooks, NextItNet, OwnedItemRows, make_head
 from curb.config import ConfigError
 from curb.method import Knob, Method, Setup, TaskData, TaskInfo, readout, register
 
@@ -53,6 +53,7 @@ class ConureNet(nn.Module):
 class Conure(Method):
     summary = "prune -> retrain -> freeze: disjoint magnitude-pruned kernel entries per task (BWT = 0)"
     benchmark = True  # one of the `--methods all` set
+    grows_items = True  # the rows of new items belong to the task that brings them
     tune_space = {"conure.p": Knob("uniform", 0.3, 0.9)}  # the pruned share of each task's free entries
 
     @dataclass
@@ -69,6 +70,7 @@ class Conure(Method):
         self.net = ConureNet(setup, self.cfg.train_bias).to(self.device)
         self.phase: str | None = None  # "train" | "retrain" while the newest task is learned
         self.kept: dict[str, float] = {}  # realised share of all kernel entries each task owns
+        self.new_rows = OwnedItemRows()
 
     def cutoff(self, j: int) -> float:
         """Share of every kernel task j (1-based) keeps: (1 − p_j) · Π_{l<j} p_l."""
@@ -116,13 +118,20 @@ class Conure(Method):
 
     def end_task(self, task: TaskInfo) -> None:
         self.net.requires_grad_(False)  # everything task j trained is now frozen
+        self.new_rows.release()
+
+    def grow_items(self, n_new: int) -> None:
+        self.new_rows.grow(self.net.backbone, n_new)
+
+    def before_step(self, task: TaskInfo) -> None:
+        self.new_rows.mask_grad(self.net.backbone)
 
     def _set_trainable(self, task: TaskInfo) -> None:
         """T1's train phase trains the whole backbone; afterwards only kernels (masked) + head."""
         bb = self.net.backbone
         self.net.requires_grad_(False)
         first = len(self.tasks) == 1 and self.phase == "train"
-        bb.item_emb.requires_grad_(first)
+        bb.item_emb.requires_grad_(first or self.new_rows.owned)  # a later task: only the rows it brings
         for b in bb.blocks:
             b.ln1.requires_grad_(first)
             b.ln2.requires_grad_(first)
@@ -162,13 +171,14 @@ class Conure(Method):
         return {"net": self.net}
 
     def extra_state(self) -> dict:
-        return {"phase": self.phase, "kept": dict(self.kept)}
+        return {"phase": self.phase, "kept": dict(self.kept), "new_rows_start": self.new_rows.start}
 
     def load_extra_state(self, state: dict) -> None:
         for t in self.tasks:  # recreate per-task heads for the checkpoint to fill
             if t.name not in self.net.heads:
                 self.net.heads[t.name] = make_head(self.setup.backbone.channels, t.n_labels).to(self.device)
         self.phase, self.kept = state["phase"], dict(state["kept"])
+        self.new_rows.start = state.get("new_rows_start")
         if self.phase is not None:
             self._set_trainable(self.tasks[-1])
 

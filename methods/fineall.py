@@ -18,7 +18,7 @@ class FineAll(SinMo):
 
     def new_model(self, task: TaskInfo) -> PlainModel:
         t1 = self.models[self.tasks[0].name]
-        model = PlainModel(self.setup.n_items, self.setup.backbone).to(self.device)
+        model = PlainModel(self.n_items, self.setup.backbone).to(self.device)
         model.backbone.load_state_dict(copy.deepcopy(t1.backbone.state_dict()))
         model.add_head(task.name, task.n_labels)
         return model

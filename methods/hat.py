@@ -38,6 +38,7 @@ class HatNet(nn.Module):
 class Hat(Method):
     summary = "hard attention to the task: annealed unit gates per task, gradients masked by past gates"
     benchmark = True  # one of the `--methods all` set
+    grows_items = True  # item embeddings are ungated and stay trainable: new rows simply join them
 
     tune_space = {"hat.lam": Knob("log", 0.1, 4.0), "hat.emb_init": Knob("choice", choices=("uniform", "normal"))}
 
@@ -102,6 +103,9 @@ class Hat(Method):
         with torch.no_grad():
             self.net.cum.copy_(torch.maximum(self.net.cum, self.gates(task.name, self.cfg.smax)))
         self._factors = None
+
+    def grow_items(self, n_new: int) -> None:
+        self.net.backbone.grow_items(n_new)
 
     def trainable_parameters(self, task: TaskInfo):
         bb = self.net.backbone

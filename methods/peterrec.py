@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from curb.backbone import Hooks, PlainModel, make_head
+from curb.backbone import Hooks, OwnedItemRows, PlainModel, make_head
 from curb.method import Batch, Knob, Method, Setup, TaskInfo, readout, register
 
 
@@ -59,6 +59,7 @@ class TaskPatch(nn.Module):
 class PeterRec(Method):
     summary = "frozen pre-trained backbone + per-task model patches, LayerNorm-2 and head (SIGIR 2020)"
     benchmark = True  # one of the `--methods all` set
+    grows_items = True  # the rows of new items belong to the task that brings them
     tune_space = {"peterrec.insertion": Knob("choice", choices=("serial", "parallel"))}
 
     @dataclass
@@ -70,6 +71,7 @@ class PeterRec(Method):
         super().__init__(setup)
         self.base: PlainModel | None = None  # the frozen pre-trained T1 model
         self.adapters = nn.ModuleDict()
+        self.new_rows = OwnedItemRows()
 
     def learn_task(self, task: TaskInfo, train, val, fit) -> None:
         if task.kind == "next_item" and self.setup.pretrained_t1 is not None:
@@ -84,15 +86,27 @@ class PeterRec(Method):
             self.base.add_head(task.name, task.n_labels)
             return
         self.adapters[task.name] = self._new_patch(task)
+        self.base.backbone.item_emb.requires_grad_(self.new_rows.owned)
 
     def _new_patch(self, task: TaskInfo) -> TaskPatch:
         return TaskPatch(self.base, task.n_labels, self.cfg.insertion == "parallel").to(self.device)
 
     def end_task(self, task: TaskInfo) -> None:
-        self.base.requires_grad_(False)  # the shared model never changes after T1
+        self.base.requires_grad_(False)  # the shared model never changes after T1 (new items' rows: after their task)
+        self.new_rows.release()
+
+    def grow_items(self, n_new: int) -> None:
+        if self.base is not None:
+            self.new_rows.grow(self.base.backbone, n_new)
 
     def trainable_parameters(self, task: TaskInfo):
-        return self.adapters[task.name].parameters() if task.name in self.adapters else self.base.parameters()
+        if task.name not in self.adapters:
+            return self.base.parameters()
+        rows = [self.base.backbone.item_emb.weight] if self.new_rows.owned else []
+        return [*self.adapters[task.name].parameters(), *rows]
+
+    def before_step(self, task: TaskInfo) -> None:
+        self.new_rows.mask_grad(self.base.backbone)
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch: Batch | None = None) -> Tensor:
@@ -117,9 +131,13 @@ class PeterRec(Method):
     def modules(self) -> dict[str, nn.Module]:
         return {"base": self.base, "adapters": self.adapters} if self.base is not None else {}
 
+    def extra_state(self) -> dict:
+        return {"new_rows_start": self.new_rows.start}
+
     def load_extra_state(self, state: dict) -> None:
+        self.new_rows.start = state.get("new_rows_start")
         if self.base is None:
-            self.base = PlainModel(self.setup.n_items, self.setup.backbone).to(self.device).requires_grad_(False)
+            self.base = PlainModel(self.n_items, self.setup.backbone).to(self.device).requires_grad_(False)
             self.base.add_head(self.tasks[0].name, self.tasks[0].n_labels)
         for t in self.tasks[1:]:
             if t.name not in self.adapters:

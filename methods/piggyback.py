@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from curb.backbone import Hooks, PlainModel
+from curb.backbone import Hooks, OwnedItemRows, PlainModel
 from curb.method import Knob, Method, Setup, TaskData, TaskInfo, readout, register
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
@@ -92,6 +92,7 @@ class TaskMasks(nn.Module):
 class Piggyback(Method):
     summary = "binary masks (learned scores, straight-through) on the frozen pre-trained T1 convs"
     benchmark = True  # one of the `--methods all` set
+    grows_items = True  # the rows of new items belong to the task that brings them
     tune_space = {"piggyback.mask_lr": Knob("log", 1e-4, 1e-2)}
 
     @dataclass
@@ -110,6 +111,7 @@ class Piggyback(Method):
         self.model = PlainModel(setup.n_items, setup.backbone).to(self.device)
         self.masks = nn.ModuleDict()
         self._cache: dict[str, list[Tensor]] = {}  # unpacked bool masks of finished tasks (not state)
+        self.new_rows = OwnedItemRows()
 
     # ------------------------------------------------------------------ lifecycle
     def learn_task(self, task: TaskInfo, train: TaskData, val: TaskData, fit) -> None:
@@ -129,11 +131,20 @@ class Piggyback(Method):
 
     def end_task(self, task: TaskInfo) -> None:
         self.masks[task.name] = TaskMasks.freeze(self.masks[task.name], self.cfg.tau)
+        self.new_rows.release()
+        self._freeze_backbone()
+
+    def grow_items(self, n_new: int) -> None:
+        self.new_rows.grow(self.model.backbone, n_new)
 
     def trainable_parameters(self, task: TaskInfo):
         lr = self.lr_for(task)
+        rows = [{"params": [self.model.backbone.item_emb.weight], "lr": lr}] if self.new_rows.owned else []
         return [{"params": list(self.masks[task.name].parameters()), "lr": self.cfg.mask_lr or lr},
-                {"params": list(self.model.heads[task.name].parameters()), "lr": lr}]
+                {"params": list(self.model.heads[task.name].parameters()), "lr": lr}, *rows]
+
+    def before_step(self, task: TaskInfo) -> None:
+        self.new_rows.mask_grad(self.model.backbone)
 
     # ------------------------------------------------------------------ forward
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
@@ -168,27 +179,35 @@ class Piggyback(Method):
         return shapes
 
     def _freeze_backbone(self) -> None:
-        """Only scores and the newest head ever train (saves their backward through the rest)."""
+        """Only scores and the newest head ever train (saves their backward through the rest), and
+        on a time-aware stream the item rows the current task brings."""
         self.model.requires_grad_(False)
         if self.tasks:
             self.model.heads[self.tasks[-1].name].requires_grad_(True)
+        self.model.backbone.item_emb.requires_grad_(self.new_rows.owned)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model, "masks": self.masks}
 
     def extra_state(self) -> dict:
-        return {"training": [k for k, m in self.masks.items() if not m.binarised]}
+        return {"training": [k for k, m in self.masks.items() if not m.binarised],
+                "shapes": {k: [list(s) for s in m.shapes] for k, m in self.masks.items()},
+                "new_rows_start": self.new_rows.start}
 
     def load_extra_state(self, state: dict) -> None:
         """Recreate every task's head and masks (scores or bits, as saved) for the modules to fill."""
         self._cache.clear()
+        self.new_rows.start = state.get("new_rows_start")
+        shapes = {k: [torch.Size(s) for s in v] for k, v in state.get("shapes", {}).items()}  # an old task's
+        # embedding mask keeps the vocabulary of its time on a time-aware stream
         for t in self.tasks:
             if t.name not in self.model.heads:
                 self.model.add_head(t.name, t.n_labels)
         for t in self.tasks[1:]:
             training = t.name in state["training"]
             if t.name not in self.masks or self.masks[t.name].binarised == training:
-                self.masks[t.name] = TaskMasks(self._shapes(), self.cfg.score_init if training else None, self.device)
+                self.masks[t.name] = TaskMasks(shapes.get(t.name, self._shapes()), self.cfg.score_init if training else None,
+                                               self.device)
         self._freeze_backbone()
 
     def report(self) -> dict:

@@ -18,6 +18,7 @@ from curb.method import Method, Setup, TaskData, TaskInfo, register
 class Pop(Method):
     summary = "popularity / majority-class baseline from training-label counts (no learning)"
     benchmark = True  # one of the `--methods all` set
+    grows_items = True  # it has no item table: new items change nothing
     trains = False
 
     def __init__(self, setup: Setup):
@@ -33,6 +34,9 @@ class Pop(Method):
             labels = train.labels
         counts = np.bincount(labels, minlength=task.n_labels).astype(np.float32)
         self.counts[task.name] = torch.from_numpy(counts).to(self.device)
+
+    def grow_items(self, n_new: int) -> None:
+        pass
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False, batch=None) -> Tensor:
         return self.counts[task].expand(x.shape[0], -1)

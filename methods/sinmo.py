@@ -14,6 +14,7 @@ from curb.method import Method, Setup, TaskData, TaskInfo, readout, register
 class SinMo(Method):
     summary = "single model per task from random init (no transfer; FWT reference)"
     benchmark = True  # one of the `--methods all` set
+    grows_items = True
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
@@ -21,9 +22,13 @@ class SinMo(Method):
 
     def new_model(self, task: TaskInfo) -> PlainModel:
         """A freshly initialised backbone with the task's head."""
-        model = PlainModel(self.setup.n_items, self.setup.backbone).to(self.device)
+        model = PlainModel(self.n_items, self.setup.backbone).to(self.device)
         model.add_head(task.name, task.n_labels)
         return model
+
+    def grow_items(self, n_new: int) -> None:
+        for model in self.models.values():  # a past task's model never reads the new rows
+            model.backbone.grow_items(n_new)
 
     def learn_task(self, task: TaskInfo, train: TaskData, val: TaskData, fit) -> None:
         if task.kind == "next_item" and self.setup.pretrained_t1 is not None:
@@ -51,5 +56,5 @@ class SinMo(Method):
     def load_extra_state(self, state: dict) -> None:
         for t in self.tasks:  # recreate the per-task models the checkpoint fills
             if t.name not in self.models:
-                self.models[t.name] = PlainModel(self.setup.n_items, self.setup.backbone).to(self.device)
+                self.models[t.name] = PlainModel(self.n_items, self.setup.backbone).to(self.device)
                 self.models[t.name].add_head(t.name, t.n_labels)

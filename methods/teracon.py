@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import BackboneConfig, Hooks, NextItNet, make_head
-from curb.method import Batch, Knob, Method, Setup, TaskInfo, anneal, readout, register, task_loss
+from curb.method import (Batch, Knob, Method, Setup, TaskInfo, anneal, full_sequences, inputs_for, readout, register,
+                         task_loss)
 from curb.metrics import mask_similarity
 
 
@@ -108,6 +109,7 @@ class _StageStats:
 class Teracon(Method):
     summary = "relation-aware task masks + relation-aware knowledge retention (KDD 2023; the paper's method)"
     benchmark = True  # one of the `--methods all` set
+    grows_items = True  # one shared, always-trainable backbone: new item rows join it
 
     tune_space = {"teracon.alpha": Knob("uniform", 0.1, 1.5)}
 
@@ -203,6 +205,9 @@ class Teracon(Method):
         self.teacher, self._stats = None, None
         self._eval_masks.clear()
 
+    def grow_items(self, n_new: int) -> None:
+        self.net.backbone.grow_items(n_new)  # between tasks: no teacher exists yet
+
     def trainable_parameters(self, task: TaskInfo):
         return self.net.parameters()  # whole backbone, every embedding, relation map and head
 
@@ -236,14 +241,16 @@ class Teracon(Method):
         loss = task_loss(logits, batch, self.setup.train.ignore_pad)
         if self.teacher is None:  # T1 stage
             return loss + self.cfg.t1_mask_reg * m_cur.mean() if self.cfg.t1_mask_reg else loss
-        if self.cfg.alpha == 0:
-            return loss
-        return loss + self.cfg.alpha * self.retention(batch, m_cur, s)
+        extra = self.transfer(batch, m_cur, s)
+        return loss if extra is None else loss + extra
+
+    def transfer(self, batch: Batch, m_cur: Tensor, s: float) -> Tensor | None:
+        """What a later task's loss adds to its CE: α · L_KR+, or nothing at all when α = 0."""
+        return self.cfg.alpha * self.retention(batch, m_cur, s) if self.cfg.alpha else None
 
     def retention(self, batch: Batch, m_cur: Tensor, s: float) -> Tensor:
         """L_KR+ (Eq. 16) on sampled users of this batch; updates rho for the next step (Eq. 15)."""
-        # Full sequences of the batch's users (a next-item batch holds x[:, :-1] and x[:, 1:]).
-        full = batch.x if batch.rows is not None else torch.cat([batch.x, batch.y[:, -1:]], dim=1)
+        full = full_sequences(batch)
         n_users = full.shape[0]
         past = self.tasks[:-1]
         fixed = self.cfg.fixed_rate()
@@ -257,7 +264,7 @@ class Teracon(Method):
             if self.cfg.kr_max_users is not None:
                 n = min(n, self.cfg.kr_max_users)
             idx = torch.from_numpy(self.rng.permutation(n_users)[:n]).to(full.device)
-            xj = full[idx, :-1] if pt.kind == "next_item" else full[idx]
+            xj = inputs_for(pt.kind, full[idx])
             with torch.no_grad():  # pseudo-labels: the teacher's Tj mask at the current annealed s
                 m_t = self.teacher.mask(pt.name, self.others(pt.name, teacher_known), s)
                 target = self.teacher.logits(pt.name, xj, m_t)

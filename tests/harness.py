@@ -26,8 +26,8 @@ class Harness:
     cached there (tests that need a T1 that has learned something, or the runner's exact start).
     """
 
-    def __init__(self, method: str, t1_cache: Path | None = None, **overrides: object):
-        self.spec = CellSpec(method, "synthetic-mini", overrides=tuple(sorted((k, str(v)) for k, v in overrides.items())))
+    def __init__(self, method: str, t1_cache: Path | None = None, dataset: str = "synthetic-mini", **overrides: object):
+        self.spec = CellSpec(method, dataset, overrides=tuple(sorted((k, str(v)) for k, v in overrides.items())))
         self.stream = build_stream(self.spec, None)
         self.cfg = resolve_config(self.spec)
         self.ev = Evaluator(self.stream, self.cfg.split, self.cfg.train.eval_batch)
@@ -35,13 +35,13 @@ class Harness:
         t1 = self.stream.tasks[0].name
         if t1_cache is None:
             torch.manual_seed(123)
-            plain = PlainModel(self.stream.n_items, self.cfg.backbone)
-            plain.add_head(t1, self.stream.n_items)
+            plain = PlainModel(self.stream.vocab_at(0), self.cfg.backbone)
+            plain.add_head(t1, self.stream.tasks[0].n_labels)
             provider = lambda: copy.deepcopy(plain)  # noqa: E731
         else:
             provider = _t1_provider(self.stream, self.ev.train_data(t1), self.ev.val_data(t1), self.cfg, 0,
                                     torch.device("cpu"), Path(t1_cache), self.fit)
-        self.setup = Setup(self.stream.n_items, self.stream.sequences.shape[1], self.cfg.backbone, self.cfg.train,
+        self.setup = Setup(self.stream.vocab_at(0), self.stream.sequences.shape[1], self.cfg.backbone, self.cfg.train,
                            self.cfg.method, torch.device("cpu"), 0, pretrained_t1=provider)
         self.method = self.fresh()
 
@@ -59,9 +59,11 @@ class Harness:
         return get_method(self.spec.method)(self.setup)
 
     def learn(self, *names: str, method: Method | None = None) -> Method:
-        """Learns the tasks `names` in turn (on `self.method` unless `method` is given); returns it."""
+        """Learns the tasks `names` in turn (on `self.method` unless `method` is given); returns it.
+        As the runner does, the method first grows to the vocabulary known at each task."""
         m = self.method if method is None else method
         for n in names:
+            m.extend_items(self.stream.vocab_at(self.names.index(n)))
             m.learn_task(self.ev.info(n), self.ev.train_data(n), self.ev.val_data(n), self.fit)
         return m
 

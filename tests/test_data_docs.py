@@ -67,3 +67,12 @@ def test_ml_100k_card_matches_data_info(capsys):
     doc = _card_rows("ML-100K (`curb data info ml-profile")
     got = _info_rows("ml-100k", capsys)
     assert [[r[0], *r[3:]] for r in doc] == [[r[0], *r[3:]] for r in got]
+
+
+@needs_data("ml-100k")
+def test_ml_time_card_matches_data_info(capsys):
+    block = DOC.split("`curb data info ml-time", 1)[1].split("ML-100K's users", 1)[0]
+    doc = [[c.strip() for c in r.strip("|").split("|")] for r in table_rows(block)[1:]]
+    assert main(["data", "info", "ml-time", "--data-dir", str(data_root() / "ml-100k")]) == 0
+    got = [[c.strip() for c in r.strip("|").split("|")] for r in table_rows(capsys.readouterr().out)[1:]]
+    assert len(doc) == 3 and [[r[0], *r[3:]] for r in doc] == [[r[0], *r[3:]] for r in got]

@@ -1,0 +1,193 @@
+"""DITTO mechanisms: the forward transfer's user selection by similarity to the old item
+distribution, the backward transfers (next-item adaptation to new items; contrastive views for
+past recommendation tasks), ρ with c = 2, and the growing item table."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import curb.methods.ditto as dt
+from curb.method import anneal, full_sequences, inputs_for
+from curb.methods.teracon import relation_rate
+from harness import Harness
+
+TIME = "synthetic-time-mini"
+
+
+class _Spy:
+    """Records the arguments of every call of a loss function and returns the real loss."""
+
+    def __init__(self, real):
+        self.real, self.calls = real, []
+
+    def __call__(self, *args, **kw):
+        self.calls.append(tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args))
+        return self.real(*args, **kw)
+
+
+def _start(h: Harness, name: str):
+    """Grow and begin task `name` (as the runner does) without fitting it."""
+    m, t = h.method, h.ev.info(name)
+    m.extend_items(h.stream.vocab_at(h.names.index(name)))
+    m.tasks.append(t)
+    m.begin_task(t)
+    return m, t
+
+
+def test_item_means_are_the_item_table_mean_after_each_task():
+    h = Harness("ditto", dataset=TIME)
+    m = h.learn("T1")
+    want = m.net.backbone.item_emb.weight.detach().mean(0)
+    assert torch.equal(m.item_means["T1"], want) and m.vocab_of == {"T1": 37}
+    h.learn("T2")
+    assert torch.equal(m.item_means["T1"], want)  # kept from T1's time, not recomputed
+    assert m.item_means["T2"].shape == want.shape and m.vocab_of["T2"] == 43
+
+
+def test_forward_transfer_distils_the_users_most_similar_to_the_old_item_distribution(monkeypatch):
+    h = Harness("ditto", dataset=TIME, **{"ditto.sampling": "fixed:0.5", "ditto.min_users": "1",
+                                          "ditto.beta": "0", "ditto.gamma": "0"})
+    h.learn("T1", "T2")
+    m, t3 = _start(h, "T3")
+    spy = _Spy(F.mse_loss)
+    monkeypatch.setattr(dt.F, "mse_loss", spy)
+    b = h.batch("T3")
+    full = full_sequences(b)
+    s = anneal(b.index, b.n_batches, m.cfg.smax)
+    m.loss(t3, b)
+    assert len(spy.calls) == 2  # one distillation term per past task
+    newest = full.max(dim=1).values
+    for (student, target), past in zip(spy.calls, ("T1", "T2")):
+        x = inputs_for(h.ev.info(past).kind, full)
+        m_t = m.teacher.mask(past, m.others(past, ["T1", "T2"]), s)
+        h_t = m.teacher.represent(x, m_t)
+        sim = F.cosine_similarity(h_t, m.item_means[past][None], dim=1)
+        top = torch.argsort(sim, descending=True)[: math.floor(len(full) * 0.5)]
+        top = top[newest[top] < 43]  # users holding items new in T3's period are left out
+        assert 0 < len(top) < len(full)
+        assert torch.equal(target, h_t[top])  # the teacher's representations of exactly those users
+        m_s = m.net.mask(past, m.others(past, ["T1", "T2", "T3"]), s)  # the student's own past-task mask
+        assert torch.allclose(student, m.net.represent(x[top], m_s), atol=1e-6)
+    # ρ for the next step: TERACON's Eq. 15 with c = 2, from this step's masks.
+    m_cur = m.mask("T3", s).detach()
+    for j, past in enumerate(("T1", "T2")):
+        m_t = m.teacher.mask(past, m.others(past, ["T1", "T2"]), s)
+        assert m.rho[j] == pytest.approx(relation_rate(m_cur, m_t, 2.0))
+
+
+def test_selection_takes_at_least_min_users():
+    assert dt.select_count(100, 0.12, 20) == 20
+    assert dt.select_count(100, 0.5, 20) == 50
+    assert dt.select_count(7, 0.12, 20) == 7
+
+
+def test_backward_transfer_trains_the_next_item_task_on_users_with_the_most_new_items(monkeypatch):
+    h = Harness("ditto", dataset=TIME, **{"ditto.alpha": "0", "ditto.gamma": "0", "ditto.min_users": "3",
+                                          "ditto.sampling": "fixed:0.1"})
+    h.learn("T1")
+    m, t2 = _start(h, "T2")
+    spy = _Spy(F.cross_entropy)
+    monkeypatch.setattr(dt.F, "cross_entropy", spy)
+    b = h.batch("T2")
+    full = full_sequences(b)
+    seqs = full[:, :-1]  # T1's view of the sequences
+    counts = torch.tensor([len(set(r[r >= 37].tolist())) for r in full])  # new items anywhere in the sequence
+    cand = torch.nonzero(counts > 0).flatten()
+    n = max(math.floor(len(cand) * 0.1), 3)
+    assert len(cand) > n
+    want = cand[torch.sort(counts[cand], descending=True, stable=True).indices[:n]]
+    calls = []
+    real = m.net.logits
+    monkeypatch.setattr(m.net, "logits", lambda task, x, mask, all_positions=False: calls.append((task, x)) or
+                        real(task, x, mask, all_positions))
+    m.loss(t2, b)
+    (task, x), = [c for c in calls if c[0] == "T1"]
+    assert torch.equal(x, seqs[want, :-1])  # next-item training on the chosen users' T1 view
+    (_, y, *_), = spy.calls
+    assert torch.equal(y[y != -100], seqs[want, 1:][seqs[want, 1:] < 37])  # new items are no T1 targets
+    assert (seqs[want, 1:] >= 37).any()
+    assert m.stage_stats == {} and m._bkt_users[0] == n
+
+
+def test_backward_transfer_is_silent_on_a_static_stream():
+    h = Harness("ditto", **{"ditto.alpha": "0"})  # synthetic-mini: no item is ever new
+    h.learn("T1")
+    m, t2 = _start(h, "T2")
+    b = h.batch("T2")
+    s = anneal(b.index, b.n_batches, m.cfg.smax)
+    assert m.transfer(b, m.mask("T2", s), s).item() == 0.0
+    assert m._bkt_users[0] == 0
+
+
+def test_contrastive_transfer_uses_the_least_similar_users_holding_newer_items(monkeypatch):
+    h = Harness("ditto", dataset=TIME, **{"ditto.alpha": "0", "ditto.beta": "0", "ditto.min_users": "1",
+                                          "ditto.sampling": "fixed:0.5"})
+    h.learn("T1", "T2", "T3")
+    m, t4 = _start(h, "T4")
+    seen = []
+    monkeypatch.setattr(m, "contrast", lambda x, mask: seen.append(x.clone()) or x.new_zeros((), dtype=torch.float32))
+    b = h.batch("T4")
+    full = full_sequences(b)
+    s = anneal(b.index, b.n_batches, m.cfg.smax)
+    m.loss(t4, b)
+    assert len(seen) == 2  # T2 and T3 (recommendation tasks); none for the next-item task T1
+    for x, past in zip(seen, ("T2", "T3")):
+        m_t = m.teacher.mask(past, m.others(past, ["T1", "T2", "T3"]), s)
+        sim = F.cosine_similarity(m.teacher.represent(full, m_t), m.item_means[past][None], dim=1)
+        low = torch.argsort(sim)[: math.floor(len(full) * 0.5)]
+        low = low[full[low].max(dim=1).values >= m.vocab_of[past]]
+        assert torch.equal(x, full[low])
+
+
+def test_augmentations_delete_or_substitute_the_stated_share_of_items():
+    rng = np.random.default_rng(0)
+    rows = np.array([[0, 0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12], [0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5]])
+    out = dt.delete_items(rows, 0.2, rng)
+    for r, o in zip(rows, out):
+        items, kept = r[r != 0], o[o != 0]
+        assert len(kept) == len(items) - int(0.2 * len(items))
+        assert (o[: len(o) - len(kept)] == 0).all()  # left-padded again
+        it = iter(items.tolist())
+        assert all(k in it for k in kept.tolist())  # an order-preserving subsequence
+    emb = torch.randn(13, 4, generator=torch.Generator().manual_seed(1))
+    sub = dt.substitute_items(rows, 0.2, np.random.default_rng(0), emb)
+    vec = F.normalize(emb, dim=1)
+    items = np.unique(rows[rows != 0])
+    for r, o in zip(rows, sub):
+        changed = np.flatnonzero(r != o)
+        assert len(changed) == int(0.2 * (r != 0).sum())
+        for p in changed:  # each replacement is the most similar OTHER in-batch item
+            cos = vec[torch.from_numpy(items)] @ vec[r[p]]
+            cos[items == r[p]] = -2
+            assert o[p] == items[int(cos.argmax())]
+
+
+def test_nt_xent_is_the_positive_pairs_softmax_share():
+    z = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    zn = F.normalize(z, dim=1)
+    sim = zn @ zn.T
+    want = 0.0
+    for i in range(6):
+        pos = (i + 3) % 6
+        denom = sum(math.exp(sim[i, k]) for k in range(6) if k != i)
+        want += -math.log(math.exp(sim[i, pos]) / denom)
+    assert dt.nt_xent(z).item() == pytest.approx(want / 6, rel=1e-5)
+    same = torch.cat([z[:3], z[:3]])
+    assert dt.nt_xent(same) < dt.nt_xent(z)
+
+
+def test_round_trip_and_end_to_end(run_mini):
+    h = Harness("ditto", dataset=TIME)
+    h.learn("T1", "T2", "T3")
+    fresh = h.reload()
+    assert h.scores_equal(h.method, fresh)
+    assert all(torch.equal(fresh.item_means[k], v) for k, v in h.method.item_means.items())
+    r = run_mini("ditto", order="reversed", noise=2)
+    stages = r["method_report"]["stages"]
+    assert set(stages) == {t["name"] for t in r["tasks"][1:]}
+    assert all("bkt_users_mean" in st for st in stages.values())

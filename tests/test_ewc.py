@@ -1,0 +1,120 @@
+"""EWC: the penalty is the Fisher-weighted squared distance to the anchor, and the Fisher is the
+mean squared per-user gradient of the task loss on the task's training data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from curb.config import ConfigError
+from curb.runner import CellSpec, resolve_config
+from harness import Harness
+
+
+def _per_user_fisher(model, data) -> dict[str, torch.Tensor]:
+    """The T1 Fisher written out: one backward per training sequence, squared, averaged."""
+    params = dict(model.backbone.named_parameters())
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    x_all = torch.from_numpy(data.inputs)
+    for row in x_all:
+        s = row[None]
+        logits = model.logits("T1", s[:, :-1], all_positions=True)
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), s[:, 1:].reshape(-1))
+        for (n, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()))):
+            total[n] += g ** 2
+    return {n: v / len(x_all) for n, v in total.items()}
+
+
+def test_fisher_is_the_mean_squared_per_user_gradient_on_training_data():
+    h = Harness("ewc")
+    m = h.learn("T1")  # T1: the pre-trained model is loaded, then its Fisher computed
+    want = _per_user_fisher(h.pretrained(), h.ev.train_data("T1"))
+    assert m.fisher.keys() == want.keys()
+    for n in want:
+        assert torch.allclose(m.fisher[n], want[n], rtol=1e-4, atol=1e-10), n
+    assert m.fisher_stats["T1"]["users"] == h.ev.train_data("T1").n_users
+    on_val = _per_user_fisher(h.pretrained(), h.ev.val_data("T1"))
+    assert not torch.allclose(m.fisher["blocks.0.conv1.weight"], on_val["blocks.0.conv1.weight"], rtol=1e-2)
+
+
+def test_penalty_is_zero_at_the_anchor_and_grows_with_the_fisher_weighted_distance():
+    h = Harness("ewc", **{"ewc.lam": "250"})
+    m = h.learn("T1", "T2")
+    assert m.penalty().item() == 0.0  # θ = θ* right after consolidation, exactly
+    w = m.model.backbone.blocks[1].conv2.weight
+    f = m.fisher["blocks.1.conv2.weight"]
+    g = torch.Generator().manual_seed(0)
+    delta = torch.zeros_like(w)
+    idx = torch.randperm(w.numel(), generator=g)[:50]
+    delta.view(-1)[idx] = torch.randn(50, generator=g) * 0.1
+    assert (f.view(-1)[idx] > 0).sum() >= 10  # (some ReLU units never fire: their Fisher is 0)
+    zero = (f == 0) & (delta == 0)
+    with torch.no_grad():  # moving only entries without Fisher information costs nothing
+        w.add_(zero * 0.5)
+        assert m.penalty().item() == 0.0
+        w.sub_(zero * 0.5)
+        w.add_(delta)
+    want = 0.5 * 250 * float((f.double() * delta.double() ** 2).sum())  # by hand
+    assert m.penalty().item() == pytest.approx(want, rel=1e-4)
+    with torch.no_grad():
+        w.add_(delta)  # twice the distance: four times the penalty
+    assert m.penalty().item() == pytest.approx(4 * want, rel=1e-4)
+    loss = m.loss(h.ev.info("T2"), h.batch("T2"))
+    plain = super(type(m), m).loss(h.ev.info("T2"), h.batch("T2"))
+    assert (loss - plain).item() == pytest.approx(4 * want, rel=1e-3)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.5])
+def test_fisher_accumulates_over_tasks_summed_or_decayed(gamma, monkeypatch):
+    h = Harness("ewc", **{"ewc.gamma": str(gamma)})
+    m = h.method
+    per_task = []
+    real = m.task_fisher
+    monkeypatch.setattr(m, "task_fisher", lambda t, d: per_task.append(real(t, d)) or per_task[-1])
+    h.learn("T1", "T2", "T3")
+    f1, f2, f3 = (p["blocks.0.conv1.weight"] for p in per_task)
+    want = gamma * (gamma * f1 + f2) + f3
+    assert torch.allclose(m.fisher["blocks.0.conv1.weight"], want, rtol=1e-6)
+    anchor = m.anchor["blocks.0.conv1.weight"]
+    assert torch.equal(anchor, m.model.backbone.blocks[0].conv1.weight)  # the anchor is the latest task's
+
+
+def test_fisher_users_is_a_seeded_sample_of_training_users():
+    a = Harness("ewc", **{"ewc.fisher_users": "40"}).learn("T1")
+    b = Harness("ewc", **{"ewc.fisher_users": "40"}).learn("T1")
+    assert a.fisher_stats["T1"]["users"] == 40
+    assert all(torch.equal(a.fisher[k], b.fisher[k]) for k in a.fisher)
+
+
+def _drift(lam: str) -> float:
+    """Fisher-weighted squared distance from the T1 anchor after learning T2."""
+    h = Harness("ewc", **{"ewc.lam": lam, "train.epochs": "3", "train.patience": "3"})
+    m = h.learn("T1")
+    fisher = {k: v.clone() for k, v in m.fisher.items()}
+    anchor = {k: v.clone() for k, v in m.anchor.items()}
+    h.learn("T2")
+    return sum(float((fisher[n] * (p.detach() - anchor[n]) ** 2).sum()) for n, p in m.model.backbone.named_parameters())
+
+
+def test_the_penalty_keeps_the_backbone_near_the_anchor():
+    free, held = _drift("0"), _drift("1000000")
+    assert held < 0.2 * free, (held, free)
+
+
+def test_old_heads_do_not_change_and_save_load_round_trips():
+    h = Harness("ewc")
+    h.learn("T1")
+    head = {k: v.clone() for k, v in h.method.model.heads["T1"].state_dict().items()}
+    h.learn("T2")
+    assert all(torch.equal(v, h.method.model.heads["T1"].state_dict()[k]) for k, v in head.items())
+    fresh = h.reload()
+    assert h.scores_equal(h.method, fresh)
+    assert fresh.penalty().item() == h.method.penalty().item() == 0.0
+
+
+@pytest.mark.parametrize("bad", [("ewc.lam", "-1"), ("ewc.gamma", "1.5"), ("ewc.fisher_batch", "0"),
+                                 ("ewc.fisher_users", "0")])
+def test_invalid_knobs_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        resolve_config(CellSpec("ewc", "synthetic-mini", overrides=(bad,)))

@@ -18,14 +18,14 @@ from .document import Figure, Page, Part, markdown
 from .results import ResultError
 from .resultsets import (Setting, final, load_settings, mean_final, method_rank, metric_of, spec_of, task_names,
                          transfer_mean)
-from .sections import (adaptation_data, adaptation_table, adaptation_task, cold_start_bars, cold_start_tables,
-                       mask_similarity, metric_name, noisy_table, orders_data, orders_table, overall_table, r_matrices,
-                       sampling_tables, score_axis, score_data, text_init_curves, text_init_table, transfer_data,
-                       transfer_tables)
+from .sections import (adaptation_data, adaptation_table, adaptation_task, capacity_table, cold_start_bars,
+                       cold_start_tables, mask_similarity, metric_name, noisy_table, orders_data, orders_table,
+                       overall_table, r_matrices, sampling_tables, score_axis, score_data, text_init_curves,
+                       text_init_table, training_table, transfer_data, transfer_tables, validation_curves)
 from .tables import fmt_stat
 
 
-SECTIONS = ("overall", "transfer", "noisy", "sampling", "adaptation", "text-init", "cold-start", "orders")
+SECTIONS = ("overall", "training", "transfer", "noisy", "sampling", "adaptation", "text-init", "cold-start", "orders")
 
 
 def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = SECTIONS) -> list[Part]:
@@ -67,6 +67,17 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
                         lambda p: plots.heatmaps(ms, p, title=f"Task-mask similarity, {st.label}", fmt=".2f",
                                                  vmin=0.0, vmax=1.0, cbar_label="cosine", xlabel="task"))
         out.append(Part("overall", [t, *figs]))
+    if "training" in only and (t := training_table(st)):
+        parts: list = [t]
+        for task in task_names(st.select()):
+            data, axis = validation_curves(st, task)
+            if not data.empty:
+                parts += fig(f"{tag}-val-{task}", f"{axis[0].upper()}{axis[1:]} per round (mean ± std over seeds)",
+                             lambda p, d=data, a=axis, n=task: plots.curves(d, p, title=f"Validation on {n}, {st.label}",
+                                                                         xlabel="round", ylabel=a))
+        if c := capacity_table(st):
+            parts.append(c)
+        out.append(Part("training", parts))
     if "transfer" in only and (ts := transfer_tables(st)):
         out.append(Part("transfer", [*ts]))
     if "noisy" in only and (t := noisy_table(st)):

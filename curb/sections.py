@@ -166,6 +166,72 @@ def adaptation_data(st: Setting) -> pd.DataFrame:
         "method", key=lambda m: m.map(method_rank), kind="stable")
 
 
+def main_fit(r: dict, task: str) -> dict | None:
+    """The fit log that selected `task`'s model: its last phase (CONURE: retrain), the cached T1
+    fit a method started from, or the joint phase of a joint method."""
+    fits = [f for f in r["fits"] if f["task"] == task or task in f["task"].split("+")]
+    return fits[-1] if fits else None
+
+
+def training_table(st: Setting) -> Table | None:
+    """Per method and task: the selected round (1-based) and, in the last column, the rounds run
+    over all tasks; so a reader sees whether training converged inside its budget."""
+    rs = [r for r in st.select() if spec_of(r).method != "pop"]
+    if not rs:
+        return None
+    names = task_names(st.select())
+    rows = []
+    for m in st.methods():
+        cells = [r for r in st.select(method=m)]
+        if m == "pop" or not cells:
+            continue
+        picked = [[(f["best_epoch"] + 1) if (f := main_fit(r, n)) else None for r in cells] for n in names]
+        rounds = [sum(len(f["epochs"]) for f in r["fits"]) for r in cells]
+        rows.append([m, *picked, rounds])
+    select = {f.get("select", "metric") for r in rs for f in r["fits"]}
+    crit = "validation cross-entropy" if select == {"loss"} else "validation metric"
+    return Table("training", f"Model selection: selected round per task, {st.label}",
+                 ["method", *names, "rounds run (all tasks)"], rows, digits=[0, *[1] * len(names), 1],
+                 note=f"Round selected by the {crit} (docs/protocol.md §4.4), mean ± std over seeds; a joint "
+                      "method's rounds are shared by its tasks.")
+
+
+def validation_curves(st: Setting, task: str) -> tuple[pd.DataFrame, str]:
+    """Per-round validation criterion of `task` for every method (default order, clean) and the
+    axis label: the cross-entropy where it was recorded, else the task's metric."""
+    rows, loss = [], True
+    for r in st.select():
+        s = spec_of(r)
+        f = main_fit(r, task) if s.method != "pop" else None
+        if f is None:
+            continue
+        loss = loss and all(e.get("val_loss") is not None for e in f["epochs"])
+        rows += [{"method": s.method, "x": e["epoch"] + 1, "seed": s.seed, "loss": e.get("val_loss"),
+                  "metric": e["val"]} for e in f["epochs"]]
+    df = pd.DataFrame(rows, columns=["method", "x", "seed", "loss", "metric"])
+    metric = next(t["metric"] for t in st.select()[0]["tasks"] if t["name"] == task)
+    key, label = ("loss", f"validation cross-entropy on {task}") if loss else \
+        ("metric", f"validation {metric_name(metric)} on {task}")
+    df = df.rename(columns={key: "value"})[["method", "x", "value", "seed"]]
+    return df.sort_values("method", key=lambda m: m.map(method_rank), kind="stable"), label
+
+
+def capacity_table(st: Setting) -> Table | None:
+    """Share of gated units held after each task (methods that report `units_used`, e.g. HAT):
+    a method whose units are all held can only train its ungated parameters on later tasks."""
+    names = task_names(st.select())
+    rows = []
+    for m in st.methods():
+        cells = [r for r in st.select(method=m) if "units_used" in (r.get("method_report") or {})]
+        if cells:
+            rows.append([m, *[[r["method_report"]["units_used"].get(n) for r in cells] for n in names]])
+    if not rows:
+        return None
+    return Table("capacity", f"Capacity: share of gated units held after each task, {st.label}",
+                 ["method", *names], rows, best=[None] * (len(names) + 1), digits=[0, *[3] * len(names)],
+                 note="A unit is held when its cumulative gate exceeds 0.5 (docs/methods.md, HAT).")
+
+
 def adaptation_table(st: Setting) -> Table | None:
     data = adaptation_data(st)
     if data.empty:

@@ -339,3 +339,27 @@ def test_adaptation_curve_is_t4_after_t1_to_t3_from_the_fit_logs(setting):
     (fit,) = [f for f in r["fits"] if f["task"] == "T4" and f["phase"] == "train"]
     got = data[(data.method == "hat") & (data.seed == 1)].sort_values("x")["value"].tolist()
     assert got == [e["val"] for e in fit["epochs"]] and "pop" not in set(data.method)
+
+
+def test_training_section_shows_selected_rounds_validation_curves_and_capacity(run_mini, tmp_path):
+    """The report's training section re-reads each task's selecting phase: the selected round,
+    the per-round validation cross-entropy and HAT's held units are the numbers in the result."""
+    from curb.resultsets import load_settings
+    from curb.sections import capacity_table, training_table, validation_curves
+
+    hat, sinmo = run_mini("hat"), run_mini("sinmo")
+    st = load_settings(tmp_path / "runs")[0]
+    t = training_table(st)
+    rows = {row[0]: row for row in t.rows}
+    names = [x["name"] for x in hat["tasks"]]
+    for r in (hat, sinmo):
+        for i, n in enumerate(names):
+            f = [f for f in r["fits"] if f["task"] == n][-1]
+            assert rows[r["spec"]["method"]][1 + i] == [f["best_epoch"] + 1]
+    curves, axis = validation_curves(st, "T2")
+    assert axis == "validation cross-entropy on T2"
+    fit = [f for f in hat["fits"] if f["task"] == "T2"][-1]
+    assert curves[curves.method == "hat"]["value"].tolist() == [e["val_loss"] for e in fit["epochs"]]
+    cap = capacity_table(st)
+    assert [row[0] for row in cap.rows] == ["hat"]  # only methods that report units_used
+    assert cap.rows[0][1:] == [[hat["method_report"]["units_used"][n]] for n in names]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -12,18 +13,13 @@ from typing import Sequence
 
 from . import __version__
 from .config import ConfigError, parse_sets
-from .data import DataFormatError, DataNotFoundError, available_datasets, get_dataset
+from .data import DataNotFoundError, available_datasets, get_dataset
 from .datacli import add_parser as add_data_parser, cmd_data
-from .fetch import FetchError
+from .errors import USER_ERRORS  # noqa: F401  (re-exported: the errors printed as one line, no traceback)
 from .leaderboard import cmd_leaderboard
-from .method import UnknownNameError, available_methods, get_method
+from .method import available_methods, get_method
 from .results import ResultError
 from .grid import GridError
-from .streams import StreamError
-
-# Errors that are the user's to fix: printed as one clear line, no traceback.
-USER_ERRORS = (UnknownNameError, ConfigError, StreamError, DataNotFoundError, DataFormatError, ResultError, FetchError,
-               GridError)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -275,6 +271,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GridError(f"{e}: a cell finished but its result is not readable here; with --backend dask, "
                         "--out must be a folder shared by this machine and every worker") from None
     failed = [o for o in outcomes if o["status"] == "failed"]
+    busy = [o for o in outcomes if o["status"] == "busy"]
     stopped = [o for o in outcomes if o["status"] == "interrupted"]
     if results:
         print()
@@ -283,17 +280,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     for o in failed:
         print(f"curb: cell {o['label']} failed: {o['error'].splitlines()[0] if o['error'] else ''} "
               f"(record: {out}/.cells/{o['hash']}.failed.json)", file=sys.stderr)
+    for o in busy:
+        print(f"curb: cell {o['label']} not started: {o['error']}; rerun once that process has ended", file=sys.stderr)
     if stopped:
         print(f"curb: interrupted; {len(stopped)} cell(s) not finished: rerun the same command to resume "
               "(a cell restarts after its last finished task)", file=sys.stderr)
         return 128 + (stop_signal() or signal.SIGINT)
-    return 1 if failed else 0
+    return 1 if failed or busy else 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .grid import check_stream, record_plan
+    from .grid import check_stream, prepare_out, record_plan
 
     specs = _grid_specs(args)
+    prepare_out(args.out)
     checks = {(s.dataset, s.order, s.noise, s.preset, s.overrides): s for s in specs}
     unchecked = 0
     for s in checks.values():  # orders and noise positions need the stream: check it when the data is here
@@ -338,7 +338,7 @@ def _names(text: str, valid: Sequence[str], what: str) -> list[str]:
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .experiments import EXPERIMENTS, ExperimentArgs, experiment_cells
-    from .grid import run_grid, torch_threads
+    from .grid import prepare_out, run_grid, run_lock, torch_threads
     from .report import write_report
     from .text import check_dataset
 
@@ -368,12 +368,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for s in specs:
             print(f"  {'done' if (out / s.relpath()).exists() else 'todo'}  {s.relpath()}")
         return 0
-    outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs, threads=args.threads)
-    with torch_threads(args.threads):  # studies that are not grids run here, after the cells: same rule
-        for n in names:
-            if EXPERIMENTS[n].run is not None:
-                EXPERIMENTS[n].run(exp, out, args.device, print)
-    written = write_report(out, out / "report", only=[*names, "overall"], figures=not args.no_figures)
+    # The studies that are not grids write into OUT after the cells: the folder stays held throughout.
+    with run_lock(prepare_out(out)):
+        outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs,
+                            threads=args.threads)
+        with torch_threads(args.threads):  # same thread rule as the cells
+            for n in names:
+                if EXPERIMENTS[n].run is not None:
+                    EXPERIMENTS[n].run(exp, out, args.device, print)
+        written = write_report(out, out / "report", only=[*names, "overall"], figures=not args.no_figures)
     print((out / "report" / "README.md").read_text())
     print(f"report: {written[0]} ({len(written) - 1} table files, figures in {out / 'report' / 'figures'})")
     failed = [o for o in outcomes if o["status"] != "done"]
@@ -383,12 +386,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .grid import prepare_out
     from .report import SECTIONS, write_report
 
     if not args.run_dir.is_dir():
         raise ConfigError(f"{args.run_dir} is not a folder")
     only = _names(args.sections, list(SECTIONS), "section")
-    out = args.out or args.run_dir / "report"
+    out = prepare_out(args.out or args.run_dir / "report")
     written = write_report(args.run_dir, out, only=only, figures=not args.no_figures)
     print(written[0].read_text())
     print(f"wrote {written[0]} and {len(written) - 1} table file(s)" + ("" if args.no_figures else f"; figures in {out / 'figures'}"))
@@ -412,19 +416,38 @@ COMMANDS = {"run": cmd_run, "plan": cmd_plan, "status": cmd_status, "reproduce":
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    """The one error wrapper of every command: a user error, or a file-system refusal (a path under a
+    file, a read-only folder, a full disk), is one line on stderr and exit code 2; a closed output
+    pipe (`curb ... | head`) ends quietly with 141 (128 + SIGPIPE), as a shell tool would."""
     try:
-        return COMMANDS[args.command](args)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the wrapper, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return 141
     except USER_ERRORS as e:
         print(f"curb: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+        print(f"curb: error: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("curb: interrupted", file=sys.stderr)
         return 130
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from .backbone import PRESETS, BackboneConfig
+from .errors import CurbError
 from .method import TrainConfig
 from .streams import SplitConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(CurbError, ValueError):
     """A configuration key or value is invalid; the message lists the valid choices."""
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 from .data import Release, data_home, file_digest
+from .errors import CurbError
 
 
-class FetchError(RuntimeError):
+class FetchError(CurbError, RuntimeError):
     """A download or install failed; nothing was changed in the destination."""
 
 

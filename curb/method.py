@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import BackboneConfig
+from .errors import CurbError
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,7 @@ _REGISTRY: dict[str, type[Method]] = {}
 ENTRY_POINT_GROUP = "curb.methods"
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(CurbError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
 

@@ -28,12 +28,12 @@ import torch
 from . import __version__
 from .backbone import PlainModel
 from .config import ConfigError, RunConfig, resolve
-from .data import DataFormatError, DataNotFoundError, get_dataset
+from .data import get_dataset
 from .evaluator import Evaluator, evaluate_data, task_info
 from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
 from .results import ResultError, canonical, load_result, load_sealed, save_result, save_sealed
-from .streams import StreamError, TaskStream
+from .streams import TaskStream
 from .text import prepare as prepare_item_init
 from .training import FitLog, fit
 
@@ -117,12 +117,13 @@ class CellFiles:
     running: Path  # JSON marker (host, pid, progress) while a process works on the cell
     failed: Path  # JSON failure record (error, traceback, spec) of the last failed attempt
     log: Path  # progress lines of every attempt
+    lock: Path  # flock held by the process computing the cell: no cell is computed by two at once
 
     @staticmethod
     def of(out: Path, spec_hash: str) -> "CellFiles":
         d = Path(out) / ".cells"
         return CellFiles(d / f"{spec_hash}.ckpt", d / f"{spec_hash}.running.json", d / f"{spec_hash}.failed.json",
-                         d / f"{spec_hash}.log")
+                         d / f"{spec_hash}.log", d / f"{spec_hash}.lock")
 
 
 class CellInterrupted(KeyboardInterrupt):
@@ -130,17 +131,7 @@ class CellInterrupted(KeyboardInterrupt):
 
 
 def build_stream(spec: CellSpec, data_dir: Path | None) -> TaskStream:
-    recipe = get_dataset(spec.dataset)
-    try:
-        stream = recipe.build(data_dir)
-    except (DataNotFoundError, DataFormatError, StreamError):
-        raise
-    except (ValueError, LookupError, TypeError, UnicodeError, OSError) as e:
-        # The recipe's parser met input it did not anticipate: report it as a data problem, in
-        # one line, instead of a traceback from deep inside pandas or numpy.
-        msg = (str(e).strip().splitlines() or [""])[0]
-        raise DataFormatError(f"dataset {spec.dataset!r}" + (f" in {data_dir}" if data_dir else ""), None,
-                              f"cannot build the stream (malformed raw files?): {type(e).__name__}: {msg}") from e
+    stream = get_dataset(spec.dataset).stream(data_dir)
     if spec.order == "reversed":
         stream = stream.reversed()
     elif spec.order != "default":
@@ -169,6 +160,7 @@ class Fitter:
         self.validate = functools.partial(evaluate_data, eval_batch=cfg.train.eval_batch)
         self.train_cfg = cfg.train
         self.logs: list[dict] = []
+        self.resumed_at: list[str] = []  # phases resumed from `save_progress` state, across every resume
         self.echo = echo
         self.should_stop = should_stop or (lambda: False)
         self.progress, self.progress_meta, self.device = progress, dict(progress_meta or {}), device
@@ -177,8 +169,8 @@ class Fitter:
         """Checkpoint inside one long learning phase (MTL's joint epochs, which the per-task
         checkpoints cannot split), then honour a stop request: the phase resumes from here."""
         if self.progress is not None:
-            save_sealed(self.progress, {"state": state, "rng": _rng_state(self.device), "logs": self.logs},
-                        {**self.progress_meta, "kind": "phase-progress"})
+            save_sealed(self.progress, {"state": state, "rng": _rng_state(self.device), "logs": self.logs,
+                                        "resumed_at": self.resumed_at}, {**self.progress_meta, "kind": "phase-progress"})
         if self.should_stop():
             raise CellInterrupted("stop requested (the phase resumes from its last epoch)")
 
@@ -196,6 +188,7 @@ class Fitter:
             return None
         _set_rng_state(blob["rng"], self.device)
         self.logs = blob["logs"]
+        self.resumed_at = [*blob.get("resumed_at", []), self.progress_meta["phase"]]
         self.echo(f"  resuming the phase from {self.progress}")
         return blob["state"]
 
@@ -328,7 +321,7 @@ def find_sinmo_diag(out: Path, spec: CellSpec, task_names: list[str], fingerprin
         ref = dataclasses.replace(spec, method="sinmo", order=order, noise=noise, overrides=spec.shared_overrides)
         p = out / ref.relpath()
         try:
-            r = load_result(p)
+            r = load_result(p, ref.hash)
         except ResultError:
             continue
         if fingerprint is not None and r["dataset"].get("base_fingerprint") != fingerprint:
@@ -395,7 +388,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     fingerprint = stream.fingerprint()
     if path.exists() and not force:
         try:
-            existing = load_result(path)
+            existing = load_result(path, spec.hash)  # damaged, incomplete or another cell's: never used
         except ResultError as e:
             echo(f"  {e}; recomputing")
         else:
@@ -414,7 +407,8 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     cfg = dataclasses.replace(cfg, backbone=backbone)  # every model of the cell is built from it
     evaluator = Evaluator(stream, cfg.split, cfg.train.eval_batch)
     fitter = Fitter(cfg, echo, stop, progress=files.checkpoint if cls.joint else None, device=dev,
-                    progress_meta={"format": CHECKPOINT_FORMAT, "spec_hash": spec.hash, "fingerprint": fingerprint})
+                    progress_meta={"format": CHECKPOINT_FORMAT, "spec_hash": spec.hash, "fingerprint": fingerprint,
+                                   "phase": "+".join(stream.task_names[1:])})
     torch.manual_seed(spec.seed)
     np.random.seed(spec.seed)
     setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, spec.seed,
@@ -459,6 +453,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
         train_s = time.perf_counter() - t0
         eval_s = evaluate_row(m - 1, range(1, m))
         timings.append({"task": "+".join(later), "train_s": train_s, "eval_s": eval_s})
+        resumed_at = fitter.resumed_at  # the joint phase's name, once per resume from its epoch progress
         if on_task_end is not None:
             on_task_end(method, names[-1], stream)
     else:

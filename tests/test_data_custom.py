@@ -61,18 +61,31 @@ def test_reference_indexing_and_per_task_target_dictionaries(tmp_path):
     assert st.meta["users_outside_T1"] == {"T2": 0, "T3": 0}
 
 
-def test_identical_sequences_match_kth_to_kth_and_unmatched_lines_become_new_users(tmp_path):
+def test_identical_sequences_match_kth_to_kth_and_a_line_beyond_them_is_refused(tmp_path):
     dup = [5, 9, 10]
     s1 = [dup, dup] + seqs(12, seed=1)
-    t3 = [line(dup) + ",,1", line(dup) + ",,2", line(dup) + ",,3"] + [line(s) + ",,0" for s in s1[2:]]
+    t3 = [line(dup) + ",,1", line(dup) + ",,2"] + [line(s) + ",,0" for s in s1[2:]]
     st = build(write_stream(tmp_path / "s", [line(s) for s in s1], {"T3": ("classify", t3)}))
-    t3 = st.task("T3")
-    # the first two `dup` lines go to the two `dup` users; the third becomes a new user outside T1
-    assert st.n_users == len(s1) + 1 and st.meta["users_outside_T1"] == {"T3": 1}
-    assert t3.targets.users[:2].tolist() == [0, 1] and t3.targets.users[-1] == len(s1)
-    assert [t3.label_names[i] for i in t3.targets.labels[[0, 1, -1]]] == ["1", "2", "3"]
-    assert (st.sequences[len(s1)] == st.sequences[0]).all()
-    assert st.task("T1").targets.n_users == len(s1)
+    # the two `dup` lines go to the two `dup` users, in order
+    assert st.n_users == len(s1) and st.meta["users_outside_T1"] == {"T3": 0}
+    assert st.task("T3").targets.users[:2].tolist() == [0, 1]
+    assert [st.task("T3").label_names[i] for i in st.task("T3").targets.labels[:2]] == ["1", "2"]
+    # A third `dup` line would be a phantom user with a T1 user's sequence (a duplicated line): refused.
+    folder = write_stream(tmp_path / "d", [line(s) for s in s1], {"T3": ("classify", t3[:2] + [line(dup) + ",,3"] + t3[2:])})
+    with pytest.raises(DataFormatError, match="already matched.*a duplicated line") as e:
+        build(folder)
+    assert e.value.path.endswith("T3.csv") and e.value.line == 3
+
+
+def test_a_repeated_line_of_a_user_outside_t1_is_refused(tmp_path):
+    s1 = seqs()
+    a, b = line([5] * 7), line([7] * 7)  # 7 items: longer than any T1 sequence, so no T1 user's
+    later = [line(s) + ",,1" for s in s1] + [a + ",,1", b + ",,1", a + ",,2", a + ",,1"]
+    st = build(write_stream(tmp_path / "ok", [line(s) for s in s1], {"T2": ("recommend", later[:-1])}))
+    assert st.meta["users_outside_T1"] == {"T2": 3}  # same sequence, other targets: two users outside T1
+    with pytest.raises(DataFormatError, match=r"repeats line %d \(same sequence, same targets" % (len(s1) + 1)) as e:
+        build(write_stream(tmp_path / "dup", [line(s) for s in s1], {"T2": ("recommend", later)}))
+    assert e.value.line == len(s1) + 4
 
 
 def test_unseen_items_are_rejected_or_padded(tmp_path):
@@ -273,7 +286,7 @@ def test_row_matching_survives_hash_collisions(tmp_path, monkeypatch):
 
     dup = [5, 9, 10]
     s1 = [dup, dup] + seqs(12, seed=1)
-    t3 = [line(dup) + ",,1", line(dup) + ",,2", line(dup) + ",,3"] + [line(s) + ",,0" for s in s1[2:]][::-1]
+    t3 = [line(dup) + ",,1", line(dup) + ",,2", line([5] * 7) + ",,3"] + [line(s) + ",,0" for s in s1[2:]][::-1]
     want = build(write_stream(tmp_path / "a", [line(s) for s in s1], {"T3": ("classify", t3)}))
     real = custom._row_keys
     monkeypatch.setattr(custom, "_row_keys", lambda a, exact: real(a, True) if exact else np.zeros(len(a), np.uint64))

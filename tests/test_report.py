@@ -17,6 +17,7 @@ from curb.experiments import ExperimentArgs, experiment_cells, get_experiment, t
 from curb.leaderboard import board_setting, build, check, read_boards, render_board
 from curb.report import load_settings, mean_std, noisy_table, overall_table, sampling_tables, write_report
 from curb.results import load_result, save_result
+from curb.runner import CellSpec
 
 DATA = Path(__file__).parent / "data"
 RUN = DATA / "mini-run"
@@ -249,10 +250,12 @@ def test_text_init_section_pairs_a_setting_with_its_text_twin(tmp_path):
         if r["spec"]["overrides"]:
             continue
         r["spec"]["overrides"] = {"backbone.item_init": "text"}
+        r["spec_hash"] = CellSpec.from_dict(r["spec"]).hash  # another cell: its own hash and file name
         r["final"] = {k: v + 0.5 for k, v in r["final"].items()}  # recognisable "text" numbers
         twins.append(r["final"]["T2"])
         r["fits"] = [{**f, "epochs": [{**e, "val": 0.9} for e in f["epochs"]]} for f in r["fits"]]
-        save_result(run / "text" / p.name, {k: v for k, v in r.items() if k not in ("checksum", "schema")})
+        save_result(run / "text" / f"seed{r['spec']['seed']}-{r['spec_hash']}.json",
+                    {k: v for k, v in r.items() if k not in ("checksum", "schema")})
     base = next(st for st in load_settings(run) if not st.overrides)
     assert base.text_init is not None and base.text_init.overrides == (("backbone.item_init", "text"),)
     from curb.report import text_init_table

@@ -18,6 +18,7 @@ Results are sealed once and never rewritten.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import signal
@@ -360,7 +361,15 @@ def _mapper(backend: str, jobs: int, scheduler: str | None, device: str) -> Iter
                             "(docs/scaling.md)")
         yield lambda fn, items, on_error: _dask_map(client, scheduler, resources, fn, items, on_error)
     finally:
-        client.close()
+        # After a lost scheduler, closing cancels the client's reconnection attempts, which Dask logs
+        # as an error with a traceback; curb has already said what happened, in one line.
+        log = logging.getLogger("distributed.client")
+        level = log.level
+        log.setLevel(logging.CRITICAL)
+        try:
+            client.close()
+        finally:
+            log.setLevel(level)
 
 
 def _dask_map(client, scheduler: str, resources: dict | None, fn: Callable, items: list,

@@ -115,7 +115,7 @@ def _read_text(path: Path) -> str:
                 return f.read().decode("latin-1")
         return path.read_bytes().decode("latin-1")
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise DataFormatError(path, None, f"damaged gzip file ({e}): truncated or not gzip; fetch it again") from None
+        raise DataFormatError(path, None, f"damaged gzip file ({e}): truncated, or not gzip at all") from None
 
 
 _OTHER_SEPS = ("::", "\t", ",", "|", ";", " ")

@@ -292,3 +292,34 @@ def test_row_matching_survives_hash_collisions(tmp_path, monkeypatch):
     monkeypatch.setattr(custom, "_row_keys", lambda a, exact: real(a, True) if exact else np.zeros(len(a), np.uint64))
     got = build(write_stream(tmp_path / "b", [line(s) for s in s1], {"T3": ("classify", t3)}, name="b"))
     assert got.fingerprint() == want.fingerprint()
+
+
+def test_an_overlong_line_is_refused_naming_file_line_and_length(tmp_path, capsys):
+    """One 300,000-item line used to pad every user to its width (22 GB, killed by the kernel)."""
+    from curb.datasets.custom import MAX_LEN
+
+    s1 = seqs()
+    t1 = [line(s) for s in s1[:5]] + [",".join(["5"] * 300_000)] + [line(s) for s in s1[5:]]
+    folder = write_stream(tmp_path / "long", t1, {})
+    with pytest.raises(DataFormatError, match=rf"300,000 input tokens, more than the {MAX_LEN:,}.*set \"max_len\"") as e:
+        build(folder)
+    assert e.value.path.endswith("t1.csv") and e.value.line == 6
+    # With max_len the line keeps its last items, like every other line.
+    st = build(write_stream(tmp_path / "cut", t1, {}, max_len=MAX_LEN))
+    assert st.sequences.shape == (len(t1), MAX_LEN)
+    # max_len itself is bounded: 10**9 used to be a MemoryError traceback.
+    folder = write_stream(tmp_path / "huge", [line(s) for s in s1], {}, max_len=10**9)
+    assert main(["data", "info", "custom", "--data-dir", str(folder)]) == 2
+    assert f"manifest key 'max_len' must be an integer 2..{MAX_LEN} or null, got 1000000000" in capsys.readouterr().err
+
+
+def test_item_ids_of_item_texts_are_plain_integers(tmp_path):
+    from curb.datasets.custom import read_item_texts
+
+    for body, problem in (("item,text\n\u0661\u0662,Shoes\n", "must be a positive integer"),  # Arabic-Indic digits
+                          ("item,text\n" + "9" * 30 + ",Shoes\n", "must be a positive integer of at most 18 digits"),
+                          ("item,text\n1e3,Shoes\n", "must be a positive integer")):
+        (tmp_path / "items.csv").write_text(body)
+        with pytest.raises(DataFormatError, match=problem) as e:
+            read_item_texts(tmp_path / "items.csv")
+        assert e.value.line == 2

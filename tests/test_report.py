@@ -336,3 +336,18 @@ def test_adaptation_curve_is_t4_after_t1_to_t3_from_the_fit_logs(setting):
     (fit,) = [f for f in r["fits"] if f["task"] == "T4" and f["phase"] == "train"]
     got = data[(data.method == "hat") & (data.seed == 1)].sort_values("x")["value"].tolist()
     assert got == [e["val"] for e in fit["epochs"]] and "pop" not in set(data.method)
+
+
+def test_a_sealed_result_missing_keys_is_refused_by_report_and_leaderboard(tmp_path, capsys):
+    """A valid checksum proves a file is as written, not that it is complete: the schema check does."""
+    boards = _board(tmp_path)
+    victim = next((tmp_path / "mini-run" / "synthetic-mini" / "pop" / "default").glob("seed0-*.json"))
+    r = load_result(victim)
+    del r["final"]
+    save_result(victim, {k: v for k, v in r.items() if k not in ("checksum", "schema")})
+    assert main(["report", str(tmp_path / "mini-run"), "--no-figures", "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: skipping {victim}: not a valid curb result: missing key 'final'" in out
+    assert main(["leaderboard", "check", "--boards", str(boards)]) == 2
+    err = capsys.readouterr().err
+    assert "damaged result file(s)" in err and "missing key 'final'" in err and "Traceback" not in err

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per cell; fixed so numbers do not depend on --jobs ('auto': usable cores // jobs)")
     r.add_argument("--backend", choices=("local", "dask"), default="local",
                    help="local processes, or a Dask cluster (needs --scheduler and `pip install curb[dask]`)")
-    r.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://127.0.0.1:8786 or tls://host:8786")
     r.add_argument("--force", action="store_true", help="recompute cells even when a valid result or checkpoint exists")
 
     pl = sub.add_parser(

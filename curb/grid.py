@@ -344,10 +344,15 @@ def _mapper(backend: str, jobs: int, scheduler: str | None, device: str) -> Iter
         return
     try:
         from distributed import Client
+        from distributed.security import Security
     except ImportError:
         raise GridError("--backend dask needs dask.distributed: pip install 'curb[dask]'") from None
     if not scheduler:
-        raise GridError("--backend dask needs --scheduler ADDRESS (e.g. tcp://host:8786)")
+        raise GridError("--backend dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+    if scheduler.startswith("tls://") and Security().get_connection_args("client").get("ssl_context") is None:
+        raise GridError(f"--scheduler {scheduler} uses TLS but this client has no certificate: set "
+                        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE, DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT and "
+                        "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY (docs/scaling.md)")
     try:
         client = Client(scheduler, timeout=30, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as e:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import socket
@@ -41,8 +42,8 @@ def numbers(r: dict) -> dict:
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "curb", *args], env=env, stdout=subprocess.PIPE,
+    kw.setdefault("env", {**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen([sys.executable, "-m", "curb", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -525,3 +526,56 @@ def test_a_lost_scheduler_ends_the_run_with_an_error_and_the_cell_resumes(tmp_pa
     with one_thread():  # the orphaned worker went down too: the cell resumes from its last checkpoint
         r = run_cell(SLOW_SPEC, out, **QUIET)
     assert r["resumed_at"] and numbers(r) == numbers(reference)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_dask_example_binds_to_localhost_or_uses_tls():
+    """A scheduler runs what its clients send: no documented command may expose one in clear text."""
+    text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
+    commands = [c for c in text.replace("\\\n", " ").splitlines() if re.search(r"dask (scheduler|worker)|--scheduler ", c)]
+    schedulers = [c for c in commands if "dask scheduler" in c]
+    workers = [c for c in commands if "dask worker" in c]
+    assert schedulers and workers
+    for c in schedulers:
+        assert "--host 127.0.0.1" in c or "--protocol tls" in c, c
+    for c in [*workers, *(c for c in commands if "curb run" in c)]:
+        address = re.search(r"(?:dask worker|--scheduler) (\S+)", c).group(1)
+        assert address.startswith(("tls://", "tcp://127.0.0.1:")), c
+    for c in [*schedulers, *workers]:
+        if "tls" in c:
+            assert "--tls-ca-file" in c and "--tls-cert" in c and "--tls-key" in c, c
+
+
+def test_the_documented_tls_setup_runs_a_grid_and_a_client_without_certificates_is_refused(tmp_path):
+    """docs/scaling.md's TLS recipe: a scheduler that requires encryption, curb's client configured
+    through the DASK_DISTRIBUTED__COMM__TLS__* variables."""
+    pytest.importorskip("distributed")
+    from distributed.security import Security
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make the test certificates")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca, cert, key = tmp_path / "ca.pem", tmp_path / "node.pem", tmp_path / "node.key"
+    for cmd in ([openssl, "req", "-x509", *ec, "-keyout", tmp_path / "ca.key", "-out", ca, "-days", "2", "-subj", "/CN=ca"],
+                [openssl, "req", *ec, "-keyout", key, "-out", tmp_path / "node.csr", "-subj", "/CN=node"],
+                [openssl, "x509", "-req", "-in", tmp_path / "node.csr", "-CA", ca, "-CAkey", tmp_path / "ca.key",
+                 "-CAcreateserial", "-out", cert, "-days", "2"]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    security = Security(tls_ca_file=str(ca), require_encryption=True,
+                        **{f"tls_{who}_{part}": str(f) for who in ("scheduler", "worker", "client")
+                           for part, f in (("cert", cert), ("key", key))})
+    argv = ["run", "--methods", "pop", "--dataset", "synthetic-mini", "--backend", "dask", "--out", str(tmp_path / "o")]
+    with _local_cluster(protocol="tls://", host="127.0.0.1", security=security) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+        tls = {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(ca), "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(cert),
+               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(key), "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+        p = _cli(*argv, "--scheduler", address, env={**os.environ, "OMP_NUM_THREADS": "1", **tls})
+        output, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, output
+        p = _cli(*argv, "--scheduler", address)
+        output, _ = p.communicate(timeout=300)
+    assert p.returncode == 2 and "uses TLS but this client has no certificate" in output and "Traceback" not in output

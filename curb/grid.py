@@ -1,10 +1,13 @@
 """Grids of cells: plans (JSONL), parallel and distributed execution, failure records, status.
 
-A grid is a list of `CellSpec`s. `run_grid` runs them through joblib: in this process
-(`jobs=1`), in `jobs` local worker processes (loky), or on a Dask cluster (joblib's Dask
-backend). Only small job descriptions travel to the workers (spec dict, output folder, data
-folder, device); every cell reads its data and writes its result, checkpoint, log and failure
-record under the shared output folder itself, so the parent only collects outcomes.
+A grid is a list of `CellSpec`s. `run_grid` runs them in this process (`jobs=1`), in `jobs`
+local worker processes (joblib's loky backend), or on a Dask cluster (one Dask task per cell).
+Only small job descriptions travel to the workers (spec dict, output folder, data folder,
+device); every cell reads its data and writes its result, checkpoint, log and failure record
+under the shared output folder itself, so the parent only collects outcomes.
+
+Concurrency: the process running a grid holds the folder's lock (`run_lock`), each cell is
+computed under its own lock, and plan merges take turns (docs/scaling.md lists the guarantees).
 
 Determinism: a cell's numbers depend on its spec, the device and its torch thread count, never
 on `jobs` or on scheduling. CPU float reductions differ with the thread count, so every cell
@@ -88,17 +91,17 @@ def record_plan(out: Path, specs: list[CellSpec]) -> tuple[Path, int]:
     return path, len(new)
 
 
-def prepare_out(out: Path, what: str = "--out") -> Path:
-    """`out` as an existing, writable folder (created when missing), or a GridError saying why not."""
+def prepare_out(out: Path) -> Path:
+    """`--out` as an existing, writable folder (created when missing), or a GridError saying why not."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise GridError(f"{what} {out} is a file, not a folder")
+        raise GridError(f"--out {out} is a file, not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise GridError(f"{what} {out}: cannot create the folder ({e.strerror})") from None
+        raise GridError(f"--out {out}: cannot create the folder ({e.strerror})") from None
     if not os.access(out, os.W_OK | os.X_OK):
-        raise GridError(f"{what} {out}: the folder is not writable")
+        raise GridError(f"--out {out}: the folder is not writable")
     return out
 
 
@@ -360,7 +363,8 @@ def _mapper(backend: str, jobs: int, scheduler: str | None, device: str) -> Iter
     try:
         # One GPU per cell: only workers started with `--resources GPU=1` (one per GPU) take cells.
         resources = {"GPU": 1} if device.startswith("cuda") else None
-        if resources and not any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values()):
+        workers = client.scheduler_info()["workers"].values()
+        if resources and not any(w.get("resources", {}).get("GPU") for w in workers):
             raise GridError(f"--device {device}: no worker of the cluster at {scheduler} offers the resource GPU=1; "
                             "start one worker per GPU with `dask worker ... --nthreads 1 --resources GPU=1` "
                             "(docs/scaling.md)")

@@ -205,7 +205,8 @@ def _check_cell(obj: dict) -> str | None:
         rows = obj[key]
         if len(rows) != m or not all(isinstance(row, list) and len(row) == m and all(_is(x, cell) for x in row)
                                      for row in rows):
-            return f"{key!r} must be a {m}x{m} matrix (one row and column per task) of {'numbers' if key == 'R' else 'objects'} or null"
+            what = "numbers" if key == "R" else "objects"
+            return f"{key!r} must be a {m}x{m} matrix (one row and column per task) of {what} or null"
     if set(obj["final"]) != set(names) or not all(_is(v, (int, float, None)) for v in obj["final"].values()):
         return f"'final' must map every task ({', '.join(names)}) to a number or null"
     tr = obj["transfer"]

@@ -170,7 +170,8 @@ class Fitter:
         checkpoints cannot split), then honour a stop request: the phase resumes from here."""
         if self.progress is not None:
             save_sealed(self.progress, {"state": state, "rng": _rng_state(self.device), "logs": self.logs,
-                                        "resumed_at": self.resumed_at}, {**self.progress_meta, "kind": "phase-progress"})
+                                        "resumed_at": self.resumed_at},
+                        {**self.progress_meta, "kind": "phase-progress"})
         if self.should_stop():
             raise CellInterrupted("stop requested (the phase resumes from its last epoch)")
 

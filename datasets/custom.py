@@ -367,9 +367,9 @@ def build(folder: Path, manifest: Manifest) -> TaskStream:
                                                  "(padded files hold fixed-length, left-padded sequences)")
         longest = int(np.argmax(p.seq_len))
         if manifest.max_len is None and p.seq_len[longest] > MAX_LEN:
-            raise DataFormatError(p.path, longest + 1, f"{p.seq_len[longest]:,} input tokens, more than the {MAX_LEN:,} "
-                                  f"every user could be padded to; set \"max_len\" (at most {MAX_LEN}) in {MANIFEST} to "
-                                  "keep each sequence's last items")
+            raise DataFormatError(p.path, longest + 1, f"{p.seq_len[longest]:,} input tokens, more than the "
+                                  f"{MAX_LEN:,} every user could be padded to; set \"max_len\" (at most {MAX_LEN}) "
+                                  f"in {MANIFEST} to keep each sequence's last items")
         return p
 
     # Later files are parsed one at a time (memory) unless the width needs the longest of them all.

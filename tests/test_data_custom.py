@@ -71,7 +71,8 @@ def test_identical_sequences_match_kth_to_kth_and_a_line_beyond_them_is_refused(
     assert st.task("T3").targets.users[:2].tolist() == [0, 1]
     assert [st.task("T3").label_names[i] for i in st.task("T3").targets.labels[:2]] == ["1", "2"]
     # A third `dup` line would be a phantom user with a T1 user's sequence (a duplicated line): refused.
-    folder = write_stream(tmp_path / "d", [line(s) for s in s1], {"T3": ("classify", t3[:2] + [line(dup) + ",,3"] + t3[2:])})
+    t3_dup = t3[:2] + [line(dup) + ",,3"] + t3[2:]
+    folder = write_stream(tmp_path / "d", [line(s) for s in s1], {"T3": ("classify", t3_dup)})
     with pytest.raises(DataFormatError, match="already matched.*a duplicated line") as e:
         build(folder)
     assert e.value.path.endswith("T3.csv") and e.value.line == 3

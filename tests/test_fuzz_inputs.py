@@ -257,7 +257,8 @@ def break_custom(data: st.DataObject, files: dict[str, list[str]]) -> tuple[str,
     else:
         name = "stream.json"
         obj = json.loads(manifest)
-        edit = data.draw(st.sampled_from(["cut", "latin-1", "unknown key", "max_len", "kind", "same names"]), label="how")
+        edit = data.draw(st.sampled_from(["cut", "latin-1", "unknown key", "max_len", "kind", "same names"]),
+                         label="how")
         if edit == "unknown key":
             obj["colour"] = "red"
         elif edit == "max_len":

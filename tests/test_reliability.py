@@ -534,7 +534,8 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_dask_example_binds_to_localhost_or_uses_tls():
     """A scheduler runs what its clients send: no documented command may expose one in clear text."""
     text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
-    commands = [c for c in text.replace("\\\n", " ").splitlines() if re.search(r"dask (scheduler|worker)|--scheduler ", c)]
+    lines = text.replace("\\\n", " ").splitlines()  # continuation lines joined
+    commands = [c for c in lines if re.search(r"dask (scheduler|worker)|--scheduler ", c)]
     schedulers = [c for c in commands if "dask scheduler" in c]
     workers = [c for c in commands if "dask worker" in c]
     assert schedulers and workers
@@ -559,7 +560,8 @@ def test_the_documented_tls_setup_runs_a_grid_and_a_client_without_certificates_
         pytest.skip("openssl is needed to make the test certificates")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     ca, cert, key = tmp_path / "ca.pem", tmp_path / "node.pem", tmp_path / "node.key"
-    for cmd in ([openssl, "req", "-x509", *ec, "-keyout", tmp_path / "ca.key", "-out", ca, "-days", "2", "-subj", "/CN=ca"],
+    for cmd in ([openssl, "req", "-x509", *ec, "-keyout", tmp_path / "ca.key", "-out", ca, "-days", "2",
+                 "-subj", "/CN=ca"],
                 [openssl, "req", *ec, "-keyout", key, "-out", tmp_path / "node.csr", "-subj", "/CN=node"],
                 [openssl, "x509", "-req", "-in", tmp_path / "node.csr", "-CA", ca, "-CAkey", tmp_path / "ca.key",
                  "-CAcreateserial", "-out", cert, "-days", "2"]):
@@ -572,7 +574,8 @@ def test_the_documented_tls_setup_runs_a_grid_and_a_client_without_certificates_
         address = cluster.scheduler_address
         assert address.startswith("tls://127.0.0.1:")
         tls = {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(ca), "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(cert),
-               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(key), "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(key),
+               "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
         p = _cli(*argv, "--scheduler", address, env={**os.environ, "OMP_NUM_THREADS": "1", **tls})
         output, _ = p.communicate(timeout=300)
         assert p.returncode == 0, output

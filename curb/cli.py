@@ -15,7 +15,7 @@ from . import __version__
 from .config import ConfigError, parse_sets
 from .data import DataNotFoundError, available_datasets, get_dataset
 from .datacli import add_parser as add_data_parser, cmd_data
-from .errors import USER_ERRORS  # noqa: F401  (re-exported: the errors printed as one line, no traceback)
+from .errors import USER_ERRORS
 from .leaderboard import cmd_leaderboard
 from .method import available_methods, get_method
 from .results import ResultError
@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per cell; fixed so numbers do not depend on --jobs ('auto': usable cores // jobs)")
     r.add_argument("--backend", choices=("local", "dask"), default="local",
                    help="local processes, or a Dask cluster (needs --scheduler and `pip install curb[dask]`)")
-    r.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://127.0.0.1:8786 or tls://host:8786")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address, e.g. tcp://127.0.0.1:8786 or tls://host:8786 (docs/scaling.md)")
     r.add_argument("--force", action="store_true", help="recompute cells even when a valid result or checkpoint exists")
 
     pl = sub.add_parser(

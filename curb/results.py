@@ -104,9 +104,9 @@ def load_result(path: Path, spec_hash: str | None = None) -> dict:
         raise ResultError(f"{path}: not a valid curb result: {problem}")
     if spec_hash is not None and obj["spec_hash"] != spec_hash:
         spec = obj["spec"]
-        raise MisplacedResultError(f"{path}: holds the result of another cell ({obj['spec_hash']}: {spec.get('dataset')}/"
-                          f"{spec.get('method', spec.get('init'))} seed {spec.get('seed')}), not of cell {spec_hash}: "
-                          "a misplaced file")
+        raise MisplacedResultError(f"{path}: holds the result of another cell ({obj['spec_hash']}: {spec['dataset']}/"
+                                   f"{spec.get('method', spec.get('init'))} seed {spec['seed']}), not of cell "
+                                   f"{spec_hash}: a misplaced file")
     return obj
 
 

@@ -189,7 +189,7 @@ class Fitter:
             return None
         _set_rng_state(blob["rng"], self.device)
         self.logs = blob["logs"]
-        self.resumed_at = [*blob.get("resumed_at", []), self.progress_meta["phase"]]
+        self.resumed_at = [*blob["resumed_at"], self.progress_meta["phase"]]
         self.echo(f"  resuming the phase from {self.progress}")
         return blob["state"]
 

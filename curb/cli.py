@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
@@ -13,29 +14,12 @@ from typing import Sequence
 from . import __version__
 from .config import ConfigError, parse_sets
 from .datacli import add_parser as add_data_parser, cmd_data
-from .registry import UnknownNameError, add_import_option, import_modules
+from .errors import USER_ERRORS
 from .results import ResultError
+from .registry import add_import_option, import_modules
 
 # Everything imported above is light (no torch, pandas, matplotlib, not even numpy), so that
 # `curb --help` and `curb methods` answer at once; other modules are imported where used.
-
-
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors that are the user's to fix: printed as one clear line, no traceback. A function, so
-    that their modules (curb.grid imports torch) load only when an error is raised."""
-    from .data import DataFormatError, DataNotFoundError
-    from .fetch import FetchError
-    from .grid import GridError
-    from .streams import StreamError
-
-    return (UnknownNameError, ConfigError, StreamError, DataNotFoundError, DataFormatError, ResultError, FetchError,
-            GridError)
-
-
-def __getattr__(name: str):  # `from curb.cli import USER_ERRORS` without importing torch up front
-    if name == "USER_ERRORS":
-        return user_errors()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch threads per cell; fixed so numbers do not depend on --jobs ('auto': usable cores // jobs)")
     r.add_argument("--backend", choices=("local", "dask"), default="local",
                    help="local processes, or a Dask cluster (needs --scheduler and `pip install curb[dask]`)")
-    r.add_argument("--scheduler", default=None, metavar="ADDRESS", help="Dask scheduler address, e.g. tcp://host:8786")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address, e.g. tcp://127.0.0.1:8786 or tls://host:8786 (docs/scaling.md)")
     r.add_argument("--force", action="store_true", help="recompute cells even when a valid result or checkpoint exists")
 
     pl = sub.add_parser(
@@ -345,6 +330,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise GridError(f"{e}: a cell finished but its result is not readable here; with --backend dask, "
                         "--out must be a folder shared by this machine and every worker") from None
     failed = [o for o in outcomes if o["status"] == "failed"]
+    busy = [o for o in outcomes if o["status"] == "busy"]
     stopped = [o for o in outcomes if o["status"] == "interrupted"]
     if results:
         print()
@@ -353,11 +339,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     for o in failed:
         print(f"curb: cell {o['label']} failed: {o['error'].splitlines()[0] if o['error'] else ''} "
               f"(record: {out}/.cells/{o['hash']}.failed.json)", file=sys.stderr)
+    for o in busy:
+        print(f"curb: cell {o['label']} not started: {o['error']}; rerun once that process has ended", file=sys.stderr)
     if stopped:
         print(f"curb: interrupted; {len(stopped)} cell(s) not finished: rerun the same command to resume "
               "(a cell restarts after its last finished task)", file=sys.stderr)
         return 128 + (stop_signal() or signal.SIGINT)
-    return 1 if failed else 0
+    return 1 if failed or busy else 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -391,9 +379,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     from .data import DataNotFoundError
-    from .grid import check_stream, record_plan
+    from .grid import check_stream, prepare_out, record_plan
 
     specs = _grid_specs(args)
+    prepare_out(args.out)
     checks = {(s.dataset, s.order, s.noise, s.preset, s.overrides): s for s in specs}
     unchecked = 0
     for s in checks.values():  # orders and noise positions need the stream: check it when the data is here
@@ -439,7 +428,7 @@ def _names(text: str, valid: Sequence[str], what: str) -> list[str]:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .data import get_dataset
     from .experiments import EXPERIMENTS, ExperimentArgs, experiment_cells
-    from .grid import run_grid, torch_threads
+    from .grid import prepare_out, run_grid, run_lock, torch_threads
     from .report import write_report
     from .text import check_dataset
 
@@ -469,12 +458,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         for s in specs:
             print(f"  {'done' if (out / s.relpath()).exists() else 'todo'}  {s.relpath()}")
         return 0
-    outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs, threads=args.threads)
-    with torch_threads(args.threads):  # studies that are not grids run here, after the cells: same rule
-        for n in names:
-            if EXPERIMENTS[n].run is not None:
-                EXPERIMENTS[n].run(exp, out, args.device, print)
-    written = write_report(out, out / "report", only=[*names, "overall"], figures=not args.no_figures)
+    # The studies that are not grids write into OUT after the cells: the folder stays held throughout.
+    with run_lock(prepare_out(out)):
+        outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs,
+                            threads=args.threads)
+        with torch_threads(args.threads):  # same thread rule as the cells
+            for n in names:
+                if EXPERIMENTS[n].run is not None:
+                    EXPERIMENTS[n].run(exp, out, args.device, print)
+        written = write_report(out, out / "report", only=[*names, "overall"], figures=not args.no_figures)
     print((out / "report" / "README.md").read_text())
     print(f"report: {written[0]} ({len(written) - 2} table files, {written[-1].name}, figures in "
           f"{out / 'report' / 'figures'})")
@@ -485,12 +477,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .grid import prepare_out
     from .report import SECTIONS, write_report
 
     if not args.run_dir.is_dir():
         raise ConfigError(f"{args.run_dir} is not a folder")
     only = _names(args.sections, list(SECTIONS), "section")
-    out = args.out or args.run_dir / "report"
+    out = prepare_out(args.out or args.run_dir / "report")
     written = write_report(args.run_dir, out, only=only, figures=not args.no_figures)
     print(written[0].read_text())
     print(f"wrote {written[0]}, {out / 'scores.csv'} and {len(written) - 2} table file(s)"
@@ -550,22 +543,39 @@ COMMANDS = {"run": cmd_run, "tune": cmd_tune, "plan": cmd_plan, "status": cmd_st
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    """The one error wrapper of every command: a user error, or a file-system refusal (a path under a
+    file, a read-only folder, a full disk), is one line on stderr and exit code 2; a closed output
+    pipe (`curb ... | head`) ends quietly with 141 (128 + SIGPIPE), as a shell tool would."""
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         import_modules(getattr(args, "imports", []))
-        return COMMANDS[args.command](args)
-    except Exception as e:
-        if not isinstance(e, user_errors()):
-            raise
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe surfaces here, inside the wrapper, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return 141
+    except USER_ERRORS as e:
         print(f"curb: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = " -> ".join(str(p) for p in (e.filename, e.filename2) if p is not None)
+        print(f"curb: error: {where + ': ' if where else ''}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("curb: interrupted", file=sys.stderr)
         return 130
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail on the closed pipe again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 if __name__ == "__main__":

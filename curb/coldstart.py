@@ -560,7 +560,7 @@ def run_cold_start(dataset: str, methods: Sequence[str] = DEFAULT_METHODS, seeds
             if force or not p.exists():
                 return None
             try:
-                r = load_result(p)
+                r = load_result(p, spec.hash)
             except ResultError as e:
                 echo(f"  {e}; recomputing")
                 return None

@@ -13,13 +13,15 @@ import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import CurbError
+
 if TYPE_CHECKING:  # imported where used: `ConfigError` must not cost a torch import (instant CLI)
     from .backbone import BackboneConfig
     from .method import TrainConfig
     from .streams import SplitConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(CurbError, ValueError):
     """A configuration key or value is invalid; the message lists the valid choices."""
 
 

@@ -18,24 +18,26 @@ import hashlib
 import json
 import logging
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
+from .errors import CurbError
 from .registry import DATASETS_GROUP, UnknownNameError, failures_note, import_from_env, load_entry_points
-from .results import atomic_write_bytes, canonical
+from .results import atomic_write_bytes, canonical, remove_stale_temp_files
 from .streams import Targets, Task, TaskStream
 
 log = logging.getLogger("curb.data")
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(CurbError, FileNotFoundError):
     """Raw files are missing; the message lists where curb looked and how to get them."""
 
 
-class DataFormatError(ValueError):
+class DataFormatError(CurbError, ValueError):
     """A raw file is malformed; the message names the file, the line and the problem."""
 
     def __init__(self, path: Path | str, line: int | None, problem: str):
@@ -89,6 +91,32 @@ class DatasetRecipe:
     version: str = "1"  # bump whenever the recipe's output changes: invalidates cached streams
     releases: tuple[str, ...] = ()  # releases the recipe reads, in lookup preference order
     item_texts: Callable[[Path | None], ItemTexts] | None = None  # None: the dataset's items have no text
+
+    def stream(self, data_dir: Path | None) -> TaskStream:
+        """The recipe's stream; every caller (cells, `curb plan`, `curb data info`) goes through here."""
+        return _parsing(self.name, data_dir, self.build)
+
+    def texts(self, data_dir: Path | None) -> ItemTexts:
+        """The items' texts (the recipe must have `item_texts`)."""
+        assert self.item_texts is not None, f"dataset {self.name} has no item texts"
+        return _parsing(self.name, data_dir, self.item_texts)
+
+
+# What a parser meeting input it did not anticipate raises deep inside pandas, numpy, gzip or zlib.
+_PARSER_FAILURES = (ValueError, LookupError, TypeError, ArithmeticError, OSError, EOFError, MemoryError, zlib.error)
+
+
+def _parsing(dataset: str, data_dir: Path | None, read: Callable[[Path | None], object]):
+    """`read(data_dir)`, with an unanticipated parser failure reported as a DataFormatError (one line
+    naming the dataset and folder) rather than a traceback; curb's own errors pass unchanged."""
+    try:
+        return read(data_dir)
+    except CurbError:
+        raise
+    except _PARSER_FAILURES as e:
+        msg = (str(e).strip().splitlines() or [""])[0]
+        raise DataFormatError(f"dataset {dataset!r}" + (f" in {data_dir}" if data_dir else ""), None,
+                              f"cannot read the raw files (malformed?): {type(e).__name__}: {msg}") from e
 
 
 _DATASETS: dict[str, DatasetRecipe] = {}
@@ -264,6 +292,8 @@ def cached_build(dataset: str, sources: Sequence[Path], parse: Callable[[], Task
                                     "options": options or {},
                                     "sources": [[Path(p).name, d] for p, d in zip(sources, digests)]}).encode())
     path = stream_cache_dir() / f"{dataset}-{key.hexdigest()[:20]}.npz"
+    if path.parent.is_dir():
+        remove_stale_temp_files(path.parent)
     where = {"sources": {str(p): d for p, d in zip(sources, digests)}}
     if path.is_file():
         try:

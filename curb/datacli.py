@@ -143,7 +143,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        stream = recipe.build(args.data_dir)
+        stream = recipe.stream(args.data_dir)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

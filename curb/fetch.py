@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Callable
 
 from .data import Release, data_home, file_digest
+from .errors import CurbError
 
 
-class FetchError(RuntimeError):
+class FetchError(CurbError, RuntimeError):
     """A download or install failed; nothing was changed in the destination."""
 
 
@@ -62,8 +63,27 @@ def verify(archive: Path, release: Release, check: bool, origin: str) -> None:
                          "installed.")
 
 
+# Limits on what an archive may unpack to, checked before anything is written (a "zip bomb" of a
+# few hundred kB can expand to many GB). The largest release curb knows, ML-25M, unpacks to
+# about 1.2 GB from 250 MB (ratio 5); text files of ids rarely compress better than 20:1.
+MAX_UNPACKED = 32 << 30  # bytes
+MAX_RATIO = 100  # unpacked bytes per archive byte, for archives unpacking to more than RATIO_FLOOR
+RATIO_FLOOR = 16 << 20  # small archives are exempt: a few MB of zeros compress 1000:1 harmlessly
+
+
+def check_unpacked_size(archive: Path, sizes: list[int]) -> None:
+    """Refuse an archive whose members (sizes as its headers declare them; zipfile and tarfile
+    never extract more than declared) add up to more than the limits."""
+    total, packed = sum(sizes), max(archive.stat().st_size, 1)
+    if total > MAX_UNPACKED or (total > RATIO_FLOOR and total > MAX_RATIO * packed):
+        raise FetchError(f"{archive}: refusing to unpack {total:,} bytes from a {packed:,}-byte archive (limits: "
+                         f"{MAX_UNPACKED:,} bytes, {MAX_RATIO}x the archive); if it is genuine, unpack it yourself "
+                         "and install the folder with --from FOLDER")
+
+
 def _unpack(archive: Path, into: Path) -> None:
-    """Unpack a .zip or .tar[.gz] refusing members that would land outside `into`."""
+    """Unpack a .zip or .tar[.gz] refusing members that would land outside `into`, links and
+    special files, and archives unpacking to more than the size limits."""
     root = into.resolve()
 
     def safe(name: str) -> None:
@@ -74,8 +94,10 @@ def _unpack(archive: Path, into: Path) -> None:
     try:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as z:
-                for n in z.namelist():
-                    safe(n)
+                infos = z.infolist()
+                for i in infos:
+                    safe(i.filename)
+                check_unpacked_size(archive, [i.file_size for i in infos])
                 z.extractall(into)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as t:
@@ -84,6 +106,7 @@ def _unpack(archive: Path, into: Path) -> None:
                     safe(m.name)
                     if not (m.isfile() or m.isdir()):
                         raise FetchError(f"{archive}: refusing link or special member {m.name!r}")
+                check_unpacked_size(archive, [m.size for m in members])
                 extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
                 t.extractall(into, members=members, **extra)
         else:

@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Iterable
 
+from .errors import CurbError
+
 METHODS_GROUP = "curb.methods"
 DATASETS_GROUP = "curb.datasets"
 IMPORT_ENV = "CURB_IMPORT"
@@ -51,7 +53,7 @@ BUILTIN_METHODS: dict[str, tuple[str, bool]] = {
 }
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(CurbError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
 

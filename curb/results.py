@@ -15,20 +15,28 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 if TYPE_CHECKING:
     import numpy as np
 
+from .errors import CurbError
+
 SCHEMA = 1
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read once at import (os.umask can only be read by setting it)
 
 
-class ResultError(ValueError):
+class ResultError(CurbError, ValueError):
     """A result or checkpoint file is damaged or from another schema."""
+
+
+class MisplacedResultError(ResultError):
+    """A valid result file at another cell's path (copied or moved there)."""
 
 
 def canonical(obj: Any) -> str:
@@ -57,13 +65,36 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+# `.<name>.<8 random characters>.tmp`: what `atomic_write_bytes` leaves when killed mid-write.
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+STALE_TEMP_S = 3600  # no write of curb's takes an hour: an older temporary file is a killed write's
+
+
+def remove_stale_temp_files(root: Path, older_than_s: float = STALE_TEMP_S) -> list[Path]:
+    """Delete the temporary files killed writes left under `root` (last written over
+    `older_than_s` ago, so a write in progress is never touched); returns what was removed."""
+    removed = []
+    cutoff = time.time() - older_than_s
+    for p in Path(root).rglob(".*.tmp"):
+        try:
+            if _TEMP_NAME.fullmatch(p.name) and p.is_file() and p.stat().st_mtime < cutoff:
+                p.unlink()
+                removed.append(p)
+        except OSError:  # gone meanwhile, or not ours to delete
+            continue
+    return sorted(removed)
+
+
 def save_result(path: Path, result: dict) -> None:
     result = {**result, "schema": SCHEMA}
     result["checksum"] = checksum(result)
     atomic_write_bytes(path, (json.dumps(result, indent=1, sort_keys=True) + "\n").encode())
 
 
-def load_result(path: Path) -> dict:
+def load_result(path: Path, spec_hash: str | None = None) -> dict:
+    """A verified result: it parses, has the current schema and every key its readers use
+    (`check_schema`), and its checksum matches. With `spec_hash`, it must also be that cell's
+    result: a file copied or moved to another cell's path is refused, never used as that cell's."""
     try:
         obj = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -72,6 +103,14 @@ def load_result(path: Path) -> dict:
         raise ResultError(f"{path}: not a curb result of schema {SCHEMA}")
     if obj.get("checksum") != checksum(obj):
         raise ResultError(f"{path}: checksum mismatch (file was modified or truncated)")
+    problem = check_schema(obj)
+    if problem:
+        raise ResultError(f"{path}: not a valid curb result: {problem}")
+    if spec_hash is not None and obj["spec_hash"] != spec_hash:
+        spec = obj["spec"]
+        raise MisplacedResultError(f"{path}: holds the result of another cell ({obj['spec_hash']}: {spec['dataset']}/"
+                                   f"{spec.get('method', spec.get('init'))} seed {spec['seed']}), not of cell "
+                                   f"{spec_hash}: a misplaced file")
     return obj
 
 
@@ -79,16 +118,108 @@ def iter_results(root: Path) -> Iterator[tuple[Path, dict | ResultError]]:
     """Every result JSON under `root` (sorted), or the error that made it untrustworthy.
 
     Hidden files and folders (`.cache/`, `.cells/`: caches, checkpoints, failure records) are
-    not results.
+    not results. A result file is named `...-<spec hash>.json`: one whose content is another
+    cell's (a copy or a move) is misplaced, and a second file of the same cell is a duplicate;
+    both are errors, so no cell is counted twice or under another cell's name.
     """
     root = Path(root)
+    first: dict[str, Path] = {}
     for p in sorted(root.rglob("*.json")):
         if any(part.startswith(".") for part in p.relative_to(root).parts):
             continue
         try:
-            yield p, load_result(p)
+            r = load_result(p, spec_hash=p.stem.rsplit("-", 1)[-1])
         except ResultError as e:
             yield p, e
+            continue
+        if r["spec_hash"] in first:
+            yield p, ResultError(f"{p}: a second copy of the result {first[r['spec_hash']]} (same cell); not used")
+            continue
+        first[r["spec_hash"]] = p
+        yield p, r
+
+
+# ---------------------------------------------------------------------------------- schema
+_NUM = (int, float)
+_ENV = {"curb": str, "torch": str, "python": str, "device": str, "device_name": str, "machine": str, "threads": int}
+_CELL = {
+    "spec": {"method": str, "dataset": str, "order": str, "noise": (int, None), "seed": int, "preset": (str, None),
+             "overrides": dict},
+    "spec_hash": str, "env": _ENV, "created": str,
+    "dataset": {"name": str, "fingerprint": str, "base_fingerprint": str, "n_users": int, "n_items": int, "meta": dict},
+    "config": {"preset": str, "backbone": dict, "train": dict, "split": dict, "method": dict},
+    "tasks": list, "R": list, "metrics": list, "final": dict, "transfer": (dict, None), "fits": list,
+    "method_report": dict, "timings": {"total_s": _NUM, "tasks": list}, "resumed_at": list,
+}
+_COLD_START = {
+    "kind": str, "spec": {"dataset": str, "init": str, "after": (str, None), "view": str, "holdout": str, "seed": int,
+                          "preset": (str, None), "overrides": dict, "ncf": dict},
+    "spec_hash": str, "source": str, "env": _ENV, "created": str,
+    "dataset": {"name": str, "fingerprint": str, "meta": dict}, "config": {"ncf": dict, "dim": int},
+    "data": dict, "groups": dict, "representation": (dict, None), "timings": {"total_s": _NUM},
+}
+
+
+def check_schema(obj: dict) -> str | None:
+    """The first problem that would make a reader of this result fail (a missing key, a value of
+    the wrong type, an R matrix not matching the task list, a spec_hash not matching the spec), or
+    None. A checksum only proves the file is as written, not that it is complete."""
+    problem = _check_keys(obj, _COLD_START if obj.get("kind") == "cold-start" else _CELL, "")
+    if problem:
+        return problem
+    if obj["spec_hash"] != hashlib.sha256(canonical(obj["spec"]).encode()).hexdigest()[:12]:
+        return f"spec_hash {obj['spec_hash']!r} does not match its spec"
+    return None if obj.get("kind") == "cold-start" else _check_cell(obj)
+
+
+def _check_keys(obj: dict, schema: dict, where: str) -> str | None:
+    for key, want in schema.items():
+        name = f"{where}{key}"
+        if key not in obj:
+            return f"missing key {name!r}"
+        v = obj[key]
+        if isinstance(want, dict):
+            if not isinstance(v, dict):
+                return f"{name!r} must be an object"
+            problem = _check_keys(v, want, f"{name}.")
+            if problem:
+                return problem
+        elif not _is(v, want if isinstance(want, tuple) else (want,)):
+            return f"{name!r} has the wrong type ({type(v).__name__})"
+    return None
+
+
+def _is(v: object, types: tuple) -> bool:
+    if v is None:
+        return None in types
+    if isinstance(v, bool):  # JSON true/false is never a count or a score
+        return bool in types
+    return isinstance(v, tuple(t for t in types if t is not None))
+
+
+def _check_cell(obj: dict) -> str | None:
+    """R, metrics, final and transfer must fit the task list (m tasks: m x m matrices)."""
+    tasks = obj["tasks"]
+    if not tasks or not all(isinstance(t, dict) and _is(t.get("name"), (str,)) and _is(t.get("metric"), (str,))
+                            and _is(t.get("kind"), (str,)) for t in tasks):
+        return "'tasks' must be a non-empty list of objects with a name, kind and metric"
+    names = [t["name"] for t in tasks]
+    m = len(names)
+    for key, cell in (("R", (int, float, None)), ("metrics", (dict, None))):
+        rows = obj[key]
+        if len(rows) != m or not all(isinstance(row, list) and len(row) == m and all(_is(x, cell) for x in row)
+                                     for row in rows):
+            what = "numbers" if key == "R" else "objects"
+            return f"{key!r} must be a {m}x{m} matrix (one row and column per task) of {what} or null"
+    if set(obj["final"]) != set(names) or not all(_is(v, (int, float, None)) for v in obj["final"].values()):
+        return f"'final' must map every task ({', '.join(names)}) to a number or null"
+    tr = obj["transfer"]
+    if tr is not None and not all(isinstance(tr.get(k), list) and len(tr[k]) == m and
+                                  all(_is(x, (int, float, None)) for x in tr[k]) for k in ("bwt", "fwt")):
+        return f"'transfer' must hold 'bwt' and 'fwt' lists of {m} numbers or null"
+    if not all(isinstance(f, dict) for f in obj["fits"]):
+        return "'fits' must be a list of objects"
+    return None
 
 
 def pack_array(values: Any, dtype: str) -> str:

@@ -28,7 +28,7 @@ import torch
 from . import __version__
 from .backbone import PlainModel
 from .config import ConfigError, RunConfig, resolve
-from .data import DataFormatError, DataNotFoundError, get_dataset
+from .data import get_dataset
 from .evaluator import Evaluator, evaluate_data, task_info
 from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
@@ -100,12 +100,13 @@ class CellFiles:
     running: Path  # JSON marker (host, pid, progress) while a process works on the cell
     failed: Path  # JSON failure record (error, traceback, spec) of the last failed attempt
     log: Path  # progress lines of every attempt
+    lock: Path  # flock held by the process computing the cell: no cell is computed by two at once
 
     @staticmethod
     def of(out: Path, spec_hash: str) -> "CellFiles":
         d = Path(out) / ".cells"
         return CellFiles(d / f"{spec_hash}.ckpt", d / f"{spec_hash}.running.json", d / f"{spec_hash}.failed.json",
-                         d / f"{spec_hash}.log")
+                         d / f"{spec_hash}.log", d / f"{spec_hash}.lock")
 
     def phase(self, key: str) -> Path:
         """The epoch checkpoint of one training phase (sealed; the key is in its header)."""
@@ -122,17 +123,7 @@ class CellInterrupted(KeyboardInterrupt):
 
 
 def build_stream(spec: CellSpec, data_dir: Path | None) -> TaskStream:
-    recipe = get_dataset(spec.dataset)
-    try:
-        stream = recipe.build(data_dir)
-    except (DataNotFoundError, DataFormatError, StreamError):
-        raise
-    except (ValueError, LookupError, TypeError, UnicodeError, OSError) as e:
-        # The recipe's parser met input it did not anticipate: report it as a data problem, in
-        # one line, instead of a traceback from deep inside pandas or numpy.
-        msg = (str(e).strip().splitlines() or [""])[0]
-        raise DataFormatError(f"dataset {spec.dataset!r}" + (f" in {data_dir}" if data_dir else ""), None,
-                              f"cannot build the stream (malformed raw files?): {type(e).__name__}: {msg}") from e
+    stream = get_dataset(spec.dataset).stream(data_dir)
     if spec.order == "reversed":
         stream = stream.reversed()
     elif spec.order != "default":
@@ -172,6 +163,7 @@ class Fitter:
                                           with_loss=cfg.train.select == "loss")
         self.train_cfg = cfg.train
         self.logs: list[dict] = []
+        self.resumed_at: list[str] = []  # where each resume started (a task, or a phase key), across attempts
         self.echo = echo
         self.should_stop = should_stop or (lambda: False)
         self.files, self.progress_meta, self.device = files, dict(progress_meta or {}), device
@@ -196,7 +188,8 @@ class Fitter:
 
         def checkpoint(state: dict) -> None:
             if path is not None:
-                save_sealed(path, {**state, "rng": _rng_state(self.device), "logs": self.logs}, meta)
+                save_sealed(path, {**state, "rng": _rng_state(self.device), "logs": self.logs,
+                                   "resumed_at": self.resumed_at}, meta)
             if self.should_stop():
                 raise CellInterrupted(f"stop requested (the {task} {phase} phase resumes after its last round)")
 
@@ -212,6 +205,7 @@ class Fitter:
             return checkpoint, None
         _set_rng_state(blob.pop("rng"), self.device)
         self.logs = blob.pop("logs")
+        self.resumed_at = [*blob.pop("resumed_at"), meta["phase"]]
         self.echo(f"  resuming {task} {phase} after round {len(blob['log']['epochs'])} from {path}")
         return checkpoint, blob
 
@@ -345,7 +339,7 @@ def find_sinmo_diag(out: Path, spec: CellSpec, task_names: list[str], fingerprin
         ref = dataclasses.replace(spec, method="sinmo", order=order, noise=noise, overrides=spec.shared_overrides)
         p = out / ref.relpath()
         try:
-            r = load_result(p)
+            r = load_result(p, ref.hash)
         except ResultError:
             continue
         if fingerprint is not None and r["dataset"].get("base_fingerprint") != fingerprint:
@@ -438,7 +432,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     fingerprint = stream.fingerprint()
     if path.exists() and not force:
         try:
-            existing = load_result(path)
+            existing = load_result(path, spec.hash)  # damaged, incomplete or another cell's: never used
         except ResultError as e:
             echo(f"  {e}; recomputing")
         else:
@@ -482,7 +476,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     metrics: list[list[dict | None]] = [[None] * m for _ in range(m)]
     timings: list[dict] = []
     users: dict[str, dict] = {}  # per task: per-user test sums right after it ("diag") and at the end ("final")
-    start, spent, resumed_at = 0, 0.0, []
+    start, spent = 0, 0.0
     if force:
         files.checkpoint.unlink(missing_ok=True)
         files.clear_phases()
@@ -496,7 +490,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
             method.load_state_dict(ck["method"])
             metrics, fitter.logs, timings, users = ck["metrics"], ck["fits"], ck["timings"], ck["users"]
             start, spent = ck["next_task"], ck["elapsed_s"]
-            resumed_at = [*ck["resumed_at"], names[start]] if start < m else ck["resumed_at"]
+            fitter.resumed_at = [*ck["resumed_at"], names[start]] if start < m else ck["resumed_at"]
             _set_rng_state(ck["rng"], dev)
             echo(f"  resuming after {names[start - 1]} ({start}/{m} tasks done) from {files.checkpoint}")
     t_start = time.perf_counter()
@@ -538,7 +532,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
             save_sealed(files.checkpoint, {
                 "next_task": j + 1, "method": method.state_dict(), "metrics": metrics, "fits": fitter.logs,
                 "users": {t: {k: v for k, v in u.items() if k != "scores"} for t, u in users.items()},
-                "timings": timings, "elapsed_s": spent + time.perf_counter() - t_start, "resumed_at": resumed_at,
+                "timings": timings, "elapsed_s": spent + time.perf_counter() - t_start, "resumed_at": fitter.resumed_at,
                 "rng": _rng_state(dev),
             }, {"format": CHECKPOINT_FORMAT, "spec_hash": spec.hash, "fingerprint": fingerprint, "tasks": names,
                 "next_task": j + 1, "spec": spec.as_dict()})
@@ -567,7 +561,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
         "final": {names[i]: R[m - 1][i] for i in range(m)},
         "transfer": tr, "fits": fitter.logs, "method_report": method.report(),
         "timings": {"tasks": timings, "total_s": spent + time.perf_counter() - t_start},
-        "resumed_at": resumed_at,
+        "resumed_at": fitter.resumed_at,
     }
     save_result(path, result)
     files.checkpoint.unlink(missing_ok=True)

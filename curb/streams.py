@@ -26,12 +26,14 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from .errors import CurbError
+
 Kind = Literal["next_item", "recommend", "classify"]
 KINDS: tuple[str, ...] = ("next_item", "recommend", "classify")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
 
-class StreamError(ValueError):
+class StreamError(CurbError, ValueError):
     """A stream, task or transform request is invalid; the message says what and where."""
 
 

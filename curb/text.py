@@ -115,7 +115,7 @@ def aligned_texts(dataset: str, data_dir: Path | None, stream: TaskStream) -> tu
     if stream.item_ids is None:
         raise TextInitError(f"the {dataset!r} stream keeps no source item ids, so its texts cannot be aligned "
                             "with the item table (recipe bug: set TaskStream.item_ids)")
-    it = recipe.item_texts(data_dir)
+    it = recipe.texts(data_dir)
     order = np.argsort(it.ids, kind="stable")
     ids = it.ids[order]
     pos = np.clip(np.searchsorted(ids, stream.item_ids), 0, max(len(ids) - 1, 0))

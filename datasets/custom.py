@@ -39,6 +39,10 @@ from curb.streams import KINDS, Targets, Task, TaskStream
 
 VERSION = "1"
 MANIFEST = "stream.json"
+# Longest input sequence curb pads users to: every user's row is as wide as the longest line (or
+# `max_len`), so one overlong line would multiply the memory of the whole stream (a 300,000-item
+# line padded 20 GB). 1,024 is ten times TTL's 100; set `max_len` to keep the last items of longer ones.
+MAX_LEN = 1024
 UNSEEN = ("error", "pad")
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 
@@ -86,22 +90,30 @@ def parse_options(obj: dict, where: Path | str, base: Manifest) -> Manifest:
         v = obj[key]
         ok = {"name": isinstance(v, str) and bool(_NAME.fullmatch(v)), "unseen": v in UNSEEN,
               "padded": isinstance(v, bool),
-              "max_len": v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 2),
+              "max_len": v is None or (isinstance(v, int) and not isinstance(v, bool) and 2 <= v <= MAX_LEN),
               "item_text": v is None or _relative(v)}[key]
         if not ok:
             want = {"name": f"a name matching {_NAME.pattern}", "unseen": f"one of {list(UNSEEN)}",
-                    "padded": "true or false", "max_len": "an integer >= 2 or null",
+                    "padded": "true or false", "max_len": f"an integer 2..{MAX_LEN} or null",
                     "item_text": "a path relative to the manifest, or null"}[key]
             raise DataFormatError(where, None, f"manifest key {key!r} must be {want}, got {v!r}")
         changes[key] = v
     return replace(base, **changes)
 
 
-def read_manifest(path: Path) -> Manifest:
+def read_json(path: Path) -> object:
+    """A manifest's JSON; invalid JSON or text that is not UTF-8 is a DataFormatError naming the line."""
+    data = path.read_bytes()
     try:
-        obj = json.loads(path.read_text())
+        return json.loads(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, data.count(b"\n", 0, e.start) + 1, "not UTF-8 text") from None
     except json.JSONDecodeError as e:
         raise DataFormatError(path, e.lineno, f"invalid JSON: {e.msg}") from None
+
+
+def read_manifest(path: Path) -> Manifest:
+    obj = read_json(path)
     if not isinstance(obj, dict):
         raise DataFormatError(path, None, "the manifest must be a JSON object")
     unknown = sorted(set(obj) - set(_OPTION_KEYS) - {"tasks"})
@@ -330,6 +342,29 @@ def _match_rows(pool: np.ndarray, rows: np.ndarray, exact: bool = False) -> tupl
 
 
 # ------------------------------------------------------------------------------- the stream
+def refuse_extra_lines(p: Parsed, users: np.ndarray, x: np.ndarray, new: np.ndarray) -> None:
+    """Refuse the later-task lines `new` (matching no user) that would be phantom users: a line whose
+    sequence is a known user's, when the earlier lines of the file already matched every such user
+    (each user has one line per task), and a line repeating an earlier new user's line exactly. Both
+    are what a duplicated line looks like; as users of their own they could land on both sides of a
+    split with the same sequence and labels."""
+    if not len(new):
+        return
+    _, taken = _match_rows(users, x[new])
+    if taken.any():
+        k = int(new[np.flatnonzero(taken)[0]])
+        raise DataFormatError(p.path, k + 1, "its sequence is that of a user whom an earlier line of this file already "
+                                             "matched (a user has one line per task): a duplicated line?")
+    start = np.concatenate([[0], np.cumsum(p.tgt_len)[:-1]])
+    seen: dict[tuple[bytes, bytes], int] = {}
+    for k in new.tolist():
+        key = (x[k].tobytes(), p.tgt[start[k]:start[k] + p.tgt_len[k]].tobytes())
+        if key in seen:
+            raise DataFormatError(p.path, k + 1, f"repeats line {seen[key] + 1} (same sequence, same targets, no "
+                                                 "first-task user): a duplicated line?")
+        seen[key] = k
+
+
 def build(folder: Path, manifest: Manifest) -> TaskStream:
     files = {s.name: folder / s.file for s in manifest.tasks}
     first = read_token_file(files[manifest.tasks[0].name], with_targets=False)
@@ -341,6 +376,11 @@ def build(folder: Path, manifest: Manifest) -> TaskStream:
             raise DataFormatError(p.path, i + 1, f"truncated or overlong line: {p.seq_len[i]} input tokens, "
                                                  f"expected {first.seq_len[0]} like line 1 of {first.path.name} "
                                                  "(padded files hold fixed-length, left-padded sequences)")
+        longest = int(np.argmax(p.seq_len))
+        if manifest.max_len is None and p.seq_len[longest] > MAX_LEN:
+            raise DataFormatError(p.path, longest + 1, f"{p.seq_len[longest]:,} input tokens, more than the "
+                                  f"{MAX_LEN:,} every user could be padded to; set \"max_len\" (at most {MAX_LEN}) "
+                                  f"in {MANIFEST} to keep each sequence's last items")
         return p
 
     # Later files are parsed one at a time (memory) unless the width needs the longest of them all.
@@ -389,6 +429,7 @@ def build(folder: Path, manifest: Manifest) -> TaskStream:
         x, unseen[spec.name] = index(p, spec)
         row, found = _match_rows(seqs, x)
         new = np.flatnonzero(~found)
+        refuse_extra_lines(p, seqs, x, new)
         row[new] = len(seqs) + np.arange(len(new))
         seqs = np.vstack([seqs, x[new]])
         added[spec.name] = len(new)
@@ -484,9 +525,9 @@ def read_item_texts(path: Path) -> ItemTexts:
                 raise DataFormatError(path, lineno, f"{len(row)} fields, expected 2 (item,text); quote a text holding "
                                                     f"commas: 12,\"Shoes, red\" (in {','.join(row)[:80]!r})")
             item, text = row[0].strip(), row[1].strip()
-            if not item.isdigit() or int(item) == 0:
-                raise DataFormatError(path, lineno, f"item id {item!r} must be a positive integer (an item id of the "
-                                                    "task files; 0 is padding)")
+            if not re.fullmatch(r"[0-9]{1,18}", item) or int(item) == 0:
+                raise DataFormatError(path, lineno, f"item id {item[:40]!r} must be a positive integer of at most 18 "
+                                                    "digits (an item id of the task files; 0 is padding)")
             if not text:
                 raise DataFormatError(path, lineno, f"empty text for item {item} (leave the item out instead: it "
                                                     "then keeps a random embedding)")

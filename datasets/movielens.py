@@ -23,6 +23,8 @@ import csv
 import gzip
 import io
 import math
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,6 +64,26 @@ RELEASES = tuple(register_release(r) for r in (
 
 
 @dataclass(frozen=True)
+class Field:
+    """One field of a raw line: the exact form a valid value takes, and what it means for messages."""
+
+    name: str
+    pattern: str = r"0|[1-9][0-9]{0,17}"  # an id: digits only, no sign, exponent, spaces or leading zeros
+    want: str = "a plain non-negative integer (digits only: no sign, exponent, decimal point, spaces or leading zeros)"
+    kind: type = int  # the column's type once the line is valid: int, float or str
+
+
+RATING = Field("rating", r"[0-9](?:\.[0-9]{1,2})?", "a star rating such as 4 or 3.5", float)
+GENDER = Field("gender", "[MF]", "M or F", str)
+ZIP = Field("zip", r"[^\t|:\r\n]*", "a zip code", str)  # read, not used
+# ML-100K's 21 occupations (its u.occupation file; RecBole's ml-100k.user uses the same names).
+OCCUPATIONS_100K = ("administrator", "artist", "doctor", "educator", "engineer", "entertainment", "executive",
+                    "healthcare", "homemaker", "lawyer", "librarian", "marketing", "none", "other", "programmer",
+                    "retired", "salesman", "scientist", "student", "technician", "writer")
+RATING_FIELDS = (Field("user"), Field("item"), RATING, Field("ts"))
+
+
+@dataclass(frozen=True)
 class Layout:
     """One official file format: how to read its ratings and (if any) its user attributes."""
 
@@ -69,7 +91,7 @@ class Layout:
     ratings: str
     users: str | None
     sep: str  # field separator as written in the file
-    columns: tuple[str, ...]  # every field of a ratings line, in order
+    columns: tuple[Field, ...]  # every field of a ratings line, in order
     header: tuple[str, ...] | None = None  # exact header line fields, when the file has one
     half_stars: bool = False
     items: str = ""  # the file holding the movie titles
@@ -77,187 +99,170 @@ class Layout:
 
 
 _LAYOUTS = (
-    Layout("ml-1m", "ratings.dat", "users.dat", "::", ("user", "item", "rating", "ts"), items="movies.dat"),
-    Layout("ml-1m", "ratings_reconstructed.csv.gz", "users.dat", ",", ("user", "item", "rating", "ts", "orig"),
+    Layout("ml-1m", "ratings.dat", "users.dat", "::", RATING_FIELDS, items="movies.dat"),
+    Layout("ml-1m", "ratings_reconstructed.csv.gz", "users.dat", ",", (*RATING_FIELDS, Field("orig")),
            ("user_id", "movie_id", "rating", "seq_idx", "orig_line"), items="movies.dat", timestamps=False),
-    Layout("ml-100k", "u.data", "u.user", "\t", ("user", "item", "rating", "ts"), items="u.item"),
-    Layout("ml-100k", "ml-100k.inter", "ml-100k.user", "\t", ("user", "item", "rating", "ts"),
+    Layout("ml-100k", "u.data", "u.user", "\t", RATING_FIELDS, items="u.item"),
+    Layout("ml-100k", "ml-100k.inter", "ml-100k.user", "\t", RATING_FIELDS,
            ("user_id:token", "item_id:token", "rating:float", "timestamp:float"), items="ml-100k.item"),
-    Layout("ml-25m", "ratings.csv", None, ",", ("user", "item", "rating", "ts"),
-           ("userId", "movieId", "rating", "timestamp"), half_stars=True, items="movies.csv"),
+    Layout("ml-25m", "ratings.csv", None, ",", RATING_FIELDS, ("userId", "movieId", "rating", "timestamp"),
+           half_stars=True, items="movies.csv"),
 )
 
 
 # ------------------------------------------------------------------------------- strict reading
-def _open_text(path: Path):
-    return gzip.open(path, "rt", encoding="latin-1") if path.suffix == ".gz" else open(path, encoding="latin-1")
-
-
-def _raw_line(path: Path, lineno: int) -> str:
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            if i == lineno:
-                return line.rstrip("\r\n")
-    return ""
+def _read_text(path: Path) -> str:
+    """The file's text (latin-1, as GroupLens writes it; gzip unpacked); a damaged archive is a DataFormatError."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read().decode("latin-1")
+        return path.read_bytes().decode("latin-1")
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise DataFormatError(path, None, f"damaged gzip file ({e}): truncated, or not gzip at all") from None
 
 
 _OTHER_SEPS = ("::", "\t", ",", "|", ";", " ")
 
 
-def diagnose(path: Path, lineno: int, sep: str, names: tuple[str, ...], numeric: tuple[str, ...]) -> DataFormatError:
-    """The precise problem of one line: empty, wrong separator, truncated, extra or non-numeric field."""
-    line = _raw_line(path, lineno)
+def diagnose(path: Path, lineno: int, line: str, sep: str, fields: tuple[Field, ...]) -> DataFormatError:
+    """The precise problem of one line: empty, wrong separator, truncated, extra field, bad value."""
+    line = line.rstrip("\r")
+    names = sep.join(f.name for f in fields)
     if not line.strip():
         return DataFormatError(path, lineno, "empty line")
-    fields = line.split(sep)
-    if len(fields) == 1:
+    values = line.split(sep)
+    if len(values) == 1:
         found = [s for s in _OTHER_SEPS if s != sep and s in line]
         if found:
             return DataFormatError(path, lineno, f"wrong separator: expected {sep!r} between fields, found "
                                                  f"{found[0]!r} in {line[:80]!r}")
-    if len(fields) < len(names):
-        return DataFormatError(path, lineno, f"truncated line: {len(fields)} of {len(names)} fields "
-                                             f"({sep.join(names)}) in {line[:80]!r}")
-    if len(fields) > len(names):
-        return DataFormatError(path, lineno, f"{len(fields)} fields, expected {len(names)} ({sep.join(names)}) "
+    if len(values) < len(fields):
+        return DataFormatError(path, lineno, f"truncated line: {len(values)} of {len(fields)} fields ({names}) "
                                              f"in {line[:80]!r}")
-    for name, value in zip(names, fields):
-        if name in numeric and not _is_number(value):
-            return DataFormatError(path, lineno, f"non-numeric {name} {value!r}")
+    if len(values) > len(fields):
+        return DataFormatError(path, lineno, f"{len(values)} fields, expected {len(fields)} ({names}) in {line[:80]!r}")
+    for f, v in zip(fields, values):
+        if not re.fullmatch(f.pattern, v):
+            return DataFormatError(path, lineno, _bad_value(f, v))
     return DataFormatError(path, lineno, f"malformed line {line[:80]!r}")
 
 
-def read_table(path: Path, sep: str, names: tuple[str, ...], header: tuple[str, ...] | None,
-               numeric: tuple[str, ...], integer: tuple[str, ...]) -> pd.DataFrame:
-    """Read a delimited file strictly: every error names the file, the line and the problem.
+def _bad_value(f: Field, v: str) -> str:
+    if f.kind is str:
+        return f"{f.name} {v[:40]!r} is not {f.want}"
+    try:
+        x = float(v)
+    except ValueError:
+        return f"non-numeric {f.name} {v[:40]!r}"
+    if f.kind is int and math.isfinite(x) and x != math.floor(x):
+        return f"non-integer {f.name} {v}"
+    return f"{f.name} {v[:40]!r} is not {f.want}"
 
-    The fast path parses numbers in C; only when it fails is the offending line located and
-    explained (`diagnose`), so clean files cost one `read_csv`.
-    """
-    import pandas as pd  # here, not at module level: listing datasets must not load pandas
 
-    with _open_text(path) as f:
-        first = f.readline().rstrip("\r\n")
-    if not first.strip():
-        raise DataFormatError(path, 1, "file is empty" if path.stat().st_size == 0 else "empty line")
-    if sep not in first:
-        raise diagnose(path, 1, sep, names, numeric)
-    if header is not None and tuple(first.split(sep)) != header:
-        raise DataFormatError(path, 1, f"expected the header {sep.join(header)!r}, got {first[:80]!r}")
+def _line_pattern(sep: str, fields: tuple[Field, ...]) -> re.Pattern:
+    line = re.escape(sep).join(f"(?:{f.pattern})" for f in fields)
+    return re.compile(rf"(?:{line}\r?\n)*")
+
+
+def read_table(path: Path, sep: str, fields: tuple[Field, ...], header: tuple[str, ...] | None) -> pd.DataFrame:
+    """Read a delimited file strictly: every line must match its fields' exact forms (one regular
+    expression over the whole file, ~100 MB/s), else the first bad line is explained with the file,
+    its number and the problem (`diagnose`). Only then are the columns parsed, in C, with a `line`
+    column (1-based line numbers) for later checks to cite."""
+    import pandas as pd
+
+    text = _read_text(path)
+    if not text:
+        raise DataFormatError(path, 1, "file is empty")
     skip = 1 if header is not None else 0
-    _check_field_counts(path, sep, names, numeric)
+    if header is not None:
+        first, _, text = text.partition("\n")
+        if tuple(first.rstrip("\r").split(sep)) != header:
+            raise DataFormatError(path, 1, f"expected the header {sep.join(header)!r}, got {first[:80]!r}")
+    if not text.endswith("\n"):
+        text += "\n"
+    if not text.strip():
+        raise DataFormatError(path, 1 + skip, "file has no data rows" if skip else "empty line")
+    end = _line_pattern(sep, fields).match(text).end()
+    if end < len(text):
+        raise diagnose(path, text.count("\n", 0, end) + 1 + skip, text[end:text.find("\n", end)], sep, fields)
     # '::' is read as ':' with the empty fields in between dropped (C engine; '::' would need Python).
     c_sep = ":" if sep == "::" else sep
-    usecols = list(range(0, 2 * len(names), 2)) if sep == "::" else list(range(len(names)))
-    dtypes = {c: (np.float64 if names[k] in numeric else str) for k, c in enumerate(usecols)}
-    try:
-        df = pd.read_csv(path, sep=c_sep, header=None, skiprows=skip, usecols=usecols, dtype=dtypes, engine="c",
-                         skip_blank_lines=False, quoting=3, na_filter=True, keep_default_na=False, na_values=[""],
-                         encoding="latin-1")
-    except pd.errors.EmptyDataError:
-        raise DataFormatError(path, None, "file has no data rows") from None
-    except (pd.errors.ParserError, ValueError):  # a value the C parser cannot read as a number
-        raise _first_bad_line(path, sep, names, numeric, skip) from None
-    df.columns = list(names)
-    bad = df[[n for n in names if n in numeric]].isna().any(axis=1).to_numpy()
-    if bad.any():
-        raise diagnose(path, int(np.flatnonzero(bad)[0]) + 1 + skip, sep, names, numeric)
-    if len(df) == 0:
-        raise DataFormatError(path, None, "file has no data rows")
-    for n in integer:
-        col = df[n].to_numpy()
-        frac = col != np.floor(col)
-        if frac.any():
-            i = int(np.flatnonzero(frac)[0])
-            raise DataFormatError(path, i + 1 + skip, f"non-integer {n} {col[i].item()!r}")
-        df[n] = col.astype(np.int64)
+    usecols = list(range(0, 2 * len(fields), 2)) if sep == "::" else list(range(len(fields)))
+    dtypes = {c: {int: np.int64, float: np.float64, str: str}[f.kind] for c, f in zip(usecols, fields)}
+    df = pd.read_csv(io.StringIO(text), sep=c_sep, header=None, usecols=usecols, dtype=dtypes, engine="c",
+                     quoting=3, na_filter=False)
+    df.columns = [f.name for f in fields]
+    df["line"] = np.arange(len(df), dtype=np.int64) + 1 + skip
     return df
 
 
-def _check_field_counts(path: Path, sep: str, names: tuple[str, ...], numeric: tuple[str, ...]) -> None:
-    """Every line must hold exactly len(names) fields: count separators in one streaming pass.
-
-    The C parser pads short lines with NaN but silently drops extra fields, so this is what
-    catches an extra field, and it pins down empty lines and wrong separators in text columns.
-    """
-    unit = sep[0].encode()
-    per_line = (len(names) - 1) * len(sep)
-    seps = lines = 0
-    last = b"\n"
-    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            seps += chunk.count(unit)
-            lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    lines += last != b"\n"
-    if seps != per_line * lines:
-        with _open_text(path) as f:
-            for i, line in enumerate(f, 1):
-                if line.rstrip("\r\n").count(sep[0]) != per_line:
-                    raise diagnose(path, i, sep, names, numeric)
-
-
-def _first_bad_line(path: Path, sep: str, names: tuple[str, ...], numeric: tuple[str, ...], skip: int):
-    """Slow path after the C parser rejected a value: find and explain the first bad line."""
-    with _open_text(path) as f:
-        for i, line in enumerate(f, 1):
-            fields = line.rstrip("\r\n").split(sep)
-            if i > skip and not all(_is_number(v) for n, v in zip(names, fields) if n in numeric):
-                return diagnose(path, i, sep, names, numeric)
-    return DataFormatError(path, None, "cannot parse the file")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        return math.isfinite(float(text))
-    except ValueError:
-        return False
-
-
 def read_ratings(path: Path, layout: Layout) -> pd.DataFrame:
-    """Columns user, item, rating, stars, ts; sorted chronologically, equal timestamps by item id.
+    """Columns user, item, rating, stars, ts, line; sorted chronologically, equal timestamps by item id.
 
     Ordering ties by item id (not by file line) makes the stream a function of the ratings
-    alone: `u.data`, RecBole's `.inter` or a re-sorted copy give the identical stream.
+    alone: `u.data`, RecBole's `.inter` or a re-sorted copy give the identical stream. A user
+    rating one movie twice (a duplicated or concatenated file) is an error: MovieLens has one
+    rating per user and movie, and silently doubled histories would change who is kept.
     """
-    df = read_table(path, layout.sep, layout.columns, layout.header, numeric=layout.columns,
-                    integer=tuple(c for c in layout.columns if c != "rating" or not layout.half_stars))
+    df = read_table(path, layout.sep, layout.columns, layout.header)
     r = df["rating"].to_numpy()
-    valid = (r * 2 == np.round(r * 2)) & (r >= 0.5) & (r <= 5) if layout.half_stars else (r >= 1) & (r <= 5)
+    grid = r * 2 if layout.half_stars else r  # half stars, or whole stars
+    valid = (grid == np.round(grid)) & (r >= (0.5 if layout.half_stars else 1)) & (r <= 5)
     if not valid.all():
         i = int(np.flatnonzero(~valid)[0])
         scale = "0.5..5 in half stars" if layout.half_stars else "1..5"
-        raise DataFormatError(path, i + 1 + (layout.header is not None), f"rating {r[i].item()!r} outside {scale}")
+        raise DataFormatError(path, int(df["line"].iat[i]), f"rating {r[i]:g} outside {scale}")
+    twice = df.duplicated(["user", "item"]).to_numpy()
+    if twice.any():
+        i = int(np.flatnonzero(twice)[0])
+        u, m = df["user"].iat[i], df["item"].iat[i]
+        first = int(df["line"][(df["user"] == u) & (df["item"] == m)].iat[0])
+        raise DataFormatError(path, int(df["line"].iat[i]), f"user {u} rated movie {m} again (first on line {first}): "
+                                                            "a duplicated or concatenated file?")
     df["stars"] = np.floor(r).astype(np.int64)
-    return df[["user", "item", "rating", "stars", "ts"]].sort_values(["user", "ts", "item"], kind="stable",
-                                                                     ignore_index=True)
+    return df[["user", "item", "rating", "stars", "ts", "line"]].sort_values(["user", "ts", "item"], kind="stable",
+                                                                             ignore_index=True)
 
 
+AGE_100K = Field("age", "[1-9][0-9]?|1[01][0-9]|120", "an age in years, 1..120")
+OCCUPATION_100K = Field("occupation", "|".join(OCCUPATIONS_100K), f"one of the ML-100K occupations "
+                                                                   f"({', '.join(OCCUPATIONS_100K)})", str)
 _USER_FORMATS = {  # file name -> (separator, fields, header)
-    "users.dat": ("::", ("user", "gender", "age", "occupation", "zip"), None),
-    "u.user": ("|", ("user", "age", "gender", "occupation", "zip"), None),
-    "ml-100k.user": ("\t", ("user", "age", "gender", "occupation", "zip"),
+    "users.dat": ("::", (Field("user"), GENDER, Field("age", "|".join(map(str, AGE_GROUPS)), "an ML-1M age code ("
+                                                      + ", ".join(map(str, AGE_GROUPS)) + ")"),
+                         Field("occupation", "[0-9]|1[0-9]|20", "an ML-1M occupation code 0..20", str), ZIP), None),
+    "u.user": ("|", (Field("user"), AGE_100K, GENDER, OCCUPATION_100K, ZIP), None),
+    "ml-100k.user": ("\t", (Field("user"), AGE_100K, GENDER, OCCUPATION_100K, ZIP),
                      ("user_id:token", "age:token", "gender:token", "occupation:token", "zip_code:token")),
 }
 
 
 def read_users(path: Path) -> pd.DataFrame:
-    """Columns user, age (group code), gender (0=F, 1=M), occupation (raw string)."""
+    """Columns user, age (group code), gender (0=F, 1=M), occupation (raw string), line."""
     import pandas as pd
 
-    sep, names, header = _USER_FORMATS[path.name]
-    df = read_table(path, sep, names, header, numeric=("user", "age"), integer=("user", "age"))
-    bad = ~df["gender"].isin(["M", "F"]).to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataFormatError(path, i + 1 + (header is not None), f"gender {df['gender'].iloc[i]!r} is not M or F")
+    sep, fields, header = _USER_FORMATS[path.name]
+    df = read_table(path, sep, fields, header)
     dup = df["user"].duplicated().to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        raise DataFormatError(path, i + 1 + (header is not None), f"user {df['user'].iloc[i]} listed twice")
+        raise DataFormatError(path, int(df["line"].iat[i]), f"user {df['user'].iat[i]} listed twice")
     group = np.searchsorted(np.array(AGE_GROUPS[1:]), df["age"].to_numpy(), side="right")
     return pd.DataFrame({"user": df["user"], "age": group, "gender": (df["gender"] == "M").astype(np.int64),
-                         "occupation": df["occupation"]})
+                         "occupation": df["occupation"], "line": df["line"]})
+
+
+def check_users_known(ratings: pd.DataFrame, users: pd.DataFrame, rpath: Path, upath: Path) -> None:
+    """Every rating user must have attributes: a user missing from the user file would silently be
+    left out of the profile tasks (T4-T6) while being in T1-T3."""
+    unknown = ~ratings["user"].isin(users["user"]).to_numpy()
+    if unknown.any():
+        line = int(ratings["line"][unknown].min())
+        user = int(ratings["user"][ratings["line"] == line].iat[0])
+        raise DataFormatError(rpath, line, f"user {user} has no line in the user file {upath.name} (the profile tasks "
+                                           f"need every user's age, gender and occupation)")
 
 
 # ------------------------------------------------------------------------------- locating files
@@ -350,6 +355,8 @@ def build_time_stream(ratings: pd.DataFrame, name: str, release: str, source: Pa
     such rating, then by movie id, so each task brings the movies first rated in its period. A row
     is one user's sequence at one period's end; T2 and T3 have their own target vocabularies.
     """
+    import pandas as pd
+
     bounds = np.quantile(ratings["ts"].to_numpy(), np.arange(1, TIME_PERIODS) / TIME_PERIODS)
     ratings = ratings.assign(period=np.searchsorted(bounds, ratings["ts"].to_numpy(), side="right"))
     low = ratings[ratings["stars"] <= 3]
@@ -423,8 +430,10 @@ def load(data_dir: Path | None, profile: bool) -> TaskStream:
     name = "ml-profile" if profile else "ml"
 
     def parse() -> TaskStream:
-        stream = build_stream(read_ratings(rpath, layout), read_users(upath) if upath else None, name, layout.release,
-                              rpath)
+        ratings, users = read_ratings(rpath, layout), read_users(upath) if upath else None
+        if users is not None:
+            check_users_known(ratings, users, rpath, upath)
+        stream = build_stream(ratings, users, name, layout.release, rpath)
         check_splittable(stream, {t.name: (upath if t.kind == "classify" else rpath) for t in stream.tasks})
         return stream
 
@@ -444,11 +453,19 @@ _TITLE_FORMATS = {  # file name -> (separator, fields, header); the title is fie
 def read_titles(path: Path) -> ItemTexts:
     """Movie id -> title from a GroupLens / RecBole item file, strictly (file, line, problem)."""
     sep, names, header = _TITLE_FORMATS[path.name]
-    raw = path.read_bytes().decode("utf-8" if path.suffix == ".csv" else "latin-1")  # GroupLens' encodings
+    data = path.read_bytes()
+    try:
+        raw = data.decode("utf-8" if path.suffix == ".csv" else "latin-1")  # GroupLens' encodings
+    except UnicodeDecodeError as e:
+        raise DataFormatError(path, data.count(b"\n", 0, e.start) + 1, "not UTF-8 text") from None
     if not raw.strip():
         raise DataFormatError(path, None, "file is empty")
     if sep == ",":  # ML-25M quotes titles holding commas
-        rows = list(csv.reader(io.StringIO(raw)))
+        reader = csv.reader(io.StringIO(raw), strict=True)
+        try:
+            rows = list(reader)
+        except csv.Error as e:
+            raise DataFormatError(path, reader.line_num, f"malformed CSV: {e}") from None
         lines = [",".join(r) for r in rows]
     else:
         lines = raw.splitlines()
@@ -457,14 +474,15 @@ def read_titles(path: Path) -> ItemTexts:
     if header is not None and tuple(rows[0]) != header:
         raise DataFormatError(path, 1, f"expected the header {sep.join(header)!r}, got {lines[0][:80]!r}")
     ids, texts = [], []
+    movie = Field("movie id")
     for lineno, fields in enumerate(rows[skip:], skip + 1):
         if len(fields) != len(names):
             if sep == ",":
                 raise DataFormatError(path, lineno, f"{len(fields)} fields, expected {len(names)} ({sep.join(names)}) "
                                                     f"in {lines[lineno - 1][:80]!r}")
-            raise diagnose(path, lineno, sep, names, numeric=("item",))
-        if not fields[0].isdigit():
-            raise DataFormatError(path, lineno, f"movie id {fields[0]!r} is not a non-negative integer")
+            raise diagnose(path, lineno, lines[lineno - 1], sep, tuple(Field(n, ".*", "", str) for n in names))
+        if not re.fullmatch(movie.pattern, fields[0]):
+            raise DataFormatError(path, lineno, f"movie id {fields[0][:40]!r} is not {movie.want}")
         title = fields[1].strip()
         if not title:
             raise DataFormatError(path, lineno, f"empty title for movie {fields[0]}")

@@ -13,12 +13,11 @@ optional `stream.json` in the folder may set the options `unseen` ("error", the 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from curb.data import (DataFormatError, DataNotFoundError, Release, candidate_dirs, not_found_message,
                        register_dataset, register_release)
-from curb.datasets.custom import MANIFEST, Manifest, TaskSpec, load, parse_options
+from curb.datasets.custom import MANIFEST, Manifest, TaskSpec, load, parse_options, read_json
 from curb.streams import TaskStream
 
 VERSION = "1"
@@ -47,10 +46,7 @@ def manifest_for(folder: Path) -> tuple[Manifest, Path | None]:
     path = folder / MANIFEST
     if not path.is_file():
         return TTL_MANIFEST, None
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataFormatError(path, e.lineno, f"invalid JSON: {e.msg}") from None
+    obj = read_json(path)
     allowed = {"unseen", "max_len"}
     if not isinstance(obj, dict) or set(obj) - allowed:
         raise DataFormatError(path, None, f"a TTL folder's {MANIFEST} may only set {sorted(allowed)} (the six TTL "

@@ -5,8 +5,12 @@ lines, results and checkpoints thrown at the entry points. Each must end in a cl
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -348,3 +352,50 @@ def test_sealed_files_round_trip_numpy_and_refuse_code(tmp_path):
     save_sealed(tmp_path / "b", {"x": Evil()}, {})
     with pytest.raises(ResultError, match="cannot load sealed payload"):
         load_sealed(tmp_path / "b")
+
+
+# ---------------------------------------------------------------------------------- one error wrapper (issue 15)
+@pytest.mark.parametrize("command", ["run", "plan", "report"])
+@pytest.mark.parametrize("where", ["a file", "under a file", "/proc"])
+def test_an_unusable_out_folder_is_a_one_line_error(tmp_path, capsys, command, where):
+    (tmp_path / "f").write_text("")
+    out = {"a file": tmp_path / "f", "under a file": tmp_path / "f" / "sub", "/proc": Path("/proc/curb-test")}[where]
+    argv = {"run": ["run", "--methods", "pop", "--dataset", "synthetic-mini"],
+            "plan": ["plan", "--methods", "pop", "--dataset", "synthetic-mini"],
+            "report": ["report", str(Path(__file__).parent / "data" / "mini-run"), "--no-figures"]}[command]
+    code, err = _expect_clean_cli_exit([*argv, "--out", str(out)], capsys)
+    assert code == 2 and str(out) in err
+
+
+def _damaged_raw_files(tmp_path: Path) -> dict[str, tuple[str, Path, str]]:
+    """(dataset, folder, expected problem) for raw files that used to raise deep inside Python."""
+    manifest = tmp_path / "latin1"
+    manifest.mkdir()
+    (manifest / "stream.json").write_bytes(b'{"name": "caf\xe9", "tasks": []}')
+    not_gzip, truncated = tmp_path / "not-gzip", tmp_path / "truncated"
+    for d in (not_gzip, truncated):
+        d.mkdir()
+    (not_gzip / "ratings_reconstructed.csv.gz").write_bytes(b"user_id,movie_id\n")
+    whole = gzip.compress(b"user_id,movie_id,rating,seq_idx,orig_line\n" + b"1,2,3,0,0\n" * 2000)
+    (truncated / "ratings_reconstructed.csv.gz").write_bytes(whole[: len(whole) // 2])
+    return {"manifest": ("custom", manifest, "stream.json:1: not UTF-8 text"),
+            "not gzip": ("ml", not_gzip, "damaged gzip file"), "truncated": ("ml", truncated, "damaged gzip file")}
+
+
+@pytest.mark.parametrize("case", ["manifest", "not gzip", "truncated"])
+@pytest.mark.parametrize("command", ["data info", "plan", "run"])
+def test_damaged_raw_files_are_one_line_errors_in_every_command(tmp_path, capsys, case, command):
+    dataset, folder, problem = _damaged_raw_files(tmp_path)[case]
+    argv = {"data info": ["data", "info", dataset],
+            "plan": ["plan", "--methods", "pop", "--dataset", dataset, "--out", str(tmp_path / "out")],
+            "run": ["run", "--methods", "pop", "--dataset", dataset, "--out", str(tmp_path / "out")]}[command]
+    code, err = _expect_clean_cli_exit([*argv, "--data-dir", str(folder)], capsys)
+    assert code == 2 and problem in err
+
+
+def test_a_closed_output_pipe_ends_quietly():
+    """`curb methods | head -1`: the reader is gone before curb writes; no BrokenPipeError traceback."""
+    p = subprocess.Popen([sys.executable, "-m", "curb", "methods"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # before the child has imported curb, let alone written
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and err == ""

@@ -61,18 +61,32 @@ def test_reference_indexing_and_per_task_target_dictionaries(tmp_path):
     assert st.meta["users_outside_T1"] == {"T2": 0, "T3": 0}
 
 
-def test_identical_sequences_match_kth_to_kth_and_unmatched_lines_become_new_users(tmp_path):
+def test_identical_sequences_match_kth_to_kth_and_a_line_beyond_them_is_refused(tmp_path):
     dup = [5, 9, 10]
     s1 = [dup, dup] + seqs(12, seed=1)
-    t3 = [line(dup) + ",,1", line(dup) + ",,2", line(dup) + ",,3"] + [line(s) + ",,0" for s in s1[2:]]
+    t3 = [line(dup) + ",,1", line(dup) + ",,2"] + [line(s) + ",,0" for s in s1[2:]]
     st = build(write_stream(tmp_path / "s", [line(s) for s in s1], {"T3": ("classify", t3)}))
-    t3 = st.task("T3")
-    # the first two `dup` lines go to the two `dup` users; the third becomes a new user outside T1
-    assert st.n_users == len(s1) + 1 and st.meta["users_outside_T1"] == {"T3": 1}
-    assert t3.targets.users[:2].tolist() == [0, 1] and t3.targets.users[-1] == len(s1)
-    assert [t3.label_names[i] for i in t3.targets.labels[[0, 1, -1]]] == ["1", "2", "3"]
-    assert (st.sequences[len(s1)] == st.sequences[0]).all()
-    assert st.task("T1").targets.n_users == len(s1)
+    # the two `dup` lines go to the two `dup` users, in order
+    assert st.n_users == len(s1) and st.meta["users_outside_T1"] == {"T3": 0}
+    assert st.task("T3").targets.users[:2].tolist() == [0, 1]
+    assert [st.task("T3").label_names[i] for i in st.task("T3").targets.labels[:2]] == ["1", "2"]
+    # A third `dup` line would be a phantom user with a T1 user's sequence (a duplicated line): refused.
+    t3_dup = t3[:2] + [line(dup) + ",,3"] + t3[2:]
+    folder = write_stream(tmp_path / "d", [line(s) for s in s1], {"T3": ("classify", t3_dup)})
+    with pytest.raises(DataFormatError, match="already matched.*a duplicated line") as e:
+        build(folder)
+    assert e.value.path.endswith("T3.csv") and e.value.line == 3
+
+
+def test_a_repeated_line_of_a_user_outside_t1_is_refused(tmp_path):
+    s1 = seqs()
+    a, b = line([5] * 7), line([7] * 7)  # 7 items: longer than any T1 sequence, so no T1 user's
+    later = [line(s) + ",,1" for s in s1] + [a + ",,1", b + ",,1", a + ",,2", a + ",,1"]
+    st = build(write_stream(tmp_path / "ok", [line(s) for s in s1], {"T2": ("recommend", later[:-1])}))
+    assert st.meta["users_outside_T1"] == {"T2": 3}  # same sequence, other targets: two users outside T1
+    with pytest.raises(DataFormatError, match=r"repeats line %d \(same sequence, same targets" % (len(s1) + 1)) as e:
+        build(write_stream(tmp_path / "dup", [line(s) for s in s1], {"T2": ("recommend", later)}))
+    assert e.value.line == len(s1) + 4
 
 
 def test_unseen_items_are_rejected_or_padded(tmp_path):
@@ -273,9 +287,40 @@ def test_row_matching_survives_hash_collisions(tmp_path, monkeypatch):
 
     dup = [5, 9, 10]
     s1 = [dup, dup] + seqs(12, seed=1)
-    t3 = [line(dup) + ",,1", line(dup) + ",,2", line(dup) + ",,3"] + [line(s) + ",,0" for s in s1[2:]][::-1]
+    t3 = [line(dup) + ",,1", line(dup) + ",,2", line([5] * 7) + ",,3"] + [line(s) + ",,0" for s in s1[2:]][::-1]
     want = build(write_stream(tmp_path / "a", [line(s) for s in s1], {"T3": ("classify", t3)}))
     real = custom._row_keys
     monkeypatch.setattr(custom, "_row_keys", lambda a, exact: real(a, True) if exact else np.zeros(len(a), np.uint64))
     got = build(write_stream(tmp_path / "b", [line(s) for s in s1], {"T3": ("classify", t3)}, name="b"))
     assert got.fingerprint() == want.fingerprint()
+
+
+def test_an_overlong_line_is_refused_naming_file_line_and_length(tmp_path, capsys):
+    """One 300,000-item line used to pad every user to its width (22 GB, killed by the kernel)."""
+    from curb.datasets.custom import MAX_LEN
+
+    s1 = seqs()
+    t1 = [line(s) for s in s1[:5]] + [",".join(["5"] * 300_000)] + [line(s) for s in s1[5:]]
+    folder = write_stream(tmp_path / "long", t1, {})
+    with pytest.raises(DataFormatError, match=rf"300,000 input tokens, more than the {MAX_LEN:,}.*set \"max_len\"") as e:
+        build(folder)
+    assert e.value.path.endswith("t1.csv") and e.value.line == 6
+    # With max_len the line keeps its last items, like every other line.
+    st = build(write_stream(tmp_path / "cut", t1, {}, max_len=MAX_LEN))
+    assert st.sequences.shape == (len(t1), MAX_LEN)
+    # max_len itself is bounded: 10**9 used to be a MemoryError traceback.
+    folder = write_stream(tmp_path / "huge", [line(s) for s in s1], {}, max_len=10**9)
+    assert main(["data", "info", "custom", "--data-dir", str(folder)]) == 2
+    assert f"manifest key 'max_len' must be an integer 2..{MAX_LEN} or null, got 1000000000" in capsys.readouterr().err
+
+
+def test_item_ids_of_item_texts_are_plain_integers(tmp_path):
+    from curb.datasets.custom import read_item_texts
+
+    for body, problem in (("item,text\n\u0661\u0662,Shoes\n", "must be a positive integer"),  # Arabic-Indic digits
+                          ("item,text\n" + "9" * 30 + ",Shoes\n", "must be a positive integer of at most 18 digits"),
+                          ("item,text\n1e3,Shoes\n", "must be a positive integer")):
+        (tmp_path / "items.csv").write_text(body)
+        with pytest.raises(DataFormatError, match=problem) as e:
+            read_item_texts(tmp_path / "items.csv")
+        assert e.value.line == 2

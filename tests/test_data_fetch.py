@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import http.server
 import io
+import tarfile
 import threading
 import zipfile
 
@@ -180,3 +181,28 @@ def test_names_that_cannot_be_fetched(capsys):
     assert "curb cannot download ttl" in err and "`curb data fetch ttl --from PATH`" in err
     assert main(["data", "fetch", "ml-2m"]) == 2
     assert "unknown release 'ml-2m'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_an_archive_that_unpacks_beyond_the_limits_is_refused_before_writing(env, tmp_path, capsys, monkeypatch, kind):
+    """A zip bomb: a few kB that unpack to far more than any release (limits lowered for speed)."""
+    server, archive, root, rel = env
+    monkeypatch.setattr(fetch, "RATIO_FLOOR", 1 << 20)
+    bomb = tmp_path / f"bomb.{kind}"
+    zeros = bytes(4 << 20)  # 4 MiB of zeros pack into a few kB: a ratio of about 1000
+    if kind == "zip":
+        with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+            z.writestr("ml-100k/u.data", zeros)
+    else:
+        with tarfile.open(bomb, "w:gz") as t:
+            info = tarfile.TarInfo("ml-100k/u.data")
+            info.size = len(zeros)
+            t.addfile(info, io.BytesIO(zeros))
+    assert main(["data", "fetch", "ml-100k", "--from", str(bomb), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert f"refusing to unpack {len(zeros):,} bytes from a {bomb.stat().st_size:,}-byte archive" in err
+    assert "--from FOLDER" in err and snapshot(root) == {}
+    monkeypatch.setattr(fetch, "MAX_UNPACKED", 1 << 20)  # and the absolute cap, for a well-compressed big one
+    monkeypatch.setattr(fetch, "RATIO_FLOOR", 16 << 20)
+    assert main(["data", "fetch", "ml-100k", "--from", str(bomb), "--no-verify"]) == 2
+    assert "limits: 1,048,576 bytes" in capsys.readouterr().err

@@ -181,6 +181,19 @@ GOOD_DAT = [f"{u}::{i}::{1 + (u + i) % 3}::97830{i:04d}" for u in range(1, 4) fo
     ("ml-100k.inter", ["1\t2\t3\t4"], "user\titem\trating\ttimestamp", 1, "expected the header"),
     ("ratings.csv", ["1,2,3.5,4", "1,2,3.7,4"], "userId,movieId,rating,timestamp", 3, "outside 0.5..5 in half stars"),
     ("ratings.csv", ["1,2,3.5,4", "1,2"], "userId,movieId,rating,timestamp", 3, "truncated line: 2 of 4 fields"),
+    # Integers must be written as plain integers: floats used to merge 1e20 and 1e20+1 into one user.
+    ("ratings.dat", GOOD_DAT[:3] + ["1e20::1193::5::978300760"], None, 4, "user '1e20' is not a plain non-negative"),
+    ("u.data", ["1\t2\t3\t4", "1\t1e3\t3\t4"], None, 2, "item '1e3' is not a plain non-negative integer"),
+    ("u.data", ["1\t2\t3\t4", "1\t+5\t3\t4"], None, 2, "item '+5' is not"),
+    ("u.data", ["1\t2\t3\t4", "1\t007\t3\t4"], None, 2, "item '007' is not"),
+    ("u.data", ["1\t2\t3\t4", "1\t3\t3\tinf"], None, 2, "ts 'inf' is not"),
+    ("u.data", ["1\t2\t3\t4", "1\t3\t3\t-4"], None, 2, "ts '-4' is not"),
+    ("u.data", ["1\t2\t3\t4", "1\t3\t4.5\t4"], None, 2, "rating 4.5 outside 1..5"),
+    ("u.data", ["1\t2\t3\t4", "12345678901234567890\t3\t3\t4"], None, 2, "user '12345678901234567890' is not"),
+    # One rating per user and movie: a duplicated (or concatenated) file used to add users.
+    ("u.data", ["1\t2\t3\t4", "1\t3\t3\t4", "1\t2\t3\t4"], None, 3, "user 1 rated movie 2 again (first on line 1)"),
+    ("ml-100k.inter", ["1\t2\t3\t4", "1\t2\t5\t9"], "user_id:token\titem_id:token\trating:float\ttimestamp:float", 3,
+     "user 1 rated movie 2 again (first on line 2)"),
 ])
 def test_malformed_ratings_name_file_line_and_problem(tmp_path, name, lines, header, line, problem):
     folder = _write_lines(tmp_path, name, lines, header)
@@ -201,14 +214,37 @@ def test_empty_ratings_file(tmp_path):
     ("users.dat", "2::X::25::4::55455", "gender 'X' is not M or F"),
     ("users.dat", "2::F::25", "truncated line: 3 of 5 fields"),
     ("users.dat", "2::F::old::4::55455", "non-numeric age 'old'"),
+    # Codes outside the documented sets used to be bucketed into edge groups or become new classes.
+    ("users.dat", "2::F::999::4::55455", "age '999' is not an ML-1M age code (1, 18, 25, 35, 45, 50, 56)"),
+    ("users.dat", "2::F::-3::4::55455", "age '-3' is not an ML-1M age code"),
+    ("users.dat", "2::F::20::4::55455", "age '20' is not an ML-1M age code"),
+    ("users.dat", "2::F::25::99::55455", "occupation '99' is not an ML-1M occupation code 0..20"),
+    ("users.dat", "1::F::25::4::55455", "user 1 listed twice"),
+    ("u.user", "2|999|F|artist|55455", "age '999' is not an age in years, 1..120"),
+    ("u.user", "2|0|F|artist|55455", "age '0' is not an age in years"),
+    ("u.user", "2|30|F|astronaut|55455", "occupation 'astronaut' is not one of the ML-100K occupations"),
 ])
 def test_malformed_user_file(tmp_path, name, line, problem):
     ratings = make_ratings(n_users=2)
-    folder = write_release(tmp_path / "m", "ml-1m", ratings)
-    (folder / name).write_text("1::F::1::10::48067\n" + line + "\n")
+    folder = write_release(tmp_path / "m", "ml-1m" if name == "users.dat" else "ml-100k", ratings)
+    first = "1::F::1::10::48067" if name == "users.dat" else "1|24|M|technician|85711"
+    (folder / name).write_text(first + "\n" + line + "\n")
     with pytest.raises(DataFormatError) as e:
         get_dataset("ml-profile").build(folder)
-    assert e.value.line == 2 and problem in e.value.problem
+    assert e.value.path.endswith(name) and e.value.line == 2 and problem in e.value.problem, str(e.value)
+
+
+def test_a_rating_user_missing_from_the_user_file_is_an_error(tmp_path):
+    """Users without attributes used to drop silently out of T4-T6 while staying in T1-T3."""
+    ratings = make_ratings(n_users=24)
+    folder = write_release(tmp_path / "m", "ml-1m", ratings, users_for(24))
+    lines = (folder / "users.dat").read_text().splitlines()
+    (folder / "users.dat").write_text("\n".join(l for l in lines if not l.startswith("7::")) + "\n")
+    with pytest.raises(DataFormatError, match="user 7 has no line in the user file users.dat") as e:
+        get_dataset("ml-profile").build(folder)
+    first = 1 + next(k for k, r in enumerate(ratings) if r[0] == 7)
+    assert e.value.path.endswith("ratings.dat") and e.value.line == first
+    get_dataset("ml").build(folder)  # the plain stream needs no attributes
 
 
 def test_too_few_users_to_split_names_the_file(tmp_path):

@@ -142,6 +142,7 @@ def test_an_interrupted_joint_phase_resumes_after_its_last_epoch_with_identical_
     assert [s.split(":")[0].strip() for s in said if "joint round" in s] == ["[mtl] T2+T3+T4+T5 joint round 3",
                                                                             "[mtl] T2+T3+T4+T5 joint round 4"]
     assert resumed["R"] == whole["R"]
+    assert whole["resumed_at"] == [] and resumed["resumed_at"] == ["T2+T3+T4+T5"]  # recorded like a per-task resume
     strip = lambda fits: [[{k: v for k, v in e.items() if k != "seconds"} for e in f["epochs"]] for f in fits]
     assert strip(resumed["fits"]) == strip(whole["fits"]) and len(resumed["fits"][-1]["epochs"]) == 4
     assert resumed["fits"][-1]["val_per_task"] == whole["fits"][-1]["val_per_task"]

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
+import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +23,7 @@ from curb.cli import main
 from curb.grid import GridError, read_plan, status
 from curb.method import available_methods, register
 from curb.methods.pop import Pop
+from curb.report import load_settings, overall_table
 from curb.results import ResultError, load_result, read_sealed_meta
 from curb.runner import CellFiles, CellInterrupted, CellSpec, run_cell
 
@@ -37,8 +42,8 @@ def numbers(r: dict) -> dict:
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "curb", *args], env=env, stdout=subprocess.PIPE,
+    kw.setdefault("env", {**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.Popen([sys.executable, "-m", "curb", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
@@ -292,3 +297,288 @@ def test_backend_options_are_checked(tmp_path, capsys):
     assert "--scheduler is only used with --backend dask" in capsys.readouterr().err
     assert main(["run", "--dataset", "synthetic-mini", "--backend", "dask", "--out", str(tmp_path)]) == 2
     assert "--backend dask needs" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------- concurrency (issue 15)
+def _plan_repeatedly(out: str, k: int, start, n: int) -> None:
+    start.wait()
+    for s in range(n):
+        assert main(["plan", "--methods", "pop", "--dataset", "synthetic-mini", "--seeds", str(100 * k + s),
+                     "--out", out]) == 0
+
+
+def test_six_concurrent_plan_merges_keep_every_cell(tmp_path):
+    """Six `curb plan --out SAME` at once (five merges each): the plan lock keeps every line."""
+    ctx = multiprocessing.get_context("fork")  # the children only parse, check and write JSON: no torch work
+    start = ctx.Barrier(6)
+    procs = [ctx.Process(target=_plan_repeatedly, args=(str(tmp_path), k, start, 5)) for k in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [p.exitcode for p in procs] == [0] * 6
+    assert sorted(s.seed for s in read_plan(tmp_path / "plan.jsonl")) == [100 * k + s for k in range(6) for s in range(5)]
+
+
+def _hold(path: str, held, release) -> None:
+    """Hold the lock at `path` (a run folder's, or a cell's) until `release` is set."""
+    from curb.grid import run_lock
+    from curb.locks import FileLock
+
+    p = Path(path)
+    lock = run_lock(p) if p.is_dir() else FileLock(p, {"pid": os.getpid(), "host": socket.gethostname(),
+                                                        "started": "now"})
+    with lock:
+        held.set()
+        release.wait(120)
+
+
+@contextlib.contextmanager
+def held_by_another_process(path: Path):
+    """A forked process holding the lock at `path` for the duration; yields its pid."""
+    ctx = multiprocessing.get_context("fork")
+    held, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(path), held, release))
+    holder.start()
+    try:
+        assert held.wait(60), "the holder never took the lock"
+        yield holder.pid
+    finally:
+        release.set()
+        holder.join(60)
+
+
+def test_a_second_runner_on_a_folder_stops_at_once_naming_the_first(tmp_path, capsys):
+    argv = ["run", "--methods", "pop", "--dataset", "synthetic-mini", "--out", str(tmp_path)]
+    with held_by_another_process(tmp_path) as pid:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"is being run by pid {pid} on {socket.gethostname()} since" in err
+        assert "one process runs a folder at a time" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / CellSpec("pop", "synthetic-mini").relpath()).exists()
+    assert main(argv) == 0  # the lock went with its holder
+
+
+def test_a_cell_another_process_is_computing_is_not_started(tmp_path, capsys):
+    """The per-cell lock: e.g. an orphaned worker of a lost scheduler still computing the cell."""
+    spec = CellSpec("pop", "synthetic-mini")
+    files = CellFiles.of(tmp_path, spec.hash)
+    with held_by_another_process(files.lock) as pid:
+        assert main(["run", "--methods", "pop", "--dataset", "synthetic-mini", "--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"cell synthetic-mini/pop/default/seed0 not started: being computed by pid {pid}" in err
+    assert not (tmp_path / spec.relpath()).exists() and not files.log.exists()
+
+
+def test_two_identical_runs_on_one_folder_compute_the_cell_once(tmp_path, reference):
+    runs = [_cli("run", "--methods", "fineall", "--dataset", "synthetic-mini", "--out", str(tmp_path), *SLOW)
+            for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in runs]
+    codes = sorted(p.returncode for p in runs)
+    assert codes[0] == 0 and codes[1] in (0, 2), outputs
+    if codes[1] == 2:  # they overlapped (the usual case): the second one stopped at once
+        assert any("is being run by pid" in o for o in outputs)
+    assert CellFiles.of(tmp_path, SLOW_SPEC.hash).log.read_text().count(" attempt on ") == 1
+    assert numbers(load_result(tmp_path / SLOW_SPEC.relpath())) == numbers(reference)
+
+
+def test_a_result_at_another_cells_path_is_reported_and_recomputed_never_used(tmp_path):
+    seed0, seed1 = CellSpec("pop", "synthetic-mini", seed=0), CellSpec("pop", "synthetic-mini", seed=1)
+    assert main(["run", "--methods", "pop", "--dataset", "synthetic-mini", "--seeds", "0,1", "--out", str(tmp_path)]) == 0
+    shutil.copy(tmp_path / seed0.relpath(), tmp_path / seed1.relpath())  # seed 0's file at seed 1's path
+    shutil.copytree(tmp_path / "synthetic-mini", tmp_path / "backup" / "synthetic-mini")  # and a second copy of each
+    rows = {r.spec.seed: r for r in status(tmp_path)[0]}
+    assert rows[1].state == "pending" and "misplaced" in rows[1].detail and rows[0].state == "done"
+    said = []
+    (st,) = load_settings(tmp_path, said.append)
+    assert [r["spec"]["seed"] for r in st.results] == [0]  # counted once, never under seed 1's name
+    assert sum("misplaced" in s for s in said) == 2 and sum("second copy" in s for s in said) == 1
+    assert overall_table(st).rows[0][-1] == "0"  # the seeds column: was "0,0"
+    said = []
+    r = run_cell(seed1, tmp_path, echo=said.append)
+    assert r["spec"]["seed"] == 1 and r["spec_hash"] == seed1.hash
+    assert any("misplaced" in s and "recomputing" in s for s in said)
+    assert load_result(tmp_path / seed1.relpath(), seed1.hash)["spec"]["seed"] == 1
+
+
+def test_stale_temporary_files_of_killed_writes_are_removed(tmp_path):
+    cells = tmp_path / ".cells"
+    cells.mkdir(parents=True)
+    stale, fresh, other = cells / ".abc.ckpt.k3j_x9q2.tmp", cells / ".abc.ckpt.z8y7x6w5.tmp", cells / "notes.tmp"
+    for p in (stale, fresh, other):
+        p.write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    assert main(["run", "--methods", "pop", "--dataset", "synthetic-mini", "--out", str(tmp_path)]) == 0
+    assert not stale.exists() and fresh.exists() and other.exists()  # only curb's own, only when stale
+
+
+# ---------------------------------------------------------------------------------- Dask clusters (issue 15)
+def _local_cluster(**kw):
+    distributed = pytest.importorskip("distributed")
+    return distributed.LocalCluster(**{"n_workers": 1, "threads_per_worker": 1, "processes": True,
+                                       "dashboard_address": None, "worker_dashboard_address": None, **kw})
+
+
+def _wait_for(path: Path, p: subprocess.Popen, what: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert p.poll() is None, f"the run ended before {what}: {p.communicate()[0]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout}s"
+        time.sleep(0.05)
+
+
+def _attempts(out: Path) -> set[tuple[str, int]]:
+    """(host, pid) of every cell attempt recorded in the cells' logs."""
+    found = set()
+    for log in (out / ".cells").glob("*.log"):
+        for line in log.read_text().splitlines():
+            if line.startswith("--- ") and " attempt on " in line:
+                host, pid = line.split(" attempt on ")[1].split(",")[0].split(" pid ")
+                found.add((host, int(pid)))
+    return found
+
+
+def test_the_gpu_worker_recipe_runs_every_cell_on_the_worker(tmp_path, capsys):
+    """docs/scaling.md's GPU worker (one process, one thread, resource GPU=1), on CPU. joblib's Dask
+    backend ran every cell in the client when the cluster had one worker thread."""
+    distributed = pytest.importorskip("distributed")
+    with _local_cluster(resources={"GPU": 1}) as cluster, distributed.Client(cluster) as client:
+        workers = {(socket.gethostname(), pid) for pid in client.run(os.getpid).values()}
+        argv = ["run", "--methods", "pop", "--dataset", "synthetic-mini", "--seeds", "0,1", "--backend", "dask",
+                "--scheduler", cluster.scheduler_address, "--out", str(tmp_path)]
+        assert main(argv) == 0, capsys.readouterr()
+        attempts = _attempts(tmp_path)
+        assert len(attempts) >= 1 and attempts <= workers and (socket.gethostname(), os.getpid()) not in attempts
+        # --device cuda: the cells' checks run on the worker offering GPU=1 (which has no CUDA here)
+        assert main([*argv, "--device", "cuda", "--force"]) == 2
+        assert f"CUDA is not available on {socket.gethostname()}" in capsys.readouterr().err
+    with _local_cluster() as cluster:  # no worker offers a GPU: refused up front instead of waiting forever
+        assert main([*argv[:-4], "--scheduler", cluster.scheduler_address, "--device", "cuda", "--out",
+                     str(tmp_path)]) == 2
+        assert "no worker of the cluster" in capsys.readouterr().err
+
+
+def test_a_cell_whose_worker_dies_for_good_ends_with_a_failure_record(tmp_path):
+    """Dask gives up on a task whose workers died `allowed-failures` + 1 times (KilledWorker): the
+    client used to wait for it forever; now the cell fails with a record and the run ends."""
+    distributed = pytest.importorskip("distributed")
+    import dask
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), _local_cluster() as cluster, \
+            distributed.Client(cluster) as client:
+        (worker_pid,) = client.run(os.getpid).values()
+        p = _cli("run", "--methods", "fineall", "--dataset", "synthetic-mini", *SLOW, "--backend", "dask",
+                 "--scheduler", cluster.scheduler_address, "--out", str(tmp_path))
+        _wait_for(CellFiles.of(tmp_path, SLOW_SPEC.hash).running, p, "the cell started on the worker")
+        os.kill(worker_pid, signal.SIGKILL)
+        output, _ = p.communicate(timeout=180)
+    assert p.returncode == 1, output
+    assert "cell synthetic-mini/fineall/default/seed0 failed: KilledWorker" in output and "Traceback" not in output
+    record = json.loads(CellFiles.of(tmp_path, SLOW_SPEC.hash).failed.read_text())
+    assert record["error"].startswith("KilledWorker") and record["spec"] == SLOW_SPEC.as_dict()
+
+
+def test_ctrl_c_ends_a_dask_run_that_waits_for_workers(tmp_path):
+    """A cluster without workers never runs the tasks: one Ctrl-C must still end the client."""
+    pytest.importorskip("distributed")
+    with _local_cluster(n_workers=0) as cluster:
+        p = _cli("run", "--methods", "pop", "--dataset", "synthetic-mini", "--backend", "dask", "--scheduler",
+                 cluster.scheduler_address, "--out", str(tmp_path))
+        deadline = time.monotonic() + 180
+        while not cluster.scheduler.tasks:  # the client has submitted its first task and waits
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()[0] if p.poll() is not None else ""
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        output, _ = p.communicate(timeout=60)
+    assert p.returncode == 130 and "Traceback" not in output, output
+
+
+def _dask_cli(*args: str) -> subprocess.Popen:
+    """`dask scheduler` / `dask worker` run by this interpreter (the `dask` script may be another venv's)."""
+    return subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def test_a_lost_scheduler_ends_the_run_with_an_error_and_the_cell_resumes(tmp_path, reference):
+    pytest.importorskip("distributed")
+    address_file = tmp_path / "scheduler.json"
+    out = tmp_path / "runs"
+    procs = [_dask_cli("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                       "--scheduler-file", str(address_file))]
+    try:
+        _wait_for(address_file, procs[0], "the scheduler's address")
+        address = json.loads(address_file.read_text())["address"]
+        procs.append(_dask_cli("distributed.cli.dask_worker", address, "--nthreads", "1", "--no-dashboard"))
+        p = _cli("run", "--methods", "fineall", "--dataset", "synthetic-mini", *SLOW, "--backend", "dask",
+                 "--scheduler", address, "--out", str(out))
+        _wait_for(CellFiles.of(out, SLOW_SPEC.hash).checkpoint, p, "the first checkpoint")
+        procs[0].kill()  # the scheduler dies
+        output, _ = p.communicate(timeout=120)
+        assert p.returncode == 2 and "Traceback" not in output, output
+        assert "lost the connection to the Dask scheduler" in output.splitlines()[-1]
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    with one_thread():  # the orphaned worker went down too: the cell resumes from its last checkpoint
+        r = run_cell(SLOW_SPEC, out, **QUIET)
+    assert r["resumed_at"] and numbers(r) == numbers(reference)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_dask_example_binds_to_localhost_or_uses_tls():
+    """A scheduler runs what its clients send: no documented command may expose one in clear text."""
+    text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
+    lines = text.replace("\\\n", " ").splitlines()  # continuation lines joined
+    commands = [c for c in lines if re.search(r"dask (scheduler|worker)|--scheduler ", c)]
+    schedulers = [c for c in commands if "dask scheduler" in c]
+    workers = [c for c in commands if "dask worker" in c]
+    assert schedulers and workers
+    for c in schedulers:
+        assert "--host 127.0.0.1" in c or "--protocol tls" in c, c
+    for c in [*workers, *(c for c in commands if "curb run" in c)]:
+        address = re.search(r"(?:dask worker|--scheduler) (\S+)", c).group(1)
+        assert address.startswith(("tls://", "tcp://127.0.0.1:")), c
+    for c in [*schedulers, *workers]:
+        if "tls" in c:
+            assert "--tls-ca-file" in c and "--tls-cert" in c and "--tls-key" in c, c
+
+
+def test_the_documented_tls_setup_runs_a_grid_and_a_client_without_certificates_is_refused(tmp_path):
+    """docs/scaling.md's TLS recipe: a scheduler that requires encryption, curb's client configured
+    through the DASK_DISTRIBUTED__COMM__TLS__* variables."""
+    pytest.importorskip("distributed")
+    from distributed.security import Security
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make the test certificates")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    ca, cert, key = tmp_path / "ca.pem", tmp_path / "node.pem", tmp_path / "node.key"
+    for cmd in ([openssl, "req", "-x509", *ec, "-keyout", tmp_path / "ca.key", "-out", ca, "-days", "2",
+                 "-subj", "/CN=ca"],
+                [openssl, "req", *ec, "-keyout", key, "-out", tmp_path / "node.csr", "-subj", "/CN=node"],
+                [openssl, "x509", "-req", "-in", tmp_path / "node.csr", "-CA", ca, "-CAkey", tmp_path / "ca.key",
+                 "-CAcreateserial", "-out", cert, "-days", "2"]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    security = Security(tls_ca_file=str(ca), require_encryption=True,
+                        **{f"tls_{who}_{part}": str(f) for who in ("scheduler", "worker", "client")
+                           for part, f in (("cert", cert), ("key", key))})
+    argv = ["run", "--methods", "pop", "--dataset", "synthetic-mini", "--backend", "dask", "--out", str(tmp_path / "o")]
+    with _local_cluster(protocol="tls://", host="127.0.0.1", security=security) as cluster:
+        address = cluster.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+        tls = {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(ca), "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": str(cert),
+               "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": str(key),
+               "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+        p = _cli(*argv, "--scheduler", address, env={**os.environ, "OMP_NUM_THREADS": "1", **tls})
+        output, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, output
+        p = _cli(*argv, "--scheduler", address)
+        output, _ = p.communicate(timeout=300)
+    assert p.returncode == 2 and "uses TLS but this client has no certificate" in output and "Traceback" not in output

@@ -22,6 +22,7 @@ from curb.sections import (adaptation_data, adaptation_table, cold_start_tables,
                            sampling_tables, text_init_table)
 from curb.tables import mean_std
 from curb.results import load_result, save_result
+from curb.runner import CellSpec
 
 DATA = Path(__file__).parent / "data"
 RUN = DATA / "mini-run"
@@ -260,10 +261,12 @@ def test_text_init_section_pairs_a_setting_with_its_text_twin(tmp_path):
         if r["spec"]["overrides"]:
             continue
         r["spec"]["overrides"] = {"backbone.item_init": "text"}
+        r["spec_hash"] = CellSpec.from_dict(r["spec"]).hash  # another cell: its own hash and file name
         r["final"] = {k: v + 0.5 for k, v in r["final"].items()}  # recognisable "text" numbers
         twins.append(r["final"]["T2"])
         r["fits"] = [{**f, "epochs": [{**e, "val": 0.9} for e in f["epochs"]]} for f in r["fits"]]
-        save_result(run / "text" / p.name, {k: v for k, v in r.items() if k not in ("checksum", "schema")})
+        save_result(run / "text" / f"seed{r['spec']['seed']}-{r['spec_hash']}.json",
+                    {k: v for k, v in r.items() if k not in ("checksum", "schema")})
     base = next(st for st in load_settings(run) if not st.overrides)
     assert base.text_init is not None and base.text_init.overrides == (("backbone.item_init", "text"),)
     t = text_init_table(base)
@@ -363,3 +366,18 @@ def test_training_section_shows_selected_rounds_validation_curves_and_capacity(r
     cap = capacity_table(st)
     assert [row[0] for row in cap.rows] == ["hat"]  # only methods that report units_used
     assert cap.rows[0][1:] == [[hat["method_report"]["units_used"][n]] for n in names]
+
+
+def test_a_sealed_result_missing_keys_is_refused_by_report_and_leaderboard(tmp_path, capsys):
+    """A valid checksum proves a file is as written, not that it is complete: the schema check does."""
+    boards = _board(tmp_path)
+    victim = next((tmp_path / "mini-run" / "synthetic-mini" / "pop" / "default").glob("seed0-*.json"))
+    r = load_result(victim)
+    del r["final"]
+    save_result(victim, {k: v for k, v in r.items() if k not in ("checksum", "schema")})
+    assert main(["report", str(tmp_path / "mini-run"), "--no-figures", "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert f"warning: skipping {victim}: not a valid curb result: missing key 'final'" in out
+    assert main(["leaderboard", "check", "--boards", str(boards)]) == 2
+    err = capsys.readouterr().err
+    assert "damaged result file(s)" in err and "missing key 'final'" in err and "Traceback" not in err

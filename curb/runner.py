@@ -205,7 +205,7 @@ class Fitter:
             return checkpoint, None
         _set_rng_state(blob.pop("rng"), self.device)
         self.logs = blob.pop("logs")
-        self.resumed_at = [*blob.pop("resumed_at"), meta["phase"]]
+        self.resumed_at = [*blob.pop("resumed_at"), task]
         self.echo(f"  resuming {task} {phase} after round {len(blob['log']['epochs'])} from {path}")
         return checkpoint, blob
 

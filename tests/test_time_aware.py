@@ -145,8 +145,9 @@ def test_text_rows_of_new_items_are_written_when_they_enter():
 # ---------------------------------------------------------------------------------- recipes
 def _custom(tmp_path, t2_new: str = "100\n101\n", t2_line: str = "1,100,2,,7", t3_new: str = "200\n"):
     (tmp_path / "t1.csv").write_text("".join(f"{a},{b},{c}\n" for a, b, c in [(1, 2, 3), (2, 3, 1), (3, 1, 2)] * 7))
-    (tmp_path / "t2.csv").write_text("".join(f"{t2_line}{k % 3}\n" for k in range(20)))
-    (tmp_path / "t3.csv").write_text("".join(f"2,101,200,,{k % 2}\n" for k in range(20)))
+    # Distinct lines (a repeated line would be a phantom user): longer histories of known items.
+    (tmp_path / "t2.csv").write_text("".join(f"{'1,' * (k // 3)}{t2_line}{k % 3}\n" for k in range(20)))
+    (tmp_path / "t3.csv").write_text("".join(f"{'2,' * (k // 2)}2,101,200,,{k % 2}\n" for k in range(20)))
     (tmp_path / "t2_new.txt").write_text(t2_new)
     (tmp_path / "t3_new.txt").write_text(t3_new)
     (tmp_path / "stream.json").write_text(

@@ -362,6 +362,21 @@ class Method:
         self.load_state_dict(copy.deepcopy(snap))
 
 
+class OneModelViews:
+    """`forward_logits` and `represent` of a method whose whole state is one plain model
+    `self.model` (a backbone and one head per task): FineTune and its descendants, MTL."""
+
+    model: Any
+
+    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
+                       batch: Batch | None = None) -> Tensor:
+        return self.model.heads[task](self.represent(task, x, all_positions=all_positions))
+
+    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
+                  batch: Batch | None = None) -> Tensor:
+        return readout(self.model.backbone(x), all_positions)
+
+
 FitFn = Callable[[Method, TaskInfo, TaskData, TaskData], Any]
 
 

@@ -12,10 +12,10 @@ They hook `consolidate` (what to keep from a task's training data once it is lea
 from __future__ import annotations
 
 import numpy as np
-from torch import Tensor, nn
+from torch import nn
 
 from curb.backbone import PlainModel
-from curb.method import Batch, Method, Setup, TaskData, TaskInfo, readout, register
+from curb.method import Method, OneModelViews, Setup, TaskData, TaskInfo, register
 from curb.streams import Targets
 
 
@@ -26,7 +26,7 @@ def take_users(data: TaskData, rows: np.ndarray) -> TaskData:
 
 
 @register("finetune")
-class FineTune(Method):
+class FineTune(OneModelViews, Method):
     summary = "one shared model fine-tuned task after task, nothing protects old tasks (forgetting lower bound)"
     grows_items = True
 
@@ -61,16 +61,7 @@ class FineTune(Method):
         # (LwF's distillation, Replay's buffer); Adam skips parameters without a gradient.
         return self.model.parameters()
 
-    # ------------------------------------------------------------------ forward
-    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
-                       batch: Batch | None = None) -> Tensor:
-        return self.model.heads[task](self.represent(task, x, all_positions=all_positions))
-
-    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
-                  batch: Batch | None = None) -> Tensor:
-        return readout(self.model.backbone(x), all_positions)
-
-    # ------------------------------------------------------------------ state
+    # ------------------------------------------------------------------ state (logits: OneModelViews)
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model} if self.model is not None else {}
 

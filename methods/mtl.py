@@ -20,12 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from curb.backbone import PlainModel
-from curb.method import Batch, Knob, Method, Setup, TaskData, TaskInfo, readout, register, task_loss
+from curb.method import Batch, Knob, Method, OneModelViews, Setup, TaskData, TaskInfo, register, task_loss
 from curb.training import FitLog, batches, select
 
 
 @register("mtl")
-class MTL(Method):
+class MTL(OneModelViews, Method):
     summary = "multi-task learning: all tasks after T1 jointly (not continual: needs the whole stream up front)"
     benchmark = True  # one of the `--methods all` set
     joint = True
@@ -122,14 +122,6 @@ class MTL(Method):
 
     def trainable_parameters(self, task: TaskInfo):
         return self.model.parameters()
-
-    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
-                       batch: Batch | None = None) -> Tensor:
-        return self.model.heads[task](self.represent(task, x, all_positions=all_positions))
-
-    def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
-                  batch: Batch | None = None) -> Tensor:
-        return readout(self.model.backbone(x), all_positions)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.model}

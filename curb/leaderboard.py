@@ -101,6 +101,8 @@ def ranked_table(st: Setting) -> Table:
     means = [mean_std(row[col]) for row in t.rows]
     order = sorted(range(len(t.rows)), key=lambda i: (means[i] is None, -(means[i] or (0.0,))[0]))
     t.rows = [[str(k + 1) if means[i] is not None else "-", *t.rows[i]] for k, i in enumerate(order)]
+    moved = {i: k for k, i in enumerate(order)}  # the annotations follow their cells: rows reordered, one column in front
+    t.annotations = {(moved[r], c + 1): text for (r, c), text in t.annotations.items()}
     t.headers, t.best, t.digits, t.key = ["rank", *t.headers], [None, *t.best], [0, *t.digits], 1
     t.name, t.title = "leaderboard", f"Leaderboard, {st.label}"
     t.note += " Ranked by the all-task mean; a row without one (MTL) is listed last, unranked."

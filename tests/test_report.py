@@ -103,7 +103,9 @@ def test_overall_table_is_mean_and_std_of_the_result_files_with_the_best_in_bold
     t3 = [f["final"]["T3"] for f in files if f["spec"]["method"] == "conure" and f["spec"]["order"] == "default"
           and f["spec"]["noise"] is None]
     assert len(t3) == 2
-    assert rows["conure"][2].strip("*") == f"{np.mean(t3):.4f} ± {np.std(t3, ddof=1):.4f}"
+    # the score (bold on the best), then the interval and significance mark (tests/test_significance.py)
+    assert re.fullmatch(re.escape(f"{np.mean(t3):.4f} ± {np.std(t3, ddof=1):.4f}") + r"\*{0,2} \[[\d.]+, [\d.]+\] [▲≈▽]",
+                        rows["conure"][2].lstrip("*"))
     assert _mean(rows["conure"][2]) == pytest.approx(np.mean(t3), abs=5e-5)
     # Bold exactly on the highest mean of each task column.
     for c in range(5):

@@ -185,7 +185,8 @@ def board_page(board: Board, st: Setting, figures_dir: Path | None) -> Page:
         "built by `curb leaderboard build` from those files only.", *paragraphs(board.description)]
     if board.command:
         intro += ["Reproduce the rows:", Code(board.command)]
-    parts = [Part("Leaderboard", [ranked_table(st), *overall.figures()]),
+    # the ranked table replaces the overall section's first block (its overall table); its ranks and figures follow
+    parts = [Part("Leaderboard", [ranked_table(st), *overall.blocks[1:]]),
              Part("Provenance", [provenance_table(st)]),
              Part("Configuration", config_blocks(st))]
     if rest:

@@ -105,6 +105,35 @@ def overall_table(st: Setting) -> Table | None:
                  note=note, annotations=annotations)
 
 
+def ranks_table(st: Setting) -> tuple[Table, dict[str, float], float] | None:
+    """Average rank of each method over the setting's tasks (1 = best; per task, the mean final
+    score over seeds), the Friedman test and the Nemenyi critical difference (Demšar 2006), as a
+    table, the ranks by method and the CD for `plots.cd_diagram`; None with fewer than two methods
+    scored on every task. A method lacking a task (MTL has no T1 score) is left out, not ranked
+    on fewer tasks: ranks over different task sets would not be comparable."""
+    names = task_names(st.select())
+    means = {m: [mean_std(final(r, n) for r in st.select(method=m)) for n in names] for m in st.methods()}
+    ranked = [m for m, ms in means.items() if all(x is not None for x in ms)]
+    left_out = [m for m in means if m not in ranked]
+    if len(ranked) < 2:
+        return None
+    scores = np.array([[x[0] for x in means[m]] for m in ranked])
+    fr = stats.friedman_nemenyi(scores)
+    task_ranks = [stats.average_ranks(scores[:, [j]]) for j in range(len(names))]
+    order = sorted(range(len(ranked)), key=lambda i: (fr.ranks[i], method_rank(ranked[i])))
+    rows: list[list[Cell]] = [[ranked[i], f"{fr.ranks[i]:.2f}", *[f"{tr[i]:g}" for tr in task_ranks]] for i in order]
+    note = (f"Rank 1 = best mean final score over seeds on a task, ties share the mean rank; averaged over "
+            f"{len(names)} tasks ({', '.join(names)}). Friedman chi2 = {fr.chi2:.2f} (p = {fr.p_chi2:.3g}), "
+            f"Iman-Davenport F = {fr.ff:.2f} (p = {fr.p_ff:.3g}); Nemenyi critical difference at alpha "
+            f"{fr.alpha:g}: CD = {fr.cd:.2f} (q = {fr.q_alpha:.3f}): average ranks closer than CD are not "
+            "significantly different (Demšar 2006, docs/metrics.md \"Statistics\").")
+    if left_out:
+        note += f" Not ranked (no score on every task): {', '.join(left_out)}."
+    table = Table("ranks", f"Average rank over tasks, {st.label}", ["method", "average rank", *names], rows,
+                  note=note)
+    return table, {ranked[i]: float(fr.ranks[i]) for i in order}, fr.cd
+
+
 def transfer_tables(st: Setting) -> list[Table]:
     """Final score, BWT and FWT per task for each method in original and reversed order."""
     methods = [m for m in st.methods(order="reversed") if m != "pop"]

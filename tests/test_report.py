@@ -157,7 +157,7 @@ def test_report_matches_golden_and_writes_figures(tmp_path):
     readme = written[0].read_text()
     links = [ln.split("](", 1)[1].rstrip(")") for ln in readme.splitlines() if ln.startswith("![")]
     tasks = len(load_settings(RUN, lambda _: None)[0].select()[0]["tasks"])
-    assert len(links) == 6 + tasks  # six section figures, one validation curve per task
+    assert len(links) == 7 + tasks  # seven section figures (the CD diagram too), one validation curve per task
     assert all((tmp_path / "figs" / link).is_file() for link in links)
     assert all((tmp_path / "figs" / link).with_suffix(".svg").is_file() for link in links)
 

@@ -1,16 +1,20 @@
-"""Significance marks and intervals in the overall table (curb.sections.overall_table): a
+"""The overall section's statistics: significance marks and intervals in the overall table (a
 clearly worse method is marked worse, an identical copy tied, results without per-user scores
-render exactly as before, and all of it shows in markdown, LaTeX and the site."""
+render exactly as before, and all of it shows in markdown, LaTeX and the site), and the
+average-rank table (curb.sections.ranks_table)."""
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
+import pytest
 from test_claims import SEEDS, cell
 
+from curb import stats
 from curb.leaderboard import ranked_table
-from curb.resultsets import Setting
-from curb.sections import column_significance, overall_table
+from curb.resultsets import Setting, final
+from curb.sections import column_significance, overall_table, ranks_table
 from curb.site import table_html
 
 
@@ -85,3 +89,20 @@ def test_board_ranking_moves_the_marks_with_their_cells():
     assert t.rows[-1][1] == "hat" or rows["hat"] > rows["conure"]  # ranked below the two copies
     assert all(marks(cells[rows["hat"]][c]) == "▽" for c in range(2, 6))
     assert cells[rows["mtl"]][2] == "-"  # no T1 score: no interval either
+
+
+def test_ranks_table_matches_average_ranks_and_leaves_out_a_method_without_t1():
+    st = setting(board())
+    table, ranks, cd = ranks_table(st)
+    ranked = ["teracon", "conure", "hat"]  # mtl has no T1 score: not ranked
+    scores = np.array([[np.mean([final(r, t) for r in st.select(method=m)]) for t in ("T1", "T2", "T3")]
+                       for m in ranked])
+    want = dict(zip(ranked, stats.average_ranks(scores)))
+    assert ranks == pytest.approx(want) and "mtl" not in ranks and ranks["hat"] == 3.0
+    assert [row[0] for row in table.rows][-1] == "hat" and table.rows[-1][1:] == ["3.00", "3", "3", "3"]
+    assert cd == pytest.approx(stats.friedman_nemenyi(scores).cd)
+    assert "Not ranked (no score on every task): mtl." in table.note
+
+
+def test_ranks_need_two_methods_scored_on_every_task():
+    assert ranks_table(setting([cell("teracon", s) for s in SEEDS] + [cell("mtl", s, joint=True) for s in SEEDS])) is None

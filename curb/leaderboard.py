@@ -177,7 +177,8 @@ def board_page(board: Board, st: Setting, figures_dir: Path | None) -> Page:
     `figures_dir` when given."""
     sections = build_sections(st, figures_dir, SECTIONS)
     overall = next(s for s in sections if s.title == "overall")
-    rest = [s for s in sections if s.title != "overall"]
+    claims = [s for s in sections if s.title == "claims"]
+    rest = [s for s in sections if s.title not in ("overall", "claims")]
     seeds = sorted({spec_of(r).seed for r in st.select()})
     intro: list[Block] = [
         f"Benchmark version **{board.version}** · dataset `{board.dataset}` · preset `{board.preset or 'default'}`"
@@ -187,6 +188,7 @@ def board_page(board: Board, st: Setting, figures_dir: Path | None) -> Page:
         intro += ["Reproduce the rows:", Code(board.command)]
     # the ranked table replaces the overall section's first block (its overall table); its ranks and figures follow
     parts = [Part("Leaderboard", [ranked_table(st), *overall.blocks[1:]]),
+             *[Part("Claims", c.blocks) for c in claims],
              Part("Provenance", [provenance_table(st)]),
              Part("Configuration", config_blocks(st))]
     if rest:

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Sequence
 from tabulate import tabulate
 
 from . import export
+from .claims import claims_table, evaluate_claims
 from .document import Figure, Page, Part, markdown
 from .results import ResultError
 from .resultsets import (Setting, final, load_settings, mean_final, method_rank, metric_of, spec_of, task_names,
@@ -25,7 +26,8 @@ from .sections import (adaptation_data, adaptation_table, adaptation_task, capac
 from .tables import fmt_stat
 
 
-SECTIONS = ("overall", "training", "transfer", "noisy", "sampling", "adaptation", "text-init", "cold-start", "orders")
+SECTIONS = ("overall", "training", "transfer", "noisy", "sampling", "adaptation", "text-init", "cold-start", "orders",
+            "claims")
 
 
 def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = SECTIONS) -> list[Part]:
@@ -118,6 +120,9 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
         out.append(Part("orders", [t, *fig(f"{tag}-orders", f"{axis[0].upper()}{axis[1:]} per (order, seed) cell",
                                            lambda p: plots.boxes(data, p, title=f"Order robustness, {st.label}",
                                                                  ylabel=axis))]))
+    if "claims" in only and st.results:  # every claim, "no data" where its results are absent
+        twin = st.text_init.results if st.text_init is not None else []
+        out.append(Part("claims", [claims_table(evaluate_claims([*st.results, *twin, *st.cold_start]))]))
     return out
 
 

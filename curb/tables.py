@@ -75,7 +75,8 @@ class Table:
                 for r, row in enumerate(self.rows)]
 
     def markdown(self) -> str:
-        body = tabulate(self.cells(lambda s: f"**{s}**"), headers=self.headers, tablefmt="github",
+        body = tabulate(self.cells(lambda s: f"**{s}**", lambda s: s.replace("|", "\\|")),  # a bar would end the cell
+                        headers=self.headers, tablefmt="github",
                         disable_numparse=True)
         return body + (f"\n\n{self.note}" if self.note else "")
 

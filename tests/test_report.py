@@ -299,7 +299,7 @@ def test_cold_start_results_get_their_own_section_and_never_break_the_tables(tmp
     hr10 = [load_result(p)["groups"]["cold"]["hr@10"] for p in paths if p.parent.name == "fineall-after-T5"]
     row = next(r for r in cold.rows if r[0] == "fineall after T5")
     assert mean_std(row[4])[0] == pytest.approx(np.mean(hr10))
-    assert [s.title for s in build_sections(st, None)][-2:] == ["cold-start", "orders"]
+    assert [s.title for s in build_sections(st, None)][-3:] == ["cold-start", "orders", "claims"]
 
 
 def test_reproduce_routes_ncf_overrides_to_cold_start_only(tmp_path, capsys):

@@ -83,10 +83,11 @@ def overall_table(st: Setting) -> Table | None:
             "popularity / majority-class baseline.")
     annotations: dict[tuple[int, int], str] = {}
     marked, unmarked, used = [], [], set()
-    for c, tasks in [*((1 + i, [n]) for i, n in enumerate(names)), (1 + k, names), (2 + k, names[1:])]:
+    later = f"mean {names[1]}-{names[-1]}"
+    for c, header, tasks in [*((1 + i, n, [n]) for i, n in enumerate(names)), (1 + k, "mean", names),
+                             (2 + k, later, names[1:])]:
         scored = [i for i, row in enumerate(rows) if finite(row[c])]
         found = column_significance([st.select(method=methods[i]) for i in scored], tasks)
-        header = f"{names[c - 1]}" if c <= k else ("mean" if c == 1 + k else f"mean {names[1]}-{names[-1]}")
         if found is None:
             unmarked.append(header)
             continue
@@ -99,8 +100,7 @@ def overall_table(st: Setting) -> Table | None:
             note += (f" No interval or mark in {', '.join(unmarked)}: a scored cell there lacks per-user test scores "
                      "or shares no seed or test users with the others.")
     return Table("overall", f"Overall: final R(T_M, T_i), {st.label}",
-                 ["method", *[f"{n} ({metric[n]})" for n in names], "mean", f"mean {names[1]}-{names[-1]}",
-                  "BWT %", "FWT %", "seeds"], rows,
+                 ["method", *[f"{n} ({metric[n]})" for n in names], "mean", later, "BWT %", "FWT %", "seeds"], rows,
                  best=[None, *["max"] * (k + 2), "max", "max", None], digits=[0, *[4] * (k + 2), 2, 2, 0],
                  note=note, annotations=annotations)
 

@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-from tabulate import tabulate
-
 from . import stats
 from .records import SHARED_SECTIONS
 from .resultsets import transfer_mean
 from .runner import CellSpec
 from .sections import epoch_seconds, t1_curve
+from .tables import Cell, Table
 
 ALPHA = 0.05
 SEED = 0
@@ -525,10 +524,13 @@ def _fmt_p(p: float | None) -> str:
     return "-" if p is None else "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
-def claims_markdown(verdicts: list[Verdict]) -> str:
-    """The claims table: claim, evidence, test, statistic, p, verdict (one row per verdict)."""
-    cell = lambda s: s.replace("|", "\\|")  # a bar inside a cell would end it
-    rows = [[cell(f"({v.claim}) {v.statement}"), cell(v.evidence), cell(v.test), cell(v.statistic), _fmt_p(v.p),
-             f"**{v.verdict}**"] for v in verdicts]
-    return tabulate(rows, headers=["claim", "evidence", "test", "statistic", "p", "verdict"], tablefmt="github",
-                    disable_numparse=True)
+def claims_table(verdicts: list[Verdict]) -> Table:
+    """The claims table: claim, evidence, test, statistic, p, verdict (one row per verdict), for
+    reports and boards (markdown, LaTeX, site) like every other table."""
+    rows: list[list[Cell]] = [[f"({v.claim}) {v.statement}", v.evidence, v.test, v.statistic, _fmt_p(v.p), v.verdict]
+                              for v in verdicts]
+    return Table("claims", "The paper's claims, checked", ["claim", "evidence", "test", "statistic", "p", "verdict"],
+                 rows, note="Verdicts: confirmed (significant in the claimed direction, alpha 0.05), not confirmed "
+                            "(the data cannot tell), refuted (significant the other way), no data (the results the "
+                            "claim reads are absent). Re-derived from the result files by `curb leaderboard check`; "
+                            "docs/metrics.md \"Claims\".")

@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="render the tables (markdown, LaTeX) and figures of a run folder",
         description="Read every result file under RUN_DIR, group them by setting (dataset, preset, shared "
         "overrides, data) and write OUT/README.md, OUT/tables/*.md|.tex and OUT/figures/*.png|.svg: overall, "
-        "transfer, noisy, sampling, adaptation and order-robustness sections, each where its cells exist.",
+        "transfer, noisy, sampling, adaptation, order-robustness and claims sections, each where its cells exist.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     rep.add_argument("run_dir", type=Path, metavar="RUN_DIR")

@@ -101,6 +101,8 @@ def ranked_table(st: Setting) -> Table:
     means = [mean_std(row[col]) for row in t.rows]
     order = sorted(range(len(t.rows)), key=lambda i: (means[i] is None, -(means[i] or (0.0,))[0]))
     t.rows = [[str(k + 1) if means[i] is not None else "-", *t.rows[i]] for k, i in enumerate(order)]
+    moved = {i: k for k, i in enumerate(order)}  # the annotations follow their cells: rows reordered, one column in front
+    t.annotations = {(moved[r], c + 1): text for (r, c), text in t.annotations.items()}
     t.headers, t.best, t.digits, t.key = ["rank", *t.headers], [None, *t.best], [0, *t.digits], 1
     t.name, t.title = "leaderboard", f"Leaderboard, {st.label}"
     t.note += " Ranked by the all-task mean; a row without one (MTL) is listed last, unranked."
@@ -175,7 +177,8 @@ def board_page(board: Board, st: Setting, figures_dir: Path | None) -> Page:
     `figures_dir` when given."""
     sections = build_sections(st, figures_dir, SECTIONS)
     overall = next(s for s in sections if s.title == "overall")
-    rest = [s for s in sections if s.title != "overall"]
+    claims = [s for s in sections if s.title == "claims"]
+    rest = [s for s in sections if s.title not in ("overall", "claims")]
     seeds = sorted({spec_of(r).seed for r in st.select()})
     intro: list[Block] = [
         f"Benchmark version **{board.version}** · dataset `{board.dataset}` · preset `{board.preset or 'default'}`"
@@ -183,7 +186,9 @@ def board_page(board: Board, st: Setting, figures_dir: Path | None) -> Page:
         "built by `curb leaderboard build` from those files only.", *paragraphs(board.description)]
     if board.command:
         intro += ["Reproduce the rows:", Code(board.command)]
-    parts = [Part("Leaderboard", [ranked_table(st), *overall.figures()]),
+    # the ranked table replaces the overall section's first block (its overall table); its ranks and figures follow
+    parts = [Part("Leaderboard", [ranked_table(st), *overall.blocks[1:]]),
+             *[Part("Claims", c.blocks) for c in claims],
              Part("Provenance", [provenance_table(st)]),
              Part("Configuration", config_blocks(st))]
     if rest:

@@ -14,18 +14,20 @@ from typing import Callable, Iterable, Sequence
 from tabulate import tabulate
 
 from . import export
+from .claims import claims_table, evaluate_claims
 from .document import Figure, Page, Part, markdown
 from .results import ResultError
 from .resultsets import (Setting, final, load_settings, mean_final, method_rank, metric_of, spec_of, task_names,
                          transfer_mean)
 from .sections import (adaptation_data, adaptation_table, adaptation_task, capacity_table, cold_start_bars,
                        cold_start_tables, mask_similarity, metric_name, noisy_table, orders_data, orders_table,
-                       overall_table, r_matrices, sampling_tables, score_axis, score_data, text_init_curves,
+                       overall_table, r_matrices, ranks_table, sampling_tables, score_axis, score_data, text_init_curves,
                        text_init_table, training_table, transfer_data, transfer_tables, validation_curves)
 from .tables import fmt_stat
 
 
-SECTIONS = ("overall", "training", "transfer", "noisy", "sampling", "adaptation", "text-init", "cold-start", "orders")
+SECTIONS = ("overall", "training", "transfer", "noisy", "sampling", "adaptation", "text-init", "cold-start", "orders",
+            "claims")
 
 
 def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = SECTIONS) -> list[Part]:
@@ -66,7 +68,14 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
             figs += fig(f"{tag}-masks", "Cosine similarity between the tasks' masks (mean over seeds)",
                         lambda p: plots.heatmaps(ms, p, title=f"Task-mask similarity, {st.label}", fmt=".2f",
                                                  vmin=0.0, vmax=1.0, cbar_label="cosine", xlabel="task"))
-        out.append(Part("overall", [t, *figs]))
+        blocks: list = [t]
+        if found := ranks_table(st):
+            ranks, ranked, cd = found
+            blocks.append(ranks)
+            figs += fig(f"{tag}-cd", f"Average rank over tasks (1 = best); bars join methods whose ranks differ by "
+                        f"less than the Nemenyi critical difference CD = {cd:.2f}",
+                        lambda p: plots.cd_diagram(ranked, cd, p, title=f"Average ranks, {st.label}"))
+        out.append(Part("overall", [*blocks, *figs]))
     if "training" in only and (t := training_table(st)):
         parts: list = [t]
         for task in task_names(st.select()):
@@ -111,6 +120,9 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
         out.append(Part("orders", [t, *fig(f"{tag}-orders", f"{axis[0].upper()}{axis[1:]} per (order, seed) cell",
                                            lambda p: plots.boxes(data, p, title=f"Order robustness, {st.label}",
                                                                  ylabel=axis))]))
+    if "claims" in only and st.results:  # every claim, "no data" where its results are absent
+        twin = st.text_init.results if st.text_init is not None else []
+        out.append(Part("claims", [claims_table(evaluate_claims([*st.results, *twin, *st.cold_start]))]))
     return out
 
 

@@ -12,6 +12,7 @@ from collections import defaultdict
 import numpy as np
 import pandas as pd
 
+from . import stats
 from .records import COLD_START_METRICS, cold_start_rows
 from .resultsets import (Setting, final, mean_final, method_rank, metric_of, spec_of, task_names, transfer_mean,
                          transfer_of)
@@ -23,8 +24,47 @@ def _seeds(rs: list[dict]) -> str:
 
 
 
+SIGNIFICANCE_SEED = 0  # one fixed generator per column: `curb leaderboard check` re-derives every mark
+SIGNIFICANCE_BOOT = 2000
+SIGNIFICANCE_PERM = 9999
+MARK_SYMBOLS = {"best": "▲", "tied": "≈", "worse": "▽"}
+SIGNIFICANCE_LEGEND = ("[lo, hi]: 95 % paired bootstrap interval over test users, pooled over seeds {seeds}; ▲ best "
+                       "pooled score of the column, ≈ tied with it (not significantly different), ▽ worse (two-sided "
+                       "paired sign-flip test over users, Holm-corrected within the column, alpha 0.05); "
+                       "docs/metrics.md \"Statistics\".")
+
+
+def column_significance(groups: list[list[dict]], tasks: list[str], digits: int = 4) -> tuple[list[str], str] | None:
+    """Per group (a row's result files): " [lo, hi] mark" for the column scoring the mean over
+    `tasks` (one task: that task's score), with the seeds used; None unless every group has at
+    least one seed in common with all others and every such cell carries per-user scores of every
+    task on the same test users (older results do not: the table then shows mean ± std only)."""
+    seeds = sorted(set.intersection(*({spec_of(r).seed for r in g} for g in groups))) if groups else []
+    if len(groups) < 2 or not seeds:
+        return None
+    by_seed = [{spec_of(r).seed: r for r in g} for g in groups]
+    stacks, counts = [], []
+    for t in tasks:
+        entries = [[stats.per_user(g[s], t) for s in seeds] for g in by_seed]
+        flat = [e for es in entries for e in es]
+        if any(e is None for e in flat):
+            return None
+        try:
+            _, c = stats.stack_per_user(flat)
+        except ValueError:  # different test users: nothing to pair
+            return None
+        stacks.append(np.stack([[e.sums for e in es] for es in entries]))
+        counts.append(c)
+    rng = np.random.default_rng(SIGNIFICANCE_SEED)
+    cis = stats.task_mean_cis(stacks, counts, n_boot=SIGNIFICANCE_BOOT, rng=rng)
+    marks = stats.mark_task_mean(stacks, counts, n_perm=SIGNIFICANCE_PERM, rng=rng)
+    return ([f" [{ci.low:.{digits}f}, {ci.high:.{digits}f}] {MARK_SYMBOLS[m.mark]}" for ci, m in zip(cis, marks)],
+            ",".join(map(str, seeds)))
+
+
 def overall_table(st: Setting) -> Table | None:
-    """Final R(T_M, T_i) per task, the mean over tasks, BWT and FWT (the paper's overall table)."""
+    """Final R(T_M, T_i) per task, the mean over tasks, BWT and FWT (the paper's overall table),
+    with intervals and significance marks on the score columns where per-user scores allow."""
     methods = st.methods()
     if not methods:
         return None
@@ -37,14 +77,61 @@ def overall_table(st: Setting) -> Table | None:
                      [mean_final(r, later_only=True) for r in cells],
                      [transfer_mean(r, "bwt") for r in cells], [transfer_mean(r, "fwt") for r in cells], _seeds(cells)])
     k = len(names)
+    note = ("Mean ± std over seeds; best mean per column in bold. `mean`: over all tasks (none for MTL, "
+            "which has no T1 score); the next column leaves T1 out so MTL can be compared. BWT/FWT: "
+            "relative %, docs/protocol.md §5.6 (FWT against SinMo of the same seed). `pop` is the "
+            "popularity / majority-class baseline.")
+    annotations: dict[tuple[int, int], str] = {}
+    marked, unmarked, used = [], [], set()
+    later = f"mean {names[1]}-{names[-1]}"
+    for c, header, tasks in [*((1 + i, n, [n]) for i, n in enumerate(names)), (1 + k, "mean", names),
+                             (2 + k, later, names[1:])]:
+        scored = [i for i, row in enumerate(rows) if finite(row[c])]
+        found = column_significance([st.select(method=methods[i]) for i in scored], tasks)
+        if found is None:
+            unmarked.append(header)
+            continue
+        marked.append(header)
+        used.add(found[1])
+        annotations.update({(i, c): text for i, text in zip(scored, found[0])})
+    if marked:
+        note += " " + SIGNIFICANCE_LEGEND.format(seeds=" / ".join(sorted(used)))
+        if unmarked:
+            note += (f" No interval or mark in {', '.join(unmarked)}: a scored cell there lacks per-user test scores "
+                     "or shares no seed or test users with the others.")
     return Table("overall", f"Overall: final R(T_M, T_i), {st.label}",
-                 ["method", *[f"{n} ({metric[n]})" for n in names], "mean", f"mean {names[1]}-{names[-1]}",
-                  "BWT %", "FWT %", "seeds"], rows,
+                 ["method", *[f"{n} ({metric[n]})" for n in names], "mean", later, "BWT %", "FWT %", "seeds"], rows,
                  best=[None, *["max"] * (k + 2), "max", "max", None], digits=[0, *[4] * (k + 2), 2, 2, 0],
-                 note="Mean ± std over seeds; best mean per column in bold. `mean`: over all tasks (none for MTL, "
-                      "which has no T1 score); the next column leaves T1 out so MTL can be compared. BWT/FWT: "
-                      "relative %, docs/protocol.md §5.6 (FWT against SinMo of the same seed). `pop` is the "
-                      "popularity / majority-class baseline.")
+                 note=note, annotations=annotations)
+
+
+def ranks_table(st: Setting) -> tuple[Table, dict[str, float], float] | None:
+    """Average rank of each method over the setting's tasks (1 = best; per task, the mean final
+    score over seeds), the Friedman test and the Nemenyi critical difference (Demšar 2006), as a
+    table, the ranks by method and the CD for `plots.cd_diagram`; None with fewer than two methods
+    scored on every task. A method lacking a task (MTL has no T1 score) is left out, not ranked
+    on fewer tasks: ranks over different task sets would not be comparable."""
+    names = task_names(st.select())
+    means = {m: [mean_std(final(r, n) for r in st.select(method=m)) for n in names] for m in st.methods()}
+    ranked = [m for m, ms in means.items() if all(x is not None for x in ms)]
+    left_out = [m for m in means if m not in ranked]
+    if len(ranked) < 2:
+        return None
+    scores = np.array([[x[0] for x in means[m]] for m in ranked])
+    fr = stats.friedman_nemenyi(scores)
+    task_ranks = [stats.average_ranks(scores[:, [j]]) for j in range(len(names))]
+    order = sorted(range(len(ranked)), key=lambda i: (fr.ranks[i], method_rank(ranked[i])))
+    rows: list[list[Cell]] = [[ranked[i], f"{fr.ranks[i]:.2f}", *[f"{tr[i]:g}" for tr in task_ranks]] for i in order]
+    note = (f"Rank 1 = best mean final score over seeds on a task, ties share the mean rank; averaged over "
+            f"{len(names)} tasks ({', '.join(names)}). Friedman chi2 = {fr.chi2:.2f} (p = {fr.p_chi2:.3g}), "
+            f"Iman-Davenport F = {fr.ff:.2f} (p = {fr.p_ff:.3g}); Nemenyi critical difference at alpha "
+            f"{fr.alpha:g}: CD = {fr.cd:.2f} (q = {fr.q_alpha:.3f}): average ranks closer than CD are not "
+            "significantly different (Demšar 2006, docs/metrics.md \"Statistics\").")
+    if left_out:
+        note += f" Not ranked (no score on every task): {', '.join(left_out)}."
+    table = Table("ranks", f"Average rank over tasks, {st.label}", ["method", "average rank", *names], rows,
+                  note=note)
+    return table, {ranked[i]: float(fr.ranks[i]) for i in order}, fr.cd
 
 
 def transfer_tables(st: Setting) -> list[Table]:

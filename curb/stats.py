@@ -160,8 +160,19 @@ def bootstrap_cis(stack: np.ndarray, counts: np.ndarray, *, n_boot: int = 2000, 
     bootstrap distribution is close to symmetric; the percentile interval stays inside the
     metric's range, needs no jackknife pass over every user, and is checked for its nominal
     coverage by a simulation (tests/test_stats.py)."""
-    reps = bootstrap_replicates(stack, counts, n_boot=n_boot, rng=rng)
-    est = pooled_scores(stack, counts)
+    return task_mean_cis([stack], [counts], n_boot=n_boot, level=level, rng=rng)
+
+
+def task_mean_cis(stacks: Sequence[np.ndarray], counts: Sequence[np.ndarray], *, n_boot: int = 2000,
+                  level: float = 0.95, rng: np.random.Generator) -> list[Interval]:
+    """Percentile bootstrap interval of every method's mean over tasks of pooled scores: per task
+    `stacks[t]` [n_methods, n_seeds, n_users] with `counts[t]`. Each task's users are resampled
+    on their own (test users of different tasks are different draws, as in `task_mean_test`),
+    shared by every method (paired), and the replicates averaged over tasks."""
+    if not stacks or len(stacks) != len(counts):
+        raise ValueError("task_mean_cis needs the same number (>= 1) of stacks and counts")
+    reps = np.mean([bootstrap_replicates(s, c, n_boot=n_boot, rng=rng) for s, c in zip(stacks, counts)], axis=0)
+    est = np.mean([pooled_scores(s, c) for s, c in zip(stacks, counts)], axis=0)
     return [percentile_interval(reps[:, m], est[m], level) for m in range(len(est))]
 
 
@@ -313,15 +324,25 @@ class Mark:
 
 def mark_column(stack: np.ndarray, counts: np.ndarray, *, alpha: float = 0.05, n_perm: int = 9999,
                 rng: np.random.Generator) -> list[Mark]:
-    """Marks for one board column: the method with the highest pooled score is "best" (the first
-    one on an exact tie); every other is compared with it by `paired_test` (two-sided), the
-    p-values Holm-corrected within the column, and marked "worse" when the adjusted p <= alpha,
-    else "tied". `stack` [n_methods, n_seeds, n_users] on the same users and seeds."""
-    stack, counts = _check(stack, counts)
-    scores = pooled_scores(stack, counts)
+    """Marks for one board column of one task: `mark_task_mean` over that task alone."""
+    return mark_task_mean([stack], [counts], alpha=alpha, n_perm=n_perm, rng=rng)
+
+
+def mark_task_mean(stacks: Sequence[np.ndarray], counts: Sequence[np.ndarray], *, alpha: float = 0.05,
+                   n_perm: int = 9999, rng: np.random.Generator) -> list[Mark]:
+    """Marks for one board column of the mean over tasks (per task `stacks[t]` [n_methods,
+    n_seeds, n_users] on the same users and seeds, `counts[t]`): the method with the highest
+    pooled score is "best" (the first one on an exact tie); every other is compared with it by
+    `task_mean_test` (two-sided), the p-values Holm-corrected within the column, and marked
+    "worse" when the adjusted p <= alpha, else "tied"."""
+    if not stacks or len(stacks) != len(counts):
+        raise ValueError("mark_task_mean needs the same number (>= 1) of stacks and counts")
+    checked = [_check(s, c) for s, c in zip(stacks, counts)]
+    scores = np.mean([pooled_scores(s, c) for s, c in checked], axis=0)
     best = int(np.argmax(scores))
     others = [m for m in range(len(scores)) if m != best]
-    tests = [paired_test(stack[m], stack[best], counts, n_perm=n_perm, rng=rng) for m in others]
+    tests = [task_mean_test([s[m] for s, _ in checked], [s[best] for s, _ in checked], [c for _, c in checked],
+                            n_perm=n_perm, rng=rng) for m in others]
     adjusted = holm([t.p for t in tests]) if tests else np.empty(0)
     marks = {best: Mark("best", 0.0, None, None)}
     for m, t, q in zip(others, tests, adjusted):

@@ -47,6 +47,8 @@ class Table:
     digits: list[int] = field(default_factory=list)
     note: str = ""
     key: int = 0  # the column that names a row (a row header in HTML)
+    # text appended to a cell, by (row, column), outside its bold (e.g. a CI and a significance mark)
+    annotations: dict[tuple[int, int], str] = field(default_factory=dict)
 
     def _best_rows(self) -> dict[int, set[int]]:
         out: dict[int, set[int]] = {}
@@ -64,15 +66,17 @@ class Table:
         return self.digits[c] if c < len(self.digits) else 4
 
     def cells(self, bold: Callable[[str], str], text: Callable[[str], str] = str) -> list[list[str]]:
-        """Every cell as text (`text` applied to it, e.g. escaping), the best ones through `bold`."""
+        """Every cell as text (`text` applied to it, e.g. escaping), the best ones through `bold`,
+        then its annotation (through `text`, not bold: the bold says only which mean is highest)."""
         best = self._best_rows()
-        return [[(bold(s) if r in best.get(c, ()) else s)
+        return [[(bold(s) if r in best.get(c, ()) else s) + text(self.annotations.get((r, c), ""))
                  for c, cell in enumerate(row)
                  for s in [text(cell if isinstance(cell, str) else fmt_stat(cell, self._digits(c)))]]
                 for r, row in enumerate(self.rows)]
 
     def markdown(self) -> str:
-        body = tabulate(self.cells(lambda s: f"**{s}**"), headers=self.headers, tablefmt="github",
+        body = tabulate(self.cells(lambda s: f"**{s}**", lambda s: s.replace("|", "\\|")),  # a bar would end the cell
+                        headers=self.headers, tablefmt="github",
                         disable_numparse=True)
         return body + (f"\n\n{self.note}" if self.note else "")
 
@@ -88,7 +92,8 @@ class Table:
 
 
 _LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-          "$": r"\$", "±": r"$\pm$", "ρ": r"$\rho$", "σ": r"$\sigma$", "≥": r"$\geq$", "≤": r"$\leq$"}
+          "$": r"\$", "±": r"$\pm$", "ρ": r"$\rho$", "σ": r"$\sigma$", "≥": r"$\geq$", "≤": r"$\leq$",
+          "≈": r"$\approx$", "▲": r"$\bigtriangleup$", "▽": r"$\bigtriangledown$"}
 
 
 def _latex_escape(text: str) -> str:

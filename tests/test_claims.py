@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from curb.results import pack_per_user
-from curb.claims import CLAIMS, VERDICTS, claims_markdown, evaluate_claims
+from curb.claims import CLAIMS, VERDICTS, claims_table, evaluate_claims
 from curb.runner import CellSpec
 
 TASKS = ("T1", "T2", "T3")
@@ -65,8 +65,9 @@ def test_no_results_give_no_data_for_every_claim():
     vs = evaluate_claims([])
     assert [v.claim for v in vs] == [c.id for c in CLAIMS] == list("abcdefghi")
     assert {v.verdict for v in vs} == {"no data"} and all(v.p is None for v in vs)
-    table = claims_markdown(vs)
-    assert table.count("\n") == len(vs) + 1 and "**no data**" in table
+    table = claims_table(vs)
+    assert [row[-1] for row in table.rows] == ["no data"] * len(vs)
+    assert table.markdown().split("\n\n")[0].count("\n") == len(vs) + 1
 
 
 def test_best_all_task_score_confirmed_and_refuted_per_user():
@@ -170,10 +171,26 @@ def test_cold_start_warm_and_cold():
 
 def test_claims_are_deterministic_and_refuse_mixed_settings():
     board = [cell("teracon", s, lift=0.02) for s in SEEDS] + [cell("hat", s) for s in SEEDS]
-    first = claims_markdown(evaluate_claims(board))
-    assert first == claims_markdown(evaluate_claims(board))
+    first = claims_table(evaluate_claims(board)).markdown()
+    assert first == claims_table(evaluate_claims(board)).markdown()
     assert {v.verdict for v in evaluate_claims(board)} <= set(VERDICTS)
     other = cell("hat", 0)
     other["dataset"] = {"base_fingerprint": "other data"}
     with pytest.raises(ValueError, match="one board's results"):
         evaluate_claims(board + [other])
+
+
+def test_claims_section_lists_every_claim_with_no_data_where_results_are_missing():
+    from curb.report import build_sections
+    from curb.resultsets import Setting
+
+    results = [cell("teracon", s, lift=0.1) for s in SEEDS] + [cell("hat", s) for s in SEEDS]
+    for r in results:  # the report's other sections are not built here, but the setting holds what they read
+        r["transfer"]["fwt"] = [None] * len(r["tasks"])
+    (part,) = build_sections(Setting("synthetic", None, (), results), None, only=("claims",))
+    (table,) = part.tables()
+    assert [row[0].split(")")[0] for row in table.rows] == [f"({c.id}" for c in CLAIMS]
+    verdict = {row[0][1]: row[-1] for row in table.rows}
+    assert verdict["a"] == "confirmed"  # TERACON clearly ahead of HAT on every task
+    assert all(verdict[c] == "no data" for c in "bdefghi")  # no CONURE, noise, sampling, orders, MTL, text, cold
+    assert build_sections(Setting("synthetic", None, (), []), None, only=("claims",)) == []

@@ -103,7 +103,9 @@ def test_overall_table_is_mean_and_std_of_the_result_files_with_the_best_in_bold
     t3 = [f["final"]["T3"] for f in files if f["spec"]["method"] == "conure" and f["spec"]["order"] == "default"
           and f["spec"]["noise"] is None]
     assert len(t3) == 2
-    assert rows["conure"][2].strip("*") == f"{np.mean(t3):.4f} ± {np.std(t3, ddof=1):.4f}"
+    # the score (bold on the best), then the interval and significance mark (tests/test_significance.py)
+    assert re.fullmatch(re.escape(f"{np.mean(t3):.4f} ± {np.std(t3, ddof=1):.4f}") + r"\*{0,2} \[[\d.]+, [\d.]+\] [▲≈▽]",
+                        rows["conure"][2].lstrip("*"))
     assert _mean(rows["conure"][2]) == pytest.approx(np.mean(t3), abs=5e-5)
     # Bold exactly on the highest mean of each task column.
     for c in range(5):
@@ -155,7 +157,7 @@ def test_report_matches_golden_and_writes_figures(tmp_path):
     readme = written[0].read_text()
     links = [ln.split("](", 1)[1].rstrip(")") for ln in readme.splitlines() if ln.startswith("![")]
     tasks = len(load_settings(RUN, lambda _: None)[0].select()[0]["tasks"])
-    assert len(links) == 6 + tasks  # six section figures, one validation curve per task
+    assert len(links) == 7 + tasks  # seven section figures (the CD diagram too), one validation curve per task
     assert all((tmp_path / "figs" / link).is_file() for link in links)
     assert all((tmp_path / "figs" / link).with_suffix(".svg").is_file() for link in links)
 
@@ -297,7 +299,7 @@ def test_cold_start_results_get_their_own_section_and_never_break_the_tables(tmp
     hr10 = [load_result(p)["groups"]["cold"]["hr@10"] for p in paths if p.parent.name == "fineall-after-T5"]
     row = next(r for r in cold.rows if r[0] == "fineall after T5")
     assert mean_std(row[4])[0] == pytest.approx(np.mean(hr10))
-    assert [s.title for s in build_sections(st, None)][-2:] == ["cold-start", "orders"]
+    assert [s.title for s in build_sections(st, None)][-3:] == ["cold-start", "orders", "claims"]
 
 
 def test_reproduce_routes_ncf_overrides_to_cold_start_only(tmp_path, capsys):

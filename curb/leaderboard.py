@@ -30,13 +30,14 @@ from .report import SECTIONS, build_sections
 from .results import ResultError, iter_results
 from .site import ASSETS, asset, page_html
 from .resultsets import Setting, load_settings, mean_final, method_rank, spec_of, task_names, transfer_mean
-from .sections import overall_table
+from .paper import PAPER
+from .sections import overall_table, paper_table
 from .tables import Table, mean_std
 
 BOARDS_FILE = Path("leaderboards") / "boards.toml"
 _MARK = re.compile(r"(<!-- leaderboard:([\w-]+) -->)\n(?:.*?\n)?(<!-- /leaderboard -->)", re.S)
 _HTML_LINK = re.compile(r'(?:src|href)="([^"#:]+)"')  # local links only (no scheme, no anchor)
-_KEYS = {"title", "version", "results", "dataset", "preset", "overrides", "description", "command"}
+_KEYS = {"title", "version", "results", "dataset", "preset", "overrides", "description", "command", "paper"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Board:
     overrides: tuple[tuple[str, str], ...] = ()
     description: str = ""
     command: str = ""  # how the rows were produced
+    paper: str | None = None  # key of the paper's published table to set beside the rows (curb.paper.PAPER)
 
 
 def read_boards(path: Path) -> list[Board]:
@@ -72,8 +74,11 @@ def read_boards(path: Path) -> list[Board]:
         ov = d.get("overrides", {})
         if not isinstance(ov, dict) or not all(isinstance(v, str) for v in ov.values()):
             raise ConfigError(f"{path}: [{key}] overrides must map keys to strings")
+        if d.get("paper") is not None and d["paper"] not in PAPER:
+            raise ConfigError(f"{path}: [{key}] paper {d['paper']!r} is not one of {sorted(PAPER)}")
         boards.append(Board(key, d["title"], d["version"], (Path(path).parent / d["results"]).resolve(), d["dataset"],
-                            d.get("preset"), tuple(sorted(ov.items())), d.get("description", ""), d.get("command", "")))
+                            d.get("preset"), tuple(sorted(ov.items())), d.get("description", ""), d.get("command", ""),
+                            d.get("paper")))
     return boards
 
 
@@ -189,6 +194,7 @@ def board_page(board: Board, st: Setting, figures_dir: Path | None) -> Page:
     # the ranked table replaces the overall section's first block (its overall table); its ranks and figures follow
     parts = [Part("Leaderboard", [ranked_table(st), *overall.blocks[1:]]),
              *[Part("Claims", c.blocks) for c in claims],
+             *([Part("Against the paper", [t])] if board.paper and (t := paper_table(st, board.paper)) else []),
              Part("Provenance", [provenance_table(st)]),
              Part("Configuration", config_blocks(st))]
     if rest:

@@ -319,6 +319,30 @@ def capacity_table(st: Setting) -> Table | None:
                  note="A unit is held when its cumulative gate exceeds 0.5 (docs/methods.md, HAT).")
 
 
+def paper_table(st: Setting, key: str) -> Table | None:
+    """The paper's published score beside this setting's (mean over seeds) and their ratio, per
+    method and task (`curb.paper.PAPER[key]`); methods the paper or the setting lacks are left out."""
+    from .paper import PAPER
+
+    paper = PAPER[key]
+    rows = []
+    for m in st.methods():
+        if m not in paper.rows:
+            continue
+        row: list[Cell] = [m]
+        for task, theirs in zip(paper.tasks, paper.rows[m]):
+            ours = mean_std(final(r, task) for r in st.select(method=m))
+            row += ["-" if theirs is None else f"{theirs:.4f}", "-" if ours is None else f"{ours[0]:.4f}",
+                    "-" if theirs is None or ours is None else f"{ours[0] / theirs:.2f}"]
+        rows.append(row)
+    if not rows:
+        return None
+    headers = ["method", *[f"{t} {w}" for t in paper.tasks for w in ("paper", "curb", "curb / paper")]]
+    return Table("paper", f"Against the paper ({metric_name(paper.metric)}), {st.label}", headers, rows,
+                 note=f"Paper: {paper.source}. curb: this board's final scores, mean over seeds. "
+                      f"{paper.differences}")
+
+
 def adaptation_table(st: Setting) -> Table | None:
     data = adaptation_data(st)
     if data.empty:

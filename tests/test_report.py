@@ -386,3 +386,20 @@ def test_a_sealed_result_missing_keys_is_refused_by_report_and_leaderboard(tmp_p
     assert main(["leaderboard", "check", "--boards", str(boards)]) == 2
     err = capsys.readouterr().err
     assert "damaged result file(s)" in err and "missing key 'final'" in err and "Traceback" not in err
+
+
+def test_paper_table_sets_the_published_scores_beside_the_settings_means(run_mini, tmp_path):
+    """The board's "Against the paper" table: the paper's number, this setting's mean over seeds
+    and their ratio, per method and task; methods the paper does not report are left out."""
+    from curb.paper import PAPER
+    from curb.resultsets import load_settings
+    from curb.sections import paper_table
+
+    runs = {s: run_mini("teracon", seed=s) for s in (0, 1)}
+    run_mini("ewc")  # not in the paper's table
+    t = paper_table(load_settings(tmp_path / "runs")[0], "ml")
+    assert [row[0] for row in t.rows] == ["teracon"]
+    paper = PAPER["ml"].rows["teracon"]
+    for i, task in enumerate(PAPER["ml"].tasks):
+        ours = np.mean([r["final"][task] for r in runs.values()])
+        assert t.rows[0][1 + 3 * i: 4 + 3 * i] == [f"{paper[i]:.4f}", f"{ours:.4f}", f"{ours / paper[i]:.2f}"]

@@ -3,9 +3,13 @@
 # budget, so everything it should measure runs here in one go):
 #   1. the training step's FLOP rate next to the GPU's own matmul rate, fp32 and bf16;
 #   2. TERACON with relation-aware sampling against rho = 1 (and pop), 3 epochs per task, bf16;
-#   3. the sampling tables of those two runs (scores and seconds per epoch).
+#   3. the sampling tables of those two runs (scores and seconds per epoch);
+#   4. the ML board's overall section with the paper preset trained to convergence (patience, no
+#      epoch cap), one seed, under a wall-clock guard (OVERALL_S, default 330 s) so the whole
+#      script fits 10 minutes; cells that did not finish resume when the script is run again.
 # Usage: CURB_DATA=/path/with/ml-1m bash benchmarks/gpu.sh [OUT]
-#        (DEVICE=cpu PRESET=small EPOCHS=1 is a quick CPU rehearsal of the same steps)
+#        (DEVICE=cpu PRESET=small EPOCHS=1 is a quick CPU rehearsal of the same steps; METHODS
+#         narrows step 4, e.g. METHODS=pop,sinmo,teracon)
 set -euo pipefail
 out=${1:-runs/gpu}
 device=${DEVICE:-cuda}
@@ -22,3 +26,9 @@ run=(curb run --dataset ml --preset "$preset" --epochs "${EPOCHS:-3}" --seeds 0
 "${run[@]}" --methods teracon --set teracon.sampling=none
 curb report "$out/runs" --sections sampling --no-figures --out "$out/report"
 cat "$out/report/README.md"
+overall=(curb run --dataset ml --preset "$preset" --seeds 0 --device "$device" --precision bf16
+         --methods "${METHODS:-all}" --out "$out/overall" ${EPOCHS:+--epochs "$EPOCHS"})
+timeout --signal=TERM "${OVERALL_S:-330}" "${overall[@]}" || echo "step 4 stopped at its time guard; rerun to resume"
+curb report "$out/overall" --sections overall,training --no-figures --out "$out/overall-report"
+cat "$out/overall-report/README.md"
+

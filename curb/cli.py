@@ -343,7 +343,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"curb: cell {o['label']} not started: {o['error']}; rerun once that process has ended", file=sys.stderr)
     if stopped:
         print(f"curb: interrupted; {len(stopped)} cell(s) not finished: rerun the same command to resume "
-              "(a cell restarts after its last finished task)", file=sys.stderr)
+              "(a cell continues after its last finished round)", file=sys.stderr)
         return 128 + (stop_signal() or signal.SIGINT)
     return 1 if failed or busy else 0
 

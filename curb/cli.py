@@ -274,6 +274,20 @@ def build_parser() -> argparse.ArgumentParser:
     from .export import add_parser as add_export_parser
 
     add_export_parser(sub)
+    cp = sub.add_parser(
+        "compare", help="test whether a protocol knob changes the scores (paired over users and seeds)",
+        description="Group the result files under RUN_DIR into cells that differ only in the config key --by "
+        "(e.g. train.pairs_per_user, split.level, teracon.sampling), and compare every value (arm) with the "
+        "--against arm per method and task: score, lift over pop, relative difference with a paired bootstrap "
+        "interval, a paired sign-flip test over the same users and seeds (Holm per task) and its verdict. Arms "
+        "that score different test users are shown side by side without a test. docs/protocol.md §4.8 is built "
+        "with this command.")
+    cp.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    cp.add_argument("--by", required=True, metavar="KEY", help="config key whose values are the arms (section.field)")
+    cp.add_argument("--against", required=True, metavar="VALUE", help="the reference arm ('none' for a None value)")
+    cp.add_argument("--methods", default=None, help="comma list of methods to show (default: all found)")
+    cp.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and the sign flips")
+    cp.add_argument("--out", type=Path, default=None, metavar="FILE", help="also write the tables to this markdown file")
     lb = sub.add_parser("leaderboard", help="build or check the published leaderboards from result files",
                         description="build: write leaderboards/<board>/README.md, results.csv and figures from the "
                         "result JSONs named in the boards file; check: rebuild the text in memory and fail on any "
@@ -514,6 +528,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     return cmd_export(args)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import cmd_compare
+
+    return cmd_compare(args)
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     """Built-in methods from the static table (no torch import); plugins only when there are any."""
     from .registry import BUILTIN_METHODS, METHODS_GROUP, has_plugins
@@ -538,7 +558,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "tune": cmd_tune, "plan": cmd_plan, "status": cmd_status, "reproduce": cmd_reproduce,
-            "report": cmd_report, "leaderboard": cmd_leaderboard, "export": cmd_export, "methods": cmd_methods,
+            "report": cmd_report, "leaderboard": cmd_leaderboard, "export": cmd_export, "compare": cmd_compare, "methods": cmd_methods,
             "datasets": cmd_datasets, "data": cmd_data}
 
 

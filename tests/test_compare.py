@@ -1,0 +1,103 @@
+"""`curb compare`: arms of one protocol knob, paired against a reference arm (curb/compare.py)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curb import compare, stats
+from curb.cli import main
+from curb.errors import CurbError
+from curb.results import canonical, pack_array, save_result
+
+MINI = Path(__file__).parent / "data" / "mini-run" / "synthetic-mini"
+
+
+def _load(method: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((MINI / method / "default").glob("*.json"))
+            if not json.loads(p.read_text())["spec"]["overrides"]]
+
+
+def _arm(results: list[dict], value, scale: float = 1.0) -> list[dict]:
+    """Copies of `results` as if run with train.pairs_per_user=value, per-user sums (and the final
+    scores they add up to) multiplied by `scale`."""
+    out = []
+    for r in results:
+        r = copy.deepcopy(r)
+        r["config"]["train"]["pairs_per_user"] = value
+        if value is not None:
+            r["spec"]["overrides"] = {"train.pairs_per_user": str(value)}
+        for task, entry in r["per_user"].items():
+            sums = stats.per_user(r, task).sums * scale
+            entry["final"] = pack_array(sums, "<f8")
+            r["final"][task] = float(sums.sum() / stats.per_user(r, task).counts.sum())
+        out.append(r)
+    return out
+
+
+def _table(results: list[dict], reference: str = "none"):
+    (group,) = compare.group_results(results, "train.pairs_per_user")
+    return compare.compare_table(group, "train.pairs_per_user", reference, n_boot=300, n_perm=499)
+
+
+def _rows(table, method: str, arm: str) -> list[list]:
+    return [row for row in table.rows if row[0] == method and row[2] == arm]
+
+
+def test_identical_arm_is_tied_and_a_shifted_arm_is_not():
+    sinmo = _load("sinmo")
+    results = [*_load("pop"), *sinmo, *_arm(sinmo, 8), *_arm(sinmo, 1, scale=1.5)]
+    table = _table(results, reference="1")
+    same = _rows(table, "sinmo", "8")  # arm 8 equals the unscaled default: 1/1.5 of the reference
+    assert len(same) == 5 and all(row[6].startswith("-33.3%") for row in same)
+    # T1 and T2 have 14 and 8 test users with a non-zero score: enough flips to reject
+    assert all(row[8] == "▽ lower" for row in same if row[1].startswith(("T1", "T2")))
+    for row in _rows(table, "sinmo", "none"):
+        assert row[6].startswith("-33.3%")  # 1 / 1.5 - 1, for every task
+    table = _table([*_load("pop"), *sinmo, *_arm(sinmo, 8)])
+    for row in _rows(table, "sinmo", "8"):
+        assert row[6].startswith("+0.0% [+0.0%, +0.0%]") and row[8] == "≈ tied" and float(row[7]) == 1.0
+    assert {row[6] for row in _rows(table, "sinmo", "none")} == {"reference"}
+
+
+def test_lift_uses_pop_on_the_same_users_and_arms_on_other_users_are_not_paired():
+    sinmo, pop = _load("sinmo"), _load("pop")
+    other = _arm(sinmo, 8)
+    for r in other:  # as if the arm had scored other test users (e.g. another split level)
+        for entry in r["per_user"].values():
+            entry["users"] = "0" * 64
+    table = _table([*pop, *sinmo, *other])
+    for row in _rows(table, "sinmo", "8"):
+        assert row[6] == "not paired (different test users)" and row[5] == "-"
+    for row in _rows(table, "sinmo", "none"):
+        task = row[1].split()[0]
+        expected = [r["final"][task] / np.mean([p["final"][task] for p in pop]) for r in sinmo]
+        assert row[5] == pytest.approx(expected)
+
+
+def test_knob_values_come_from_the_resolved_config():
+    r = _load("sinmo")[0]
+    assert compare.knob_value(r, "train.pairs_per_user") == "none"
+    assert compare.knob_value(r, "split.level") == r["config"]["split"]["level"]
+    with pytest.raises(CurbError, match="known keys: .*train.batch"):
+        compare.knob_value(r, "train.no_such_knob")
+
+
+def test_cli_compares_a_run_folder_and_names_missing_arms(tmp_path, capsys):
+    for r in [*_load("pop"), *_load("sinmo"), *_arm(_load("sinmo"), 8, scale=0.5)]:
+        if r["spec"]["overrides"]:  # another cell: its own hash, named in its file name
+            r["spec_hash"] = hashlib.sha256(canonical(r["spec"]).encode()).hexdigest()[:12]
+        save_result(tmp_path / r["spec"]["method"] / f"seed{r['spec']['seed']}-{r['spec_hash']}.json", r)
+    out = tmp_path.parent / "compare.md"
+    assert main(["compare", str(tmp_path), "--by", "train.pairs_per_user", "--against", "none", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "▽ lower" in text and "-50.0%" in text and "reference" in text
+    assert main(["compare", str(tmp_path), "--by", "train.pairs_per_user", "--against", "4"]) == 0
+    assert "no train.pairs_per_user=4 cells (arms: 8, none)" in capsys.readouterr().out
+    assert main(["compare", str(tmp_path), "--by", "split.level", "--against", "user"]) == 2
+    assert "more than one value of split.level" in capsys.readouterr().err

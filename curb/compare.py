@@ -15,7 +15,6 @@ run with the default and a cell that spelled the default out are the same arm.
 from __future__ import annotations
 
 import argparse
-
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path

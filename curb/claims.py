@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+
 from . import stats
-from .records import SHARED_SECTIONS
+from .records import SHARED_SECTIONS, RecordedSpec
 from .resultsets import transfer_mean
-from .runner import CellSpec
 from .sections import epoch_seconds, t1_curve
 from .tables import Cell, Table
 
@@ -74,8 +74,8 @@ class Claim:
 
 
 # ------------------------------------------------------------------------------ the results
-def _spec(r: dict) -> CellSpec:
-    return CellSpec.from_dict(r["spec"])
+def _spec(r: dict) -> RecordedSpec:
+    return RecordedSpec.of(r)
 
 
 def _real_tasks(r: dict) -> list[str]:

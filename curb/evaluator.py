@@ -2,7 +2,9 @@
 
 Methods receive `TaskData` for train and validation only (model inputs and labels, no user
 ids); test labels stay inside the `Evaluator`. Scoring is batched over users and compared with
-all labels at once (full ranking, tie-aware), in chunks so a large vocabulary fits in memory.
+all labels at once (full ranking, tie-aware), in chunks so a large vocabulary fits in memory:
+no score, comparison or logit matrix has more than `MAX_CELLS` entries, except one user's
+next-item validation logits when that user's positions x labels alone exceed it.
 """
 
 from __future__ import annotations
@@ -12,13 +14,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from .method import Method, TaskData, TaskInfo
 from .metrics import CLASSIFY_METRICS, RANKING_METRICS, accuracy_values, ranking_values, tie_aware_rank, tie_counts
 from .streams import PARTS, SplitConfig, Task, TaskStream, Targets, split_task
 
-# Upper bound on (pairs x labels) compared at once, to cap evaluation memory (~32M bools).
-_MAX_CELLS = 1 << 25
+# Upper bound on the entries of any users x labels (or pairs x labels) matrix evaluation builds
+# at once: 2**25 = 33.5 M, i.e. 128 MiB per float32 matrix (docs/performance.md, "Evaluation memory").
+MAX_CELLS = 1 << 25
+
+
+def chunk_users(cells_per_user: float, eval_batch: int) -> int:
+    """Users per chunk: at most `eval_batch`, and at most `MAX_CELLS` matrix entries for the
+    chunk (at least one user, whose own entries may then exceed the cap)."""
+    return int(max(1, min(eval_batch, MAX_CELLS // max(cells_per_user, 1))))
 
 
 def task_info(task: Task) -> TaskInfo:
@@ -48,9 +58,11 @@ def validation_loss(method: Method, task: TaskInfo, data: TaskData, eval_batch: 
     """Mean cross-entropy of `method.forward_logits` on `data` (see `evaluate_data`)."""
     total, n = 0.0, 0
     counts = np.diff(data.ptr)
+    positions = data.inputs.shape[1] - 1 if task.kind == "next_item" else 1  # logit rows per user
+    step = chunk_users(positions * task.n_labels, eval_batch)
     with method.inference():
-        for lo in range(0, data.n_users, eval_batch):
-            hi = min(lo + eval_batch, data.n_users)
+        for lo in range(0, data.n_users, step):
+            hi = min(lo + step, data.n_users)
             seq = torch.from_numpy(data.inputs[lo:hi]).to(method.device)
             if task.kind == "next_item":
                 logits = method.forward_logits(task.name, seq[:, :-1], train=False, all_positions=True).float()
@@ -67,6 +79,14 @@ def validation_loss(method: Method, task: TaskInfo, data: TaskData, eval_batch: 
     return total / max(n, 1)
 
 
+def sliced_tie_counts(scores: Tensor, rows: Tensor, y: Tensor, pair_slice: int) -> tuple[Tensor, Tensor]:
+    """`tie_counts` over at most `pair_slice` pairs at a time: a user with many targets never
+    makes a pairs x labels matrix above the cap."""
+    parts = [tie_counts(scores, rows[s : s + pair_slice], y[s : s + pair_slice])
+             for s in range(0, max(len(y), 1), pair_slice)]
+    return torch.cat([g for g, _ in parts]), torch.cat([e for _, e in parts])
+
+
 def evaluate_users(method: Method, task: TaskInfo, data: TaskData, eval_batch: int = 512
                    ) -> tuple[dict[str, float], np.ndarray]:
     """Mean metrics over all pairs, and per user the SUM of the task's own metric over that
@@ -78,9 +98,10 @@ def evaluate_users(method: Method, task: TaskInfo, data: TaskData, eval_batch: i
     sums = dict.fromkeys(names, 0.0)
     per_user = np.zeros(data.n_users, dtype=np.float64)
     x_all = model_inputs(task.kind, data.inputs)
-    users_per_chunk = max(1, min(eval_batch, _MAX_CELLS // max(task.n_labels * max(counts.mean(), 1), 1)))
-    for lo in range(0, data.n_users, int(users_per_chunk)):
-        hi = min(lo + int(users_per_chunk), data.n_users)
+    step = chunk_users(task.n_labels * max(counts.mean(), 1), eval_batch)  # scores: users x labels
+    pair_slice = chunk_users(task.n_labels, MAX_CELLS)  # scores[rows]: pairs x labels, for any user's targets
+    for lo in range(0, data.n_users, step):
+        hi = min(lo + step, data.n_users)
         x = torch.from_numpy(x_all[lo:hi]).to(method.device)
         scores = method.score(task.name, x).float()
         if scores.shape != (hi - lo, task.n_labels):
@@ -91,7 +112,7 @@ def evaluate_users(method: Method, task: TaskInfo, data: TaskData, eval_batch: i
         c = counts[lo:hi]
         rows = torch.from_numpy(np.repeat(np.arange(hi - lo), c)).to(scores.device)
         y = torch.from_numpy(labels[ptr[lo] : ptr[hi]]).to(scores.device)
-        greater, equal = tie_counts(scores, rows, y)
+        greater, equal = sliced_tie_counts(scores, rows, y, pair_slice)
         part = (accuracy_values(greater, equal) if task.kind == "classify"
                 else ranking_values(tie_aware_rank(greater, equal)))
         for k in names:

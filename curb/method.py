@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Literal
 
@@ -82,6 +83,9 @@ class TrainConfig:
     round_steps: int = 0  # a validation round makes whole passes until at least this many steps
     eval_batch: int = 512  # users scored per chunk
     ignore_pad: bool = False  # T1 loss: skip padding targets (reference counts them)
+    # T1 loss: None = full softmax; a float in (0, 1] = that share of the vocabulary, an int = that
+    # many items, drawn uniformly per step as negatives shared by the batch (sampled softmax, §4.1)
+    t1_negatives: int | float | None = None
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast forward passes (for GPUs)
     compile: bool = False  # torch.compile each method's training loss (first steps compile)
 
@@ -97,6 +101,18 @@ class TrainConfig:
             raise ValueError(f"train.pairs_per_user must be >= 1 or none, got {self.pairs_per_user}")
         if self.round_steps < 0:
             raise ValueError(f"train.round_steps must be >= 0, got {self.round_steps}")
+        v = self.t1_negatives
+        if v is not None and (isinstance(v, bool) or not (isinstance(v, int) and v >= 1
+                                                           or isinstance(v, float) and 0 < v <= 1)):
+            raise ValueError(f"train.t1_negatives must be none, a share of the vocabulary in (0, 1] (written with a "
+                             f"decimal point) or a count >= 1, got {v!r}")
+
+    def t1_negative_count(self, n_labels: int) -> int | None:
+        """Negatives a sampled next-item step draws from `n_labels` items; None: full softmax."""
+        v = self.t1_negatives
+        if v is None:
+            return None
+        return min(n_labels, max(1, round(v * n_labels)) if isinstance(v, float) else v)
 
 
 @dataclass
@@ -148,6 +164,35 @@ def inputs_for(kind: str, full: Tensor) -> Tensor:
     """What a task of `kind` reads from whole sequences: a next-item task predicts the last item
     from the rest (as the evaluator scores it), any other task reads everything."""
     return full[:, :-1] if kind == "next_item" else full
+
+
+def sampled_softmax_ce(h: Tensor, head: nn.Linear, y: Tensor, n_negatives: int, rng: np.random.Generator,
+                       ignore_index: int = -100) -> Tensor:
+    """Mean cross-entropy of the targets `y` (any shape; `ignore_index` entries skipped) from the
+    representations `h` [..., f], with a softmax over a candidate subset of `head`'s rows.
+
+    Candidates: every target of the batch (each row's own target and, for every other row, an
+    in-batch negative) plus `n_negatives` ids drawn uniformly without replacement from all of
+    `head`'s rows with `rng`, shared by the whole batch. Only the candidates' weight rows are read,
+    so only they receive gradient. logQ correction: a batch target is a candidate with probability
+    1, any other id with probability q = n_negatives / |rows|, so the logits of sampled non-targets
+    get -log q; the sum of exponentials is then an unbiased estimate of the full softmax's, and
+    with n_negatives = |rows| (q = 1) the loss IS the full-softmax cross-entropy.
+    """
+    n_rows = head.out_features
+    y = y.reshape(-1)
+    keep = y != ignore_index
+    pos = y[keep]
+    neg = torch.from_numpy(rng.choice(n_rows, size=n_negatives, replace=False, shuffle=False)).to(y.device)
+    cand, inverse = torch.unique(torch.cat([pos, neg]), return_inverse=True)  # sorted, no duplicates
+    target = inverse[: len(pos)]
+    sampled_only = torch.ones(len(cand), dtype=torch.bool, device=cand.device)
+    sampled_only[target] = False
+    bias = head.bias[cand]
+    if n_negatives < n_rows:
+        bias = bias + sampled_only * math.log(n_rows / n_negatives)
+    logits = F.linear(h.reshape(-1, h.shape[-1])[keep], head.weight[cand], bias)
+    return F.cross_entropy(logits, target)
 
 
 def task_loss(logits: Tensor, batch: Batch, ignore_pad: bool = False) -> Tensor:
@@ -232,10 +277,39 @@ class Method:
         raise NotImplementedError(
             f"method {self.name!r} exposes no user representation: it does not implement Method.represent()")
 
+    def head(self, task: str) -> nn.Linear:
+        """The head of task `task` (logits = head(represent(...))): the sampled T1 softmax
+        (`train.t1_negatives`) reads only some of its rows."""
+        raise NotImplementedError(
+            f"method {self.name!r} cannot train T1 with a sampled softmax (train.t1_negatives): it does not "
+            "implement Method.head() and Method.represent(); leave train.t1_negatives at none")
+
     def loss(self, task: TaskInfo, batch: Batch) -> Tensor:
+        if batch.rows is None and self.setup.train.t1_negatives is not None:  # sampled T1: through the head
+            h = self.represent(task.name, batch.x, train=True, all_positions=True, batch=batch)
+            return self.head_loss(task, h, batch)
         logits = self.forward_logits(task.name, batch.x, train=True,
                                      all_positions=batch.rows is None, batch=batch)
         return task_loss(logits, batch, self.setup.train.ignore_pad)
+
+    def head_loss(self, task: TaskInfo, h: Tensor, batch: Batch) -> Tensor:
+        """The training cross-entropy of `batch` from the representations `h` its head reads: the
+        one place a next-item batch switches to the sampled softmax (`train.t1_negatives`)."""
+        if batch.rows is None and self.setup.train.t1_negatives is not None:
+            y = batch.y.masked_fill(batch.y == 0, -100) if self.setup.train.ignore_pad else batch.y
+            return self.next_item_loss(task.name, h, y)
+        return task_loss(self.head(task.name)(h), batch, self.setup.train.ignore_pad)
+
+    def next_item_loss(self, task: str, h: Tensor, y: Tensor) -> Tensor:
+        """Mean next-item cross-entropy of the targets `y` (-100: not a target) from the
+        representations `h` [..., f]: a full softmax, or the sampled one of `train.t1_negatives`
+        with negatives from the method's seeded generator."""
+        head = self.head(task)
+        n_neg = self.setup.train.t1_negative_count(head.out_features)
+        if n_neg is None:
+            logits = head(h)
+            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        return sampled_softmax_ce(h, head, y, n_neg, self.rng)
 
     def before_step(self, task: TaskInfo) -> None:
         """After backward, before the optimiser step (gradient surgery)."""
@@ -363,14 +437,17 @@ class Method:
 
 
 class OneModelViews:
-    """`forward_logits` and `represent` of a method whose whole state is one plain model
+    """`forward_logits`, `represent` and `head` of a method whose whole state is one plain model
     `self.model` (a backbone and one head per task): FineTune and its descendants, MTL."""
 
     model: Any
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch: Batch | None = None) -> Tensor:
-        return self.model.heads[task](self.represent(task, x, all_positions=all_positions))
+        return self.head(task)(self.represent(task, x, all_positions=all_positions))
+
+    def head(self, task: str) -> nn.Linear:
+        return self.model.heads[task]
 
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch: Batch | None = None) -> Tensor:

@@ -254,28 +254,33 @@ class _StepBar:
             self.bar = None
 
 
+def t1_cache_name(stream: TaskStream, cfg: RunConfig, seed: int, device: torch.device) -> str:
+    """The file name of a shared T1 model: a digest of everything it depends on (sequences, T1
+    task, split, backbone with its text-init rows, T1 training protocol including a sampled
+    softmax, seed, device type and, on CPU, the torch thread count, since float reductions differ
+    with it) and nothing else, so all methods and orders share one entry."""
+    t1 = stream.tasks[0]
+    train_key = {k: v for k, v in dataclasses.asdict(cfg.train).items()
+                 if k in ("t1_lr", "t1_batch", "t1_epochs", "patience", "ignore_pad", "select", "round_steps")}
+    if cfg.train.t1_negatives is not None:  # only when set: full-softmax keys match those written before the knob
+        train_key["t1_negatives"] = cfg.train.t1_negatives
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(stream.sequences).tobytes())
+    h.update(canonical({"n_items": stream.vocab_at(0), "task": t1.name, "split": dataclasses.asdict(cfg.split),
+                        "backbone": cfg.backbone.model_key(), "seed": seed, "train": train_key,
+                        "device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None,
+                        }).encode())
+    return f"t1-{h.hexdigest()[:16]}.pt"
+
+
 def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunConfig, seed: int,
                  device: torch.device, cache_dir: Path, fitter: Fitter) -> Callable[[], PlainModel]:
-    """Returns a function giving the plain pre-trained T1 model (trained once, then cached).
-
-    The cache key covers everything the T1 model depends on (sequences, T1 task, split, backbone
-    with its text-init rows, T1 training protocol, seed, device type and, on CPU, the torch
-    thread count, since float reductions differ with it) and nothing else, so all methods and
-    orders share one entry.
-    The returned function closes over T1's train/val data only, never over the stream.
+    """Returns a function giving the plain pre-trained T1 model (trained once, then cached under
+    `t1_cache_name`). The returned function closes over T1's train/val data only, never over the stream.
     """
     t1 = stream.tasks[0]
     info, n_items = task_info(t1), stream.vocab_at(0)
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(stream.sequences).tobytes())
-    h.update(canonical({"n_items": n_items, "task": t1.name, "split": dataclasses.asdict(cfg.split),
-                        "backbone": cfg.backbone.model_key(), "seed": seed,
-                        "train": {k: v for k, v in dataclasses.asdict(cfg.train).items()
-                                  if k in ("t1_lr", "t1_batch", "t1_epochs", "patience", "ignore_pad", "select",
-                                           "round_steps")},
-                        "device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None,
-                        }).encode())
-    path = cache_dir / f"t1-{h.hexdigest()[:16]}.pt"
+    path = cache_dir / t1_cache_name(stream, cfg, seed, device)
 
     def provide() -> PlainModel:
         blob = None

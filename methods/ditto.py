@@ -185,8 +185,7 @@ class Ditto(Teracon):
         y[y >= task.n_labels] = -100  # items newer than the task's head can score are not targets
         if self.setup.train.ignore_pad:
             y[y == 0] = -100
-        logits = self.net.logits(task.name, x, mask, all_positions=True)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
+        return self.next_item_loss(task.name, self.net.represent(x, mask, all_positions=True), y)
 
     def contrast(self, x: Tensor, mask: Tensor) -> Tensor:
         """BKT to a past recommendation task: NT-Xent between a deleted and a substituted view."""

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, NextItNet, make_head
-from curb.method import Batch, Knob, Method, Setup, TaskInfo, anneal, readout, register, task_loss
+from curb.method import Batch, Knob, Method, Setup, TaskInfo, anneal, readout, register
 from curb.metrics import mask_similarity
 
 
@@ -116,8 +116,7 @@ class Hat(Method):
     def loss(self, task: TaskInfo, batch: Batch) -> Tensor:
         self._s = anneal(batch.index, batch.n_batches, self.cfg.smax)
         g = self.gates(task.name, self._s)
-        logits = self._logits(task.name, batch.x, g, all_positions=batch.rows is None)
-        ce = task_loss(logits, batch, self.setup.train.ignore_pad)
+        ce = self.head_loss(task, self._represent(batch.x, g, all_positions=batch.rows is None), batch)
         return ce if self._plain_t1_stage() else ce + self.cfg.lam * self.regulariser(g)
 
     def _plain_t1_stage(self) -> bool:
@@ -143,7 +142,10 @@ class Hat(Method):
     # ------------------------------------------------------------------ forward
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch: Batch | None = None) -> Tensor:
-        return self.net.heads[task](self.represent(task, x, train=train, all_positions=all_positions, batch=batch))
+        return self.head(task)(self.represent(task, x, train=train, all_positions=all_positions, batch=batch))
+
+    def head(self, task: str) -> nn.Linear:
+        return self.net.heads[task]
 
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch: Batch | None = None) -> Tensor:
@@ -152,9 +154,6 @@ class Hat(Method):
 
     def _represent(self, x: Tensor, gates: Tensor, all_positions: bool) -> Tensor:
         return readout(self.net.backbone(x, Hooks(gates=[(g[0], g[1]) for g in gates])), all_positions)
-
-    def _logits(self, task: str, x: Tensor, gates: Tensor, all_positions: bool) -> Tensor:
-        return self.net.heads[task](self._represent(x, gates, all_positions))
 
     def _norms(self) -> list[nn.LayerNorm]:
         return [ln for b in self.net.backbone.blocks for ln in (b.ln1, b.ln2)]

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from curb.backbone import PlainModel
-from curb.method import Batch, Knob, Method, OneModelViews, Setup, TaskData, TaskInfo, register, task_loss
+from curb.method import Batch, Knob, Method, OneModelViews, Setup, TaskData, TaskInfo, register
 from curb.training import FitLog, batches, select
 
 
@@ -57,9 +57,7 @@ class MTL(OneModelViews, Method):
 
     def joint_loss(self, batch_of: list[Batch]) -> Tensor:
         """sum_i w_i CE_i over one mini-batch of every task (aligned with `self.tasks`)."""
-        ignore_pad = self.setup.train.ignore_pad
-        return sum(w * task_loss(self.forward_logits(t.name, b.x, train=True, all_positions=b.rows is None),
-                                 b, ignore_pad)
+        return sum(w * self.head_loss(t, self.represent(t.name, b.x, train=True, all_positions=b.rows is None), b)
                    for t, b, w in zip(self.tasks, batch_of, self.weights()))
 
     def _endless(self, data: TaskData) -> Iterator[Batch]:

@@ -110,8 +110,10 @@ class PeterRec(Method):
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch: Batch | None = None) -> Tensor:
-        head = self.adapters[task].head if task in self.adapters else self.base.heads[task]
-        return head(self.represent(task, x, all_positions=all_positions))
+        return self.head(task)(self.represent(task, x, all_positions=all_positions))
+
+    def head(self, task: str) -> nn.Linear:
+        return self.adapters[task].head if task in self.adapters else self.base.heads[task]
 
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch: Batch | None = None) -> Tensor:

@@ -149,7 +149,10 @@ class Piggyback(Method):
     # ------------------------------------------------------------------ forward
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch=None) -> Tensor:
-        return self.model.heads[task](self.represent(task, x, all_positions=all_positions))
+        return self.head(task)(self.represent(task, x, all_positions=all_positions))
+
+    def head(self, task: str) -> nn.Linear:
+        return self.model.heads[task]
 
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch=None) -> Tensor:

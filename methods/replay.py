@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from curb.method import Batch, Knob, TaskData, TaskInfo, inputs_for, register, task_loss
+from curb.method import Batch, Knob, TaskData, TaskInfo, inputs_for, register
 from curb.training import batches
 
 from .finetune import FineTune, take_users
@@ -83,8 +83,8 @@ class Replay(FineTune):
         if self.cfg.beta:
             batch = next(batches(take_users(buf.data, self.rng.choice(buf.data.n_users, n, replace=False)),
                                  ONE_BATCH, self.rng, self.device))
-            logits = self.forward_logits(task.name, batch.x, train=True, all_positions=batch.rows is None)
-            loss = loss + self.cfg.beta * task_loss(logits, batch, self.setup.train.ignore_pad)
+            h = self.represent(task.name, batch.x, train=True, all_positions=batch.rows is None)
+            loss = loss + self.cfg.beta * self.head_loss(task, h, batch)  # T1's: sampled if train.t1_negatives
         return loss
 
     def loss(self, task: TaskInfo, batch: Batch) -> Tensor:

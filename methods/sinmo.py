@@ -44,7 +44,10 @@ class SinMo(Method):
         return self.models[task.name].parameters()
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False, batch=None) -> Tensor:
-        return self.models[task].heads[task](self.represent(task, x, all_positions=all_positions))
+        return self.head(task)(self.represent(task, x, all_positions=all_positions))
+
+    def head(self, task: str) -> nn.Linear:
+        return self.models[task].heads[task]
 
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch=None) -> Tensor:

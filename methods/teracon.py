@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import BackboneConfig, Hooks, NextItNet, make_head
-from curb.method import (Batch, Knob, Method, Setup, TaskInfo, anneal, full_sequences, inputs_for, readout, register,
-                         task_loss)
+from curb.method import Batch, Knob, Method, Setup, TaskInfo, anneal, full_sequences, inputs_for, readout, register
 from curb.metrics import mask_similarity
 
 
@@ -220,7 +219,10 @@ class Teracon(Method):
     # ------------------------------------------------------------------ forward and loss
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch: Batch | None = None) -> Tensor:
-        return self.net.heads[task](self.represent(task, x, train=train, all_positions=all_positions, batch=batch))
+        return self.head(task)(self.represent(task, x, train=train, all_positions=all_positions, batch=batch))
+
+    def head(self, task: str) -> nn.Linear:
+        return self.net.heads[task]
 
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch: Batch | None = None) -> Tensor:
@@ -237,8 +239,7 @@ class Teracon(Method):
     def loss(self, task: TaskInfo, batch: Batch) -> Tensor:
         s = anneal(batch.index, batch.n_batches, self.cfg.smax)
         m_cur = self.mask(task.name, s)
-        logits = self.net.logits(task.name, batch.x, m_cur, all_positions=batch.rows is None)
-        loss = task_loss(logits, batch, self.setup.train.ignore_pad)
+        loss = self.head_loss(task, self.net.represent(batch.x, m_cur, all_positions=batch.rows is None), batch)
         if self.teacher is None:  # T1 stage
             return loss + self.cfg.t1_mask_reg * m_cur.mean() if self.cfg.t1_mask_reg else loss
         extra = self.transfer(batch, m_cur, s)

@@ -165,6 +165,7 @@ RUN_KEYS = {
     "train.t2_lr": _mostly(st.floats(1e-5, 0.5).map(repr), BAD + ["none"]),
     "train.batch": _mostly(st.integers(1, 300).map(str), BAD), "train.t1_batch": _mostly(st.integers(1, 64).map(str), BAD),
     "train.eval_batch": _mostly(st.integers(1, 64).map(str), BAD), "train.ignore_pad": st.sampled_from(["true", "false", "2"]),
+    "train.t1_negatives": _mostly(st.sampled_from(["0.2", "0.05", "1.0", "40", "none"]), BAD + ["1.5", "0.0"]),
     "backbone.channels": _mostly(st.integers(1, 24).map(str), BAD), "backbone.kernel": _mostly(st.integers(1, 4).map(str), BAD),
     "backbone.dilations": _mostly(st.lists(st.integers(1, 6), min_size=1, max_size=3).map(lambda v: ",".join(map(str, v))),
                                   BAD + ["1,0", "1,-2", ","]),

@@ -102,11 +102,11 @@ def test_backward_transfer_trains_the_next_item_task_on_users_with_the_most_new_
     assert len(cand) > n
     want = cand[torch.sort(counts[cand], descending=True, stable=True).indices[:n]]
     calls = []
-    real = m.net.logits
-    monkeypatch.setattr(m.net, "logits", lambda task, x, mask, all_positions=False: calls.append((task, x)) or
-                        real(task, x, mask, all_positions))
+    real = m.net.represent
+    monkeypatch.setattr(m.net, "represent", lambda x, mask, all_positions=False: calls.append((all_positions, x)) or
+                        real(x, mask, all_positions))
     m.loss(t2, b)
-    (task, x), = [c for c in calls if c[0] == "T1"]
+    (_, x), = [c for c in calls if c[0]]  # the only read of every position: T1's next-item objective
     assert torch.equal(x, seqs[want, :-1])  # next-item training on the chosen users' T1 view
     (_, y, *_), = spy.calls
     assert torch.equal(y[y != -100], seqs[want, 1:][seqs[want, 1:] < 37])  # new items are no T1 targets

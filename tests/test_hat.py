@@ -152,7 +152,7 @@ def test_t1_stage_teracon_drops_regulariser_and_compensation_in_t1_only(stage):
     batch = Batch(x[:, :-1], x[:, 1:], None, index=1, n_batches=4)
     loss = m.loss(t1, batch)
     g = m.gates("T1", anneal(1, 4, m.cfg.smax))
-    ce = torch.nn.functional.cross_entropy(m._logits("T1", x[:, :-1], g, True).reshape(-1, t1.n_labels),
+    ce = torch.nn.functional.cross_entropy(m.head("T1")(m._represent(x[:, :-1], g, True)).reshape(-1, t1.n_labels),
                                            x[:, 1:].reshape(-1))
     want = ce if stage == "teracon" else ce + m.cfg.lam * m.regulariser(g)
     assert float(loss) == pytest.approx(float(want), rel=1e-6)
@@ -166,5 +166,5 @@ def test_t1_stage_teracon_drops_regulariser_and_compensation_in_t1_only(stage):
     m.begin_task(t2)
     b2 = Batch(h.x("T2", 8), torch.zeros(8, dtype=torch.long), torch.arange(8), index=0, n_batches=2)
     g2 = m.gates("T2", anneal(0, 2, m.cfg.smax))
-    ce2 = torch.nn.functional.cross_entropy(m._logits("T2", b2.x, g2, False), b2.y)
+    ce2 = torch.nn.functional.cross_entropy(m.head("T2")(m._represent(b2.x, g2, False)), b2.y)
     assert float(m.loss(t2, b2)) == pytest.approx(float(ce2 + m.cfg.lam * m.regulariser(g2)), rel=1e-6)

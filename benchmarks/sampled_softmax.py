@@ -10,9 +10,10 @@ training seconds per epoch, and the ratios sampled / full.
 
 `ttl`: one TERACON epoch per task on the 1 % TTL-shaped stream (646 K items, 100-item sequences)
 with the sampled T1. T1's epoch is timed over `--t1-steps` steps and extrapolated to the pass's
-step count (said in the output); every later task runs one whole epoch. Validation is timed apart
-(T1's on `--t1-val-users` users, extrapolated). Peak resident memory is sampled while each task
-is learned.
+step count (said in the output); every later task runs one whole epoch unless `--steps` caps it
+the same way. Validation is timed apart (T1's on `--t1-val-users` users, later tasks' on
+`--val-users`, extrapolated). Peak resident memory is sampled while each task is learned, and on
+`--device cuda` the peak GPU memory too (benchmarks/gpu.sh step 5 runs the full-scale stream).
 
     python benchmarks/sampled_softmax.py ttl --negatives 0.2 --t1-steps 8
     python benchmarks/sampled_softmax.py ttl --negatives 8192 --t1-steps 32 --tasks 1   # T1 only
@@ -86,45 +87,61 @@ def head_users(data: TaskData, n: int) -> TaskData:
     return TaskData(data.task, data.inputs[:n], data.ptr[: n + 1], data.labels[: data.ptr[n]])
 
 
+def head_steps(data: TaskData, steps: int, batch: int, next_item: bool) -> TaskData:
+    """The first users of `data` that fill about `steps` steps of `batch` (sequences for T1, pairs after)."""
+    n = steps * batch if next_item else int(np.searchsorted(data.ptr, steps * batch, side="right")) - 1
+    return head_users(data, max(n, 1))
+
+
 def run_ttl(args: argparse.Namespace) -> None:
     sets = {"train.t1_negatives": args.negatives, "train.t1_epochs": "1", "train.epochs": "1"}
     spec = CellSpec("teracon", args.dataset, seed=0, overrides=tuple(sorted(sets.items())))
     cfg, stream = resolve_config(spec), build_stream(spec, None)
     ev = Evaluator(stream, cfg.split, cfg.train.eval_batch)
-    fitter = Fitter(cfg, lambda *_: None)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
     torch.manual_seed(0)
     setup = Setup(stream.vocab_at(0), stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method,
-                  torch.device("cpu"), 0, pretrained_t1=None)
+                  device, 0, pretrained_t1=None)
     method = get_method("teracon")(setup)
     rows = []
     for j, name in enumerate(stream.task_names[: args.tasks]):
         info, train, val = ev.info(name), ev.train_data(name), ev.val_data(name)
-        n_train = train.n_users
-        full_steps = math.ceil(train.n_users / cfg.train.t1_batch) if j == 0 else None
-        if j == 0:  # a fixed number of steps, extrapolated to the pass
-            train = head_users(train, args.t1_steps * cfg.train.t1_batch)
+        t1 = info.kind == "next_item"
+        batch = cfg.train.t1_batch if t1 else cfg.train.batch
+        full_steps = math.ceil((train.n_users if t1 else train.n_pairs) / batch)
+        cap = args.t1_steps if t1 else args.steps
+        timed = head_steps(train, cap, batch, t1) if cap is not None and cap < full_steps else train
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
         with PeakRSS() as rss:
             method.tasks.append(info)
             method.begin_task(info)
             opt = method.make_optimizer(info)
             t0 = time.perf_counter()
-            _, steps = train_epoch(method, info, train, opt, cfg.train.t1_batch if j == 0 else cfg.train.batch,
-                                   pairs_per_user=cfg.train.pairs_per_user)
+            _, steps = train_epoch(method, info, timed, opt, batch, pairs_per_user=cfg.train.pairs_per_user)
+            if cuda:
+                torch.cuda.synchronize(device)
             secs = time.perf_counter() - t0
-            vdata = head_users(val, args.t1_val_users) if j == 0 else val
+            vdata = head_users(val, args.t1_val_users if t1 else args.val_users or val.n_users)
             t0 = time.perf_counter()
             evaluate_data(method, info, vdata, cfg.train.eval_batch, with_loss=True)
             val_s = (time.perf_counter() - t0) * val.n_users / vdata.n_users
             method.end_task(info)
-        epoch_s = secs * full_steps / steps if j == 0 else secs
-        rows.append([name, info.kind, f"{info.n_labels:,}", f"{n_train:,}",
-                     f"{full_steps or steps}" + (f" ({steps} timed)" if j == 0 else ""), f"{secs / steps:.2f}",
-                     f"{epoch_s:.0f}" + (" (extrapolated)" if j == 0 else ""), f"{val_s:.0f}", f"{rss.peak / 1024:.2f}"])
+        extrapolated = steps < full_steps
+        epoch_s = secs * full_steps / steps
+        gpu = f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f}" if cuda else "-"
+        rows.append([name, info.kind, f"{info.n_labels:,}", f"{train.n_users:,}",
+                     f"{full_steps}" + (f" ({steps} timed)" if extrapolated else ""), f"{secs / steps:.3f}",
+                     f"{epoch_s:.0f}" + (" (extrapolated)" if extrapolated else ""),
+                     f"{val_s:.0f}" + (" (extrapolated)" if vdata.n_users < val.n_users else ""),
+                     f"{rss.peak / 1024:.2f}", gpu])
         print(rows[-1], flush=True)
     print(f"TERACON, one epoch per task on {args.dataset} ({stream.n_users:,} users, {stream.n_items:,} items), "
-          f"preset {cfg.preset}, train.t1_negatives={args.negatives}; {torch.get_num_threads()} thread(s)")
+          f"preset {cfg.preset}, train.t1_negatives={args.negatives}, device {device}; "
+          f"{torch.get_num_threads()} thread(s)")
     print(tabulate(rows, headers=["task", "kind", "labels", "train users", "steps", "s/step", "s/epoch",
-                                  "validation s", "peak RSS GiB"], tablefmt="github"))
+                                  "validation s", "peak RSS GiB", "peak GPU GiB"], tablefmt="github"))
 
 
 def main() -> None:
@@ -141,6 +158,11 @@ def main() -> None:
     ttl.add_argument("--t1-steps", type=int, default=8)
     ttl.add_argument("--t1-val-users", type=int, default=32)
     ttl.add_argument("--tasks", type=int, default=None, help="only the first N tasks (default: all)")
+    ttl.add_argument("--steps", type=int, default=None,
+                     help="time this many steps of each later task and extrapolate (default: the whole epoch)")
+    ttl.add_argument("--val-users", type=int, default=None,
+                     help="validation users timed per later task, extrapolated (default: all)")
+    ttl.add_argument("--device", default="cpu", help="cpu or cuda")
     for p in (ml, ttl):
         p.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()

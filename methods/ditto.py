@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from curb.method import Batch, Knob, TaskInfo, full_sequences, inputs_for, register
+from curb.method import Batch, Knob, TaskInfo, full_sequences, inputs_for, register, task_loss
 
 from .teracon import Teracon, relation_rate
 
@@ -124,6 +124,11 @@ class Ditto(Teracon):
         self.vocab_of[task.name] = self.n_items
 
     # ------------------------------------------------------------------ the transfers
+    def stage_loss(self, task: TaskInfo, batch: Batch, m_cur: Tensor, s: float) -> Tensor:
+        """A later task's loss: its CE + DITTO's transfers, in place of TERACON's retention."""
+        logits = self.net.logits(task.name, batch.x, m_cur, all_positions=batch.rows is None)
+        return task_loss(logits, batch, self.setup.train.ignore_pad) + self.transfer(batch, m_cur, s)
+
     def transfer(self, batch: Batch, m_cur: Tensor, s: float) -> Tensor:
         """α·FKT + β·BKT(next-item task) + γ·BKT(past recommendation tasks) on this batch; updates ρ."""
         cfg = self.cfg

@@ -4,10 +4,16 @@ Each method runs in its own subprocess (so its peak memory is its own): it learn
 shared pre-trained T1 model is trained once and cached under --cache; methods with their own
 T1 stage run it with --t1-epochs), then learns the target task for --epochs epochs per phase.
 Reported per phase: seconds per epoch of the training loop (the fit log's epoch time, without
-validation), steps per epoch, the wall time of the whole task (validation included), the peak
-resident memory sampled while the task was learned, and the process's lifetime peak (maxrss).
+validation), its ratio to the baseline method's (--baseline, SinMo) measured in the same round,
+steps per epoch, the wall time of the whole task (validation included), the peak resident memory
+sampled while the task was learned, and the process's lifetime peak (maxrss).
 
-    CURB_DATA=/work/shared/data python benchmarks/method_speed.py --methods piggyback,hat,conure
+A method entry may carry overrides after `@` (`teracon@teracon.sampling=none`, several joined by
+`;`); such a row also gets its ratio to the plain method's row. `--rounds R` runs the whole list R
+times, interleaved (A, B, C, A, B, C, ...), and reports medians over the rounds: a ratio is taken
+between runs of the same round, so a load that drifts over minutes moves both of its sides.
+
+    CURB_DATA=/work/shared/data python benchmarks/method_speed.py --methods sinmo,teracon,hat,conure,piggyback
 
 The numbers are only comparable between rows of one invocation (same machine and load).
 """
@@ -62,9 +68,10 @@ def child(args: argparse.Namespace) -> dict:
     from curb.runner import CellSpec, Fitter, _t1_provider, build_stream, resolve_config
 
     torch.set_num_threads(args.threads)
-    sets = dict(s.split("=", 1) for s in args.set)
+    name, _, extra = args.child.partition("@")
+    sets = dict(s.split("=", 1) for s in [*args.set, *filter(None, extra.split(";"))])
     sets.update({"train.t1_epochs": str(args.t1_epochs), "train.epochs": str(args.epochs)})
-    spec = CellSpec(args.child, args.dataset, seed=args.seed, preset=args.preset, overrides=tuple(sorted(sets.items())))
+    spec = CellSpec(name, args.dataset, seed=args.seed, preset=args.preset, overrides=tuple(sorted(sets.items())))
     cfg = resolve_config(spec)
     stream = build_stream(spec, args.data_dir)
     ev = Evaluator(stream, cfg.split, cfg.train.eval_batch)
@@ -76,7 +83,7 @@ def child(args: argparse.Namespace) -> dict:
     setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, args.seed,
                   pretrained_t1=_t1_provider(stream, ev.train_data(t1), ev.val_data(t1), cfg, args.seed, dev,
                                              Path(args.cache) / "t1", fitter))
-    method = get_method(args.child)(setup)
+    method = get_method(name)(setup)
     method.learn_task(ev.info(t1), ev.train_data(t1), ev.val_data(t1), fitter)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # pay torch's one-time optimiser imports outside the timing
     n_logs = len(fitter.logs)
@@ -96,29 +103,65 @@ def child(args: argparse.Namespace) -> dict:
             "threads": torch.get_num_threads(), "device": str(dev)}
 
 
-def table(rows: list[dict]) -> str:
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+
+def summarise(rounds: list[dict[str, dict]], baseline: str) -> list[dict]:
+    """One row per method: its last round's measurements with per-phase medians over the rounds of
+    s/epoch, of the ratio to the baseline's first phase in the same round, and (a variant
+    `name@...`) of the ratio to the plain `name` in the same round."""
+    out = []
+    for label in rounds[0]:
+        runs = [r[label] for r in rounds if "error" not in r[label]]
+        if not runs:
+            out.append(rounds[-1][label])
+            continue
+        row = dict(runs[-1], rounds=len(runs))
+        phases = []
+        for k, p in enumerate(row["phases"]):
+            def ratios(ref: str) -> list[float]:
+                return [r[label]["phases"][k]["s_per_epoch"] / r[ref]["phases"][0]["s_per_epoch"]
+                        for r in rounds if "error" not in r[label] and ref in r and "error" not in r[ref]]
+            base, plain = ratios(baseline), ratios(label.partition("@")[0]) if "@" in label else []
+            phases.append({**p, "s_per_epoch": _median([r["phases"][k]["s_per_epoch"] for r in runs]),
+                           "vs_baseline": _median(base) if base else None, "vs_plain": _median(plain) if plain else None})
+        out.append({**row, "phases": phases})
+    return out
+
+
+def table(rows: list[dict], baseline: str) -> str:
     from tabulate import tabulate
+
+    def ratio(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
 
     out = []
     for r in rows:
         if "error" in r:
-            out.append([r["method"], "-", "-", "-", "-", "-", "-", "-", r["error"]])
+            out.append([r["method"], "-", "-", "-", "-", "-", "-", "-", "-", "-", r["error"]])
             continue
         for k, p in enumerate(r["phases"]):
             first = k == 0
-            out.append([r["method"] if first else "", p["phase"], f"{p['s_per_epoch']:.1f}", p["steps"],
+            out.append([r["method"] if first else "", p["phase"], f"{p['s_per_epoch']:.1f}", ratio(p["vs_baseline"]),
+                        ratio(p["vs_plain"]), p["steps"],
                         f"{r['task_wall_s']:.1f}" if first else "",
                         f"{r['rss_before_mib']:.0f}" if first else "",
                         f"{r['peak_rss_task_mib']:.0f}" if first else "",
                         f"{r['maxrss_mib']:.0f}" if first else "", ""])
-    return tabulate(out, headers=["method", "phase", "s/epoch (train loop)", "steps/epoch", "task wall s (incl. val)",
-                                  "RSS before task (MiB)", "peak RSS during task (MiB)", "process maxrss (MiB)", "note"],
+    return tabulate(out, headers=["method", "phase", "s/epoch (train loop)", f"vs {baseline} (same round)",
+                                  "vs plain method", "steps/epoch", "task wall s (incl. val)", "RSS before task (MiB)",
+                                  "peak RSS during task (MiB)", "process maxrss (MiB)", "note"],
                     tablefmt="github", disable_numparse=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", default="sinmo,fineall,piggyback,hat,conure", help="comma list of method names")
+    p.add_argument("--methods", default="sinmo,teracon,hat,conure,piggyback",
+                   help="comma list of method names, each optionally NAME@KEY=VALUE;KEY=VALUE")
+    p.add_argument("--baseline", default="sinmo", help="the method every ratio is taken to (run it too)")
+    p.add_argument("--rounds", type=int, default=1, help="run the method list this many times, interleaved")
     p.add_argument("--dataset", default="ml")
     p.add_argument("--data-dir", type=Path, default=None, help="raw files (default: $CURB_DATA/<release>)")
     p.add_argument("--task", default="T2", help="the task whose epochs are timed")
@@ -136,17 +179,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args)), flush=True)
         return 0
-    rows = []
-    for m in [x.strip() for x in args.methods.split(",") if x.strip()]:
-        cmd = [sys.executable, __file__, "--child", m, *[a for a in (argv or sys.argv[1:])]]
-        print(f"[{m}] running ...", file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
-        lines = proc.stdout.strip().splitlines()
-        rows.append(json.loads(lines[-1]) if proc.returncode == 0 and lines else
-                    {"method": m, "error": f"exit code {proc.returncode}"})
-    print(table(rows))
+    methods = [x.strip() for x in args.methods.split(",") if x.strip()]
+    if args.baseline not in methods:
+        p.error(f"--baseline {args.baseline} must be one of --methods")
+    rounds: list[dict[str, dict]] = []
+    for k in range(args.rounds):
+        rounds.append({})
+        for m in methods:
+            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--child", m]
+            print(f"[round {k + 1}/{args.rounds}: {m}] running ...", file=sys.stderr, flush=True)
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+            lines = proc.stdout.strip().splitlines()
+            rounds[-1][m] = json.loads(lines[-1]) if proc.returncode == 0 and lines else \
+                {"method": m, "error": f"exit code {proc.returncode}"}
+            rounds[-1][m]["method"] = m
+    print(table(summarise(rounds, args.baseline), args.baseline))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps(rounds, indent=1))
     return 0
 
 

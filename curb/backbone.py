@@ -4,7 +4,8 @@ Block k (dilation d), post-LN:   h1 = ReLU(LN1(conv_d(E)));  h2 = ReLU(LN2(conv_
 
 Extension points, all passed per call through `Hooks` so one backbone serves every method:
 - `gates[k] = (g1, g2)`: multiply h1 / h2 after the ReLU (HAT, TERACON task masks); [f] or [B, f].
-- `conv_weight(i, W)`: effective kernel of conv i (0..2*blocks-1) (Piggyback, CONURE masks).
+- `conv_weight(i, W)`: effective kernel of conv i (0..2*blocks-1) (Piggyback, CONURE masks), or
+  that kernel already in the matmul's layout (`CausalConv.matrix`; a frozen model keeps it).
 - `conv_bias(i, b)`: effective bias of conv i (CONURE keeps biases at zero).
 - `patch(i, z, x)`: post-conv transform of conv i's output z given its input x (PeterRec patches).
 - `norms[k] = (ln1, ln2)`: replacement LayerNorm modules for block k (PeterRec's per-task LN2).
@@ -136,13 +137,19 @@ class CausalConv(nn.Module):
         bound = 1 / math.sqrt(channels * kernel)
         nn.init.uniform_(self.bias, -bound, bound)
 
+    def matrix(self, weight: Tensor) -> Tensor:
+        """Kernel [out, in, k] -> the matmul's [k * in, out]. A strided copy of the whole kernel: on
+        a small batch it costs more than the matmul, so a frozen model computes it once."""
+        return weight.permute(2, 1, 0).reshape(self.kernel * weight.shape[1], weight.shape[0])
+
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """x: [B, n, f] -> [B, n, f]; output t sees inputs t, t-d, ..., t-(k-1)d only."""
+        """x: [B, n, f] -> [B, n, f]; output t sees inputs t, t-d, ..., t-(k-1)d only. `weight` is
+        the kernel [out, in, k] or its `matrix` [k * in, out]."""
         n = x.shape[1]
         pad = (self.kernel - 1) * self.dilation
         xp = F.pad(x, (0, 0, pad, 0))
         shifted = torch.cat([xp[:, j * self.dilation : j * self.dilation + n] for j in range(self.kernel)], dim=-1)
-        w = weight.permute(2, 1, 0).reshape(self.kernel * weight.shape[1], weight.shape[0])
+        w = weight if weight.dim() == 2 else self.matrix(weight)
         return torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), w).view(x.shape[0], n, -1)
 
 

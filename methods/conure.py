@@ -33,6 +33,23 @@ class NoFreeWeightsError(ConfigError):
     because the remedy is a configuration change (fewer tasks, larger p, bigger backbone)."""
 
 
+class _Entries(torch.autograd.Function):
+    """w ⊙ keep forward (w itself when keep is None); the gradient reaches only the entries where
+    `learn` is 1. Both masks are float 0/1: on the CPU a product with a float mask is many times
+    faster than a select with a bool one, and g ⊙ 1[learn] equals where(learn, g, 0) for every
+    finite gradient (a non-finite one comes with a non-finite loss, whose step the fit loop skips)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, keep: Tensor | None, learn: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(learn)
+        return w.clone() if keep is None else w * keep
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        (learn,) = ctx.saved_tensors
+        return grad * learn, None, None
+
+
 class ConureNet(nn.Module):
     """Backbone, per-task heads and one ownership map (uint8, 0 = free) per conv kernel."""
 
@@ -71,6 +88,8 @@ class Conure(Method):
         self.phase: str | None = None  # "train" | "retrain" while the newest task is learned
         self.kept: dict[str, float] = {}  # realised share of all kernel entries each task owns
         self.new_rows = OwnedItemRows()
+        # float masks of the task being learned, per conv: ((tasks, phase), [(keep or None, learn)])
+        self._masks: tuple[tuple[int, str], list[tuple[Tensor | None, Tensor]]] | None = None
 
     def cutoff(self, j: int) -> float:
         """Share of every kernel task j (1-based) keeps: (1 − p_j) · Π_{l<j} p_l."""
@@ -115,6 +134,7 @@ class Conure(Method):
             owner.view(-1)[torch.topk(mag.view(-1), k).indices] = j
             owned, total = owned + k, total + owner.numel()
         self.kept[task.name] = owned / total
+        self._masks = None
 
     def end_task(self, task: TaskInfo) -> None:
         self.net.requires_grad_(False)  # everything task j trained is now frozen
@@ -147,13 +167,26 @@ class Conure(Method):
     def kernel(self, i: int, w: Tensor, task: str) -> Tensor:
         """Effective kernel i for `task`; gradient flows only into the entries now being learned."""
         j = self._index(task)
+        if j == len(self.tasks) and self.phase is not None:
+            keep, learn = self._phase_masks()[i]
+            return _Entries.apply(w, keep, learn)
         owner = self.net.owners()[i]
-        if j == len(self.tasks) and self.phase == "train":
-            return torch.where(owner == 0, w, w.detach())
-        used = (owner > 0) & (owner <= j)
-        if j == len(self.tasks) and self.phase == "retrain":
-            return torch.where(owner == j, w, w.detach() * used)
-        return w * used
+        return w * ((owner > 0) & (owner <= j))
+
+    def _phase_masks(self) -> list[tuple[Tensor | None, Tensor]]:
+        """Per conv, the newest task's (keep, learn) masks in its phase, built once per phase: train
+        uses the whole kernel and learns the free entries; retrain uses the entries of tasks 1..j and
+        learns task j's."""
+        j = len(self.tasks)
+        if self._masks is None or self._masks[0] != (j, self.phase):
+            out = []
+            for owner, w in zip(self.net.owners(), (c.weight for c in self.net.backbone.convs())):
+                if self.phase == "train":
+                    out.append((None, (owner == 0).to(w.dtype)))
+                else:
+                    out.append((((owner > 0) & (owner <= j)).to(w.dtype), (owner == j).to(w.dtype)))
+            self._masks = ((j, self.phase), out)
+        return self._masks[1]
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch=None) -> Tensor:
@@ -175,6 +208,10 @@ class Conure(Method):
 
     def extra_state(self) -> dict:
         return {"phase": self.phase, "kept": dict(self.kept), "new_rows_start": self.new_rows.start}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._masks = None  # the ownership maps were just loaded
 
     def load_extra_state(self, state: dict) -> None:
         for t in self.tasks:  # recreate per-task heads for the checkpoint to fill

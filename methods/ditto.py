@@ -124,6 +124,11 @@ class Ditto(Teracon):
         self.vocab_of[task.name] = self.n_items
 
     # ------------------------------------------------------------------ the transfers
+    def stage_loss(self, task: TaskInfo, batch: Batch, m_cur: Tensor, s: float) -> Tensor:
+        """A later task's loss: its CE + DITTO's transfers, in place of TERACON's retention."""
+        h = self.net.represent(batch.x, m_cur, all_positions=batch.rows is None)
+        return self.head_loss(task, h, batch) + self.transfer(batch, m_cur, s)
+
     def transfer(self, batch: Batch, m_cur: Tensor, s: float) -> Tensor:
         """α·FKT + β·BKT(next-item task) + γ·BKT(past recommendation tasks) on this batch; updates ρ."""
         cfg = self.cfg

@@ -37,7 +37,13 @@ from curb.metrics import mask_similarity
 
 def relation_rate(current: Tensor, past: Tensor, c: float) -> float:
     """Eq. 15: rho = 1 - (1/K) sum_k sigmoid(c * cos(m_k^{Ti}, m~_k^{Tj})); masks [K, f]."""
-    return 1.0 - torch.sigmoid(c * F.cosine_similarity(current, past, dim=-1, eps=1e-6)).mean().item()
+    return relation_rates(current, past[None], c)[0]
+
+
+def relation_rates(current: Tensor, past: Tensor, c: float) -> list[float]:
+    """Eq. 15 for every past task at once: current [K, f], past [J, K, f] -> J rates (one host read)."""
+    cos = F.cosine_similarity(current[None], past, dim=-1, eps=1e-6)
+    return [1.0 - v for v in torch.sigmoid(c * cos).mean(dim=-1).tolist()]
 
 
 class RelationMaps(nn.Module):
@@ -63,6 +69,18 @@ class TeraconNet(nn.Module):
         self.heads = nn.ModuleDict()
         self.emb = nn.ParameterDict()  # task -> [K, f]
         self.rel = nn.ModuleDict()  # task -> RelationMaps (absent in the T1 stage)
+        self.kernels: list[Tensor] | None = None  # a frozen copy (`frozen`) only: conv kernels as matmul matrices
+
+    def frozen(self) -> "TeraconNet":
+        """A frozen copy (the teacher): no gradients, and every conv kernel laid out for the matmul
+        once (the relayout of a kernel costs more than a pass over the few retained users)."""
+        net = copy.deepcopy(self).requires_grad_(False)
+        with torch.no_grad():
+            net.kernels = [c.matrix(c.weight) for c in net.backbone.convs()]
+        return net
+
+    def _hooks(self, gates: list) -> Hooks:
+        return Hooks(gates=gates, conv_weight=None if self.kernels is None else lambda i, w: self.kernels[i])
 
     def mask(self, task: str, others: list[str], s: float) -> Tensor:
         """Task mask [K, f] at temperature s; relation-aware once the task has relation maps."""
@@ -76,7 +94,16 @@ class TeraconNet(nn.Module):
 
     def represent(self, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
         gates = [(mask[2 * k], mask[2 * k + 1]) for k in range(len(self.backbone.blocks))]
-        return readout(self.backbone(x, Hooks(gates=gates)), all_positions)
+        return readout(self.backbone(x, self._hooks(gates)), all_positions)
+
+    def represent_rows(self, x: Tensor, masks: list[Tensor], counts: list[int]) -> Tensor:
+        """Backbone output at every position [B, n, f] of x whose consecutive row groups (counts[g]
+        rows each) are gated by their own mask [K, f]: rows of several tasks in one pass, each row
+        computed as in a pass of its own (the backbone's per-row gates [B, f])."""
+        if len(masks) == 1:
+            return self.represent(x, masks[0], all_positions=True)
+        rows = torch.cat([m[:, None].expand(-1, n, -1) for m, n in zip(masks, counts)], dim=1).unbind(0)  # K x [B, f]
+        return self.backbone(x, self._hooks(list(zip(rows[0::2], rows[1::2]))))
 
     def logits(self, task: str, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
         return self.heads[task](self.represent(x, mask, all_positions))
@@ -192,7 +219,7 @@ class Teracon(Method):
     def begin_task(self, task: TaskInfo) -> None:
         self._eval_masks.clear()
         if len(self.tasks) > 1:
-            self.teacher = copy.deepcopy(self.net).requires_grad_(False)
+            self.teacher = self.net.frozen()
             self.rho = [self.cfg.rho_init] * (len(self.tasks) - 1)
             self._stats = _StageStats(self.known()[:-1])
         self._add_task_modules(task)
@@ -239,46 +266,60 @@ class Teracon(Method):
     def loss(self, task: TaskInfo, batch: Batch) -> Tensor:
         s = anneal(batch.index, batch.n_batches, self.cfg.smax)
         m_cur = self.mask(task.name, s)
-        loss = self.head_loss(task, self.net.represent(batch.x, m_cur, all_positions=batch.rows is None), batch)
-        if self.teacher is None:  # T1 stage
-            return loss + self.cfg.t1_mask_reg * m_cur.mean() if self.cfg.t1_mask_reg else loss
-        extra = self.transfer(batch, m_cur, s)
-        return loss if extra is None else loss + extra
+        if self.teacher is not None:
+            return self.stage_loss(task, batch, m_cur, s)
+        h = self.net.represent(batch.x, m_cur, all_positions=batch.rows is None)  # T1 stage
+        loss = self.head_loss(task, h, batch)
+        return loss + self.cfg.t1_mask_reg * m_cur.mean() if self.cfg.t1_mask_reg else loss
 
-    def transfer(self, batch: Batch, m_cur: Tensor, s: float) -> Tensor | None:
-        """What a later task's loss adds to its CE: α · L_KR+, or nothing at all when α = 0."""
-        return self.cfg.alpha * self.retention(batch, m_cur, s) if self.cfg.alpha else None
+    def stage_loss(self, task: TaskInfo, batch: Batch, m_cur: Tensor, s: float) -> Tensor:
+        """A later task's loss: CE + α · L_KR+ (Eq. 16), exactly the CE alone when α = 0.
 
-    def retention(self, batch: Batch, m_cur: Tensor, s: float) -> Tensor:
-        """L_KR+ (Eq. 16) on sampled users of this batch; updates rho for the next step (Eq. 15)."""
+        The retained users' student pass joins the batch's own forward pass: one backbone pass over
+        the batch's rows and the sampled rows of every past task, each row gated by its own mask
+        (per-row gates, the same arithmetic as separate passes). A past task reads its position of
+        the whole sequence (causal convolutions: the sequence without its last item gives the same
+        output there). The teacher labels all past tasks' sampled rows in one pass too.
+        """
+        main_all = batch.rows is None
+        if not self.cfg.alpha:
+            return self.head_loss(task, self.net.represent(batch.x, m_cur, all_positions=main_all), batch)
         full = full_sequences(batch)
         n_users = full.shape[0]
         past = self.tasks[:-1]
         fixed = self.cfg.fixed_rate()
         rates = self.rho if fixed is None else [fixed] * len(past)
-        total = sum(rates)
+        counts = [self.retained_users(n_users, rate) for rate in rates]
+        # one draw per past task, in stream order (the order of the rng calls is part of the seed's meaning)
+        idx = torch.from_numpy(np.concatenate([self.rng.permutation(n_users)[:n] for n in counts])).to(full.device)
+        kept = full[idx]
         known, teacher_known = self.known(), self.known()[:-1]
+        with torch.no_grad():  # pseudo-labels: the teacher's Tj masks at the current annealed s
+            m_t = [self.teacher.mask(pt.name, self.others(pt.name, teacher_known), s) for pt in past]
+            h_t = self.teacher.represent_rows(kept, m_t, counts).split(counts)
+            targets = [self.teacher.heads[pt.name](readout(inputs_for(pt.kind, h), False)) for pt, h in zip(past, h_t)]
+            self.rho = relation_rates(m_cur.detach(), torch.stack(m_t), self.cfg.c)  # Eq. 15, for the next step
+        own = self.cfg.kr_student_mask == "own"
+        m_s = [self.net.mask(pt.name, self.others(pt.name, known), s) if own else m_cur for pt in past]
+        h = self.net.represent_rows(torch.cat([full, kept]), [m_cur, *m_s], [n_users, *counts])
+        h_main, *h_past = h.split([n_users, *counts])
+        h_task = readout(h_main[:, : batch.x.shape[1]], main_all)
         kr = full.new_zeros((), dtype=m_cur.dtype)
-        new_rho = []
-        for j, (pt, rate) in enumerate(zip(past, rates)):
-            n = max(1, math.floor(n_users * rate))  # never a mean over zero users (docs/protocol.md §9.3)
-            if self.cfg.kr_max_users is not None:
-                n = min(n, self.cfg.kr_max_users)
-            idx = torch.from_numpy(self.rng.permutation(n_users)[:n]).to(full.device)
-            xj = inputs_for(pt.kind, full[idx])
-            with torch.no_grad():  # pseudo-labels: the teacher's Tj mask at the current annealed s
-                m_t = self.teacher.mask(pt.name, self.others(pt.name, teacher_known), s)
-                target = self.teacher.logits(pt.name, xj, m_t)
-                new_rho.append(relation_rate(m_cur.detach(), m_t, self.cfg.c))
-            m_s = self.net.mask(pt.name, self.others(pt.name, known), s) if self.cfg.kr_student_mask == "own" else m_cur
-            kr = kr + (rate / total) * F.mse_loss(self.net.logits(pt.name, xj, m_s), target)
-            st = self._stats
-            st.rho[j] += new_rho[-1]
-            st.fraction[j] += n / n_users
-            st.users[j] += n
-        self._stats.steps += 1
-        self.rho = new_rho
-        return kr
+        total = sum(rates)
+        for pt, rate, hj, target in zip(past, rates, h_past, targets):
+            kr = kr + (rate / total) * F.mse_loss(self.net.heads[pt.name](readout(inputs_for(pt.kind, hj), False)), target)
+        st = self._stats
+        st.rho += self.rho
+        st.fraction += np.asarray(counts) / n_users
+        st.users += counts
+        st.steps += 1
+        return self.head_loss(task, h_task, batch) + self.cfg.alpha * kr
+
+    def retained_users(self, n_users: int, rate: float) -> int:
+        """max(1, floor(B ρ)) users of a batch of B for one past task (never a mean over zero users,
+        docs/protocol.md §9.3), at most `kr_max_users`."""
+        n = max(1, math.floor(n_users * rate))
+        return n if self.cfg.kr_max_users is None else min(n, self.cfg.kr_max_users)
 
     # ------------------------------------------------------------------ state
     def modules(self) -> dict[str, nn.Module]:

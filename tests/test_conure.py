@@ -4,6 +4,7 @@ the prune schedule, and a clear error once no free weight is left."""
 import pytest
 import torch
 
+from curb.backbone import Hooks
 from curb.methods.conure import NoFreeWeightsError
 
 from harness import Harness
@@ -77,6 +78,37 @@ def test_effective_kernels_and_gradients_per_phase():
             for j, old in enumerate(h.names[:2], start=1):  # old tasks: exactly their owned entries
                 assert torch.equal(m.kernel(i, w, old), w * ((o > 0) & (o <= j)))
         assert m.net.backbone.item_emb.weight.grad is None
+
+
+def _select_kernel(m, i, w, task_index):
+    """The kernel as selects (the formula before the float masks): the same values and gradients."""
+    owner = m.net.owners()[i]
+    if m.phase == "train":
+        return torch.where(owner == 0, w, w.detach())
+    return torch.where(owner == task_index, w, w.detach() * ((owner > 0) & (owner <= task_index)))
+
+
+def test_masked_kernels_equal_the_select_formula_bit_for_bit():
+    h = Harness("conure")
+    m = h.learn("T1", "T2")
+    task = h.ev.info("T3")
+    m.tasks.append(task)
+    m.begin_task(task)
+    x = h.x("T3", 16)
+    for phase in ("train", "retrain"):
+        if phase == "retrain":
+            m.prune(task)
+        m.phase = phase
+        m._set_trainable(task)
+        grads = []
+        for kernel in (m.kernel, lambda i, w, t: _select_kernel(m, i, w, 3)):
+            m.net.zero_grad(set_to_none=True)
+            out = m.net.heads["T3"](m.net.backbone(x, Hooks(conv_weight=lambda i, w: kernel(i, w, "T3")))[:, -1])
+            out.logsumexp(-1).sum().backward()
+            grads.append(([c.weight.grad.clone() for c in m.net.backbone.convs()], out.detach()))
+        (g_new, out_new), (g_old, out_old) = grads
+        assert torch.equal(out_new, out_old)
+        assert all(torch.equal(a, b) for a, b in zip(g_new, g_old))
 
 
 def test_no_free_weights_gives_a_clear_error():

@@ -104,7 +104,7 @@ def test_t1_stage_uses_plain_annealed_mask_and_optional_regulariser(make):
 
 
 def test_pseudo_labels_come_from_the_frozen_pre_task_model(make, monkeypatch):
-    h = make(**{"teracon.sampling": "fixed:0.5"})
+    h = make(**{"teracon.sampling": "fixed:0.5", "train.batch": "128"})
     h.learn("T1")
     pre = copy.deepcopy(h.method.net)
     t2 = h.ev.info("T2")
@@ -312,3 +312,55 @@ def test_kr_student_mask_knob(make, monkeypatch, choice):
     student, _ = spy.calls[1]  # T2's
     mask = m.mask("T2" if choice == "own" else "T3", s)
     assert torch.allclose(student, m.net.logits("T2", b.x[idx], mask), atol=1e-6)
+
+
+def _separate_passes_loss(m, task, b, s: float, counts: list[int], idx: list[torch.Tensor]) -> torch.Tensor:
+    """The retention loss written as separate passes (the formula before the passes were fused):
+    CE on the batch, then per past task a teacher pass and a student pass on its sampled users'
+    own inputs (the sequence without its last item for the next-item task)."""
+    full = b.x if b.rows is not None else torch.cat([b.x, b.y[:, -1:]], dim=1)
+    m_cur = m.mask(task.name, s)
+    loss = task_loss(m.net.logits(task.name, b.x, m_cur, all_positions=b.rows is None), b)
+    past, known = m.tasks[:-1], m.known()
+    rates = [float(n) for n in counts]  # any positive weights: the fused loss below is given the same
+    kr = 0.0
+    for pt, rate, ix in zip(past, rates, idx):
+        xj = full[ix, :-1] if pt.kind == "next_item" else full[ix]
+        with torch.no_grad():
+            target = m.teacher.logits(pt.name, xj, m.teacher.mask(pt.name, m.others(pt.name, known[:-1]), s))
+        student = m.net.logits(pt.name, xj, m.net.mask(pt.name, m.others(pt.name, known), s))
+        kr = kr + (rate / sum(rates)) * F.mse_loss(student, target)
+    return loss + m.cfg.alpha * kr
+
+
+def test_fused_retention_pass_equals_separate_passes(make):
+    """One backbone pass with per-row masks gives the loss and every gradient of the separate
+    teacher/student passes to float round-off (T3: two past tasks, the next-item one included)."""
+    h = make(**{"teracon.sampling": "fixed:0.5", "train.batch": "128"})
+    h.learn("T1", "T2")
+    m, t3 = h.method, h.ev.info("T3")
+    m.tasks.append(t3)
+    m.begin_task(t3)
+    with torch.no_grad():  # a teacher that differs from the student, so the MSE terms are not zero
+        for p in m.net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    b = h.batch("T3", index=1)
+    s = anneal(b.index, b.n_batches, m.cfg.smax)
+    replay = np.random.default_rng()
+    replay.bit_generator.state = m.rng.bit_generator.state
+    m.net.zero_grad(set_to_none=True)  # the last T2 step left its gradients
+    fused = m.loss(t3, b)
+    fused.backward()
+    grads = {k: p.grad.clone() for k, p in m.net.named_parameters() if p.grad is not None}
+    m.net.zero_grad(set_to_none=True)
+    n = m.retained_users(len(b.x), 0.5)
+    assert 1 < n < len(b.x)
+    idx = [torch.from_numpy(replay.permutation(len(b.x))[:n]) for _ in range(2)]
+    sep = _separate_passes_loss(m, t3, b, s, [n, n], idx)
+    sep.backward()
+    assert torch.allclose(fused, sep, rtol=1e-6, atol=1e-7)
+    assert grads.keys() == {k for k, p in m.net.named_parameters() if p.grad is not None}
+    assert "heads.T1.weight" in grads and "emb.T2" in grads  # retention reached both past tasks
+    for k, p in m.net.named_parameters():
+        if p.grad is not None:
+            assert torch.allclose(grads[k], p.grad, rtol=1e-5, atol=1e-7), k

@@ -34,7 +34,7 @@ from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
 from .records import SpecNames
 from .results import ResultError, canonical, load_result, load_sealed, pack_per_user, save_result, save_sealed
-from .streams import StreamError, TaskStream
+from .streams import TaskStream
 from .text import prepare as prepare_item_init
 from .training import FitLog, Selection, fit
 

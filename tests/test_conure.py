@@ -55,8 +55,8 @@ def test_masks_disjoint_top_magnitude_and_follow_the_schedule():
     assert rep["free_after"]["T3"] == pytest.approx(1 - m.cutoff(1) - m.cutoff(2) - m.cutoff(3), abs=1e-3)
 
 
-def test_effective_kernels_and_gradients_per_phase():
-    h = Harness("conure")
+def _t3_phases(h: Harness):
+    """CONURE after T1 and T2, in each phase of T3 (train, then retrain after pruning): (method, a T3 batch)."""
     m = h.learn("T1", "T2")
     task = h.ev.info("T3")
     m.tasks.append(task)
@@ -67,6 +67,13 @@ def test_effective_kernels_and_gradients_per_phase():
             m.prune(task)
         m.phase = phase
         m._set_trainable(task)
+        yield m, x
+
+
+def test_effective_kernels_and_gradients_per_phase():
+    h = Harness("conure")
+    for m, x in _t3_phases(h):
+        phase = m.phase
         m.net.zero_grad(set_to_none=True)
         m.forward_logits("T3", x, train=True).logsumexp(-1).sum().backward()
         for i, (conv, o) in enumerate(zip(m.net.backbone.convs(), m.net.owners())):
@@ -89,17 +96,7 @@ def _select_kernel(m, i, w, task_index):
 
 
 def test_masked_kernels_equal_the_select_formula_bit_for_bit():
-    h = Harness("conure")
-    m = h.learn("T1", "T2")
-    task = h.ev.info("T3")
-    m.tasks.append(task)
-    m.begin_task(task)
-    x = h.x("T3", 16)
-    for phase in ("train", "retrain"):
-        if phase == "retrain":
-            m.prune(task)
-        m.phase = phase
-        m._set_trainable(task)
+    for m, x in _t3_phases(Harness("conure")):
         grads = []
         for kernel in (m.kernel, lambda i, w, t: _select_kernel(m, i, w, 3)):
             m.net.zero_grad(set_to_none=True)

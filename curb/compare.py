@@ -173,7 +173,8 @@ def compare_table(group: Group, key: str, reference: str, *, seed: int = 0, n_bo
             rows[i][8] = f"{MARKS[verdict]} {verdict}"
     headers = ["method", "task", key, "seeds", "final score", "× pop", f"vs {key}={reference}: relative [95 % CI]",
                "p (Holm)", "verdict", "train s per cell"]
-    note = (f"Verdicts: a paired sign-flip test over the same test users, seeds pooled ({n_perm} flips), Holm-"
+    note = (f"Verdicts: a paired sign-flip test over the same test users and the seeds both arms ran, pooled "
+            f"({n_perm} flips; the score column shows every seed of the arm), Holm-"
             f"corrected over the comparisons of each task, α = {alpha}; ≈ = not significantly different from the "
             f"reference arm. Intervals: paired percentile bootstrap over users ({n_boot} resamples). × pop: the "
             "arm's mean score over the popularity baseline's on the same split. Train seconds: the cell's summed "

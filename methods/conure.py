@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from curb.backbone import Hooks, NextItNet, OwnedItemRows, make_head
 from curb.config import ConfigError
-from curb.method import Knob, Method, Setup, TaskData, TaskInfo, readout, register
+from curb.method import Knob, Method, Setup, TaskData, TaskInfo, register
 
 
 class NoFreeWeightsError(ConfigError):
@@ -197,7 +197,7 @@ class Conure(Method):
 
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch=None) -> Tensor:
-        return readout(self.net.backbone(x, Hooks(conv_weight=lambda i, w: self.kernel(i, w, task))), all_positions)
+        return self.net.backbone.read(x, Hooks(conv_weight=lambda i, w: self.kernel(i, w, task)), all_positions)
 
     def _index(self, task: str) -> int:
         return next(k for k, t in enumerate(self.tasks, 1) if t.name == task)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, NextItNet, make_head
-from curb.method import Batch, Knob, Method, Setup, TaskInfo, anneal, readout, register
+from curb.method import Batch, Knob, Method, Setup, TaskInfo, anneal, register
 from curb.metrics import mask_similarity
 
 
@@ -153,7 +153,7 @@ class Hat(Method):
         return self._represent(x, self.gates(task, s), all_positions)
 
     def _represent(self, x: Tensor, gates: Tensor, all_positions: bool) -> Tensor:
-        return readout(self.net.backbone(x, Hooks(gates=[(g[0], g[1]) for g in gates])), all_positions)
+        return self.net.backbone.read(x, Hooks(gates=[(g[0], g[1]) for g in gates]), all_positions)
 
     def _norms(self) -> list[nn.LayerNorm]:
         return [ln for b in self.net.backbone.blocks for ln in (b.ln1, b.ln2)]

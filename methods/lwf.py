@@ -103,9 +103,9 @@ class LwF(FineTune):
             key = old.kind == "next_item"
             if key not in student_h:
                 x = inputs_for(old.kind, full)
-                student_h[key] = self.model.backbone(x)[:, -1]
+                student_h[key] = self.model.backbone.read(x)
                 with torch.no_grad():
-                    teacher_h[key] = self.old.backbone(x)[:, -1]
+                    teacher_h[key] = self.old.backbone.read(x)
             with torch.no_grad():
                 target = self.old.heads[old.name](teacher_h[key])
             total = total + soft_cross_entropy(self.model.heads[old.name](student_h[key]), target,

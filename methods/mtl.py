@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from curb.backbone import PlainModel
-from curb.method import Batch, Knob, Method, OneModelViews, Setup, TaskData, TaskInfo, register
+from curb.method import Batch, Knob, Method, OneModelViews, Setup, TaskData, TaskInfo, adam, register
 from curb.training import FitLog, batches, select
 
 
@@ -94,7 +94,7 @@ class MTL(OneModelViews, Method):
             self.model.backbone.load_state_dict(self.setup.pretrained_t1().backbone.state_dict())
         for t in tasks:
             self.model.add_head(t.name, t.n_labels)
-        opt = torch.optim.Adam(self.model.parameters(), lr=fit.train_cfg.lr)
+        opt = adam(self.model.parameters(), fit.train_cfg.lr)
         loss_fn = torch.compile(self.joint_loss, dynamic=True) if fit.train_cfg.compile else self.joint_loss
         key = "+".join(t.name for t in tasks)
         checkpoint, resume = fit.phase_progress(self, key, "joint")  # resumes after its last finished round

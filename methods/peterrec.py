@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, OwnedItemRows, PlainModel, make_head
-from curb.method import Batch, Knob, Method, Setup, TaskInfo, readout, register
+from curb.method import Batch, Knob, Method, Setup, TaskInfo, register
 
 
 class Patch(nn.Module):
@@ -118,7 +118,7 @@ class PeterRec(Method):
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch: Batch | None = None) -> Tensor:
         hooks = self.adapters[task].hooks() if task in self.adapters else Hooks()  # T1: the plain base model
-        return readout(self.base.backbone(x, hooks), all_positions)
+        return self.base.backbone.read(x, hooks, all_positions)
 
     def loss(self, task: TaskInfo, batch: Batch) -> Tensor:
         if self.cfg.loss == "ce" or batch.rows is None:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import Hooks, OwnedItemRows, PlainModel
-from curb.method import Knob, Method, Setup, TaskData, TaskInfo, readout, register
+from curb.method import Knob, Method, Setup, TaskData, TaskInfo, register
 
 _BIT_WEIGHTS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
@@ -157,7 +157,7 @@ class Piggyback(Method):
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch=None) -> Tensor:
         hooks = self.hooks(task) if task in self.masks else Hooks()  # T1: unmasked
-        return readout(self.model.backbone(x, hooks), all_positions)
+        return self.model.backbone.read(x, hooks, all_positions)
 
     def hooks(self, task: str) -> Hooks:
         """Backbone hooks of a masked task: kernels W ⊙ mask (and embeddings, if masked)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from curb.backbone import PlainModel
-from curb.method import Method, Setup, TaskData, TaskInfo, readout, register
+from curb.method import Method, Setup, TaskData, TaskInfo, register
 
 
 @register("sinmo")
@@ -51,7 +51,7 @@ class SinMo(Method):
 
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch=None) -> Tensor:
-        return readout(self.models[task].backbone(x), all_positions)
+        return self.models[task].backbone.read(x, all_positions=all_positions)
 
     def modules(self) -> dict[str, nn.Module]:
         return {"models": self.models}

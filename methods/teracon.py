@@ -94,16 +94,18 @@ class TeraconNet(nn.Module):
 
     def represent(self, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
         gates = [(mask[2 * k], mask[2 * k + 1]) for k in range(len(self.backbone.blocks))]
-        return readout(self.backbone(x, self._hooks(gates)), all_positions)
+        return self.backbone.read(x, self._hooks(gates), all_positions)
 
-    def represent_rows(self, x: Tensor, masks: list[Tensor], counts: list[int]) -> Tensor:
-        """Backbone output at every position [B, n, f] of x whose consecutive row groups (counts[g]
-        rows each) are gated by their own mask [K, f]: rows of several tasks in one pass, each row
-        computed as in a pass of its own (the backbone's per-row gates [B, f])."""
+    def represent_rows(self, x: Tensor, masks: list[Tensor], counts: list[int], out: int | None = None) -> Tensor:
+        """Backbone output [B, n, f] of x (the last `out` positions only, if given) whose consecutive
+        row groups (counts[g] rows each) are gated by their own mask [K, f]: rows of several tasks
+        in one pass, each row computed as in a pass of its own (the backbone's per-row gates [B, f])."""
         if len(masks) == 1:
-            return self.represent(x, masks[0], all_positions=True)
-        rows = torch.cat([m[:, None].expand(-1, n, -1) for m, n in zip(masks, counts)], dim=1).unbind(0)  # K x [B, f]
-        return self.backbone(x, self._hooks(list(zip(rows[0::2], rows[1::2]))))
+            gates = [(masks[0][2 * k], masks[0][2 * k + 1]) for k in range(len(self.backbone.blocks))]
+        else:
+            rows = torch.cat([m[:, None].expand(-1, n, -1) for m, n in zip(masks, counts)], dim=1).unbind(0)  # K x [B, f]
+            gates = list(zip(rows[0::2], rows[1::2]))
+        return self.backbone(x, self._hooks(gates), out=out)
 
     def logits(self, task: str, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
         return self.heads[task](self.represent(x, mask, all_positions))
@@ -296,12 +298,15 @@ class Teracon(Method):
         known, teacher_known = self.known(), self.known()[:-1]
         with torch.no_grad():  # pseudo-labels: the teacher's Tj masks at the current annealed s
             m_t = [self.teacher.mask(pt.name, self.others(pt.name, teacher_known), s) for pt in past]
-            h_t = self.teacher.represent_rows(kept, m_t, counts).split(counts)
+            h_t = self.teacher.represent_rows(kept, m_t, counts, out=2).split(counts)
             targets = [self.teacher.heads[pt.name](readout(inputs_for(pt.kind, h), False)) for pt, h in zip(past, h_t)]
             self.rho = relation_rates(m_cur.detach(), torch.stack(m_t), self.cfg.c)  # Eq. 15, for the next step
         own = self.cfg.kr_student_mask == "own"
         m_s = [self.net.mask(pt.name, self.others(pt.name, known), s) if own else m_cur for pt in past]
-        h = self.net.represent_rows(torch.cat([full, kept]), [m_cur, *m_s], [n_users, *counts])
+        # a past task reads the last position or the one before (next-item), so 2 are computed,
+        # unless the current task is itself a next-item task (every position)
+        h = self.net.represent_rows(torch.cat([full, kept]), [m_cur, *m_s], [n_users, *counts],
+                                    out=None if main_all else 2)
         h_main, *h_past = h.split([n_users, *counts])
         h_task = readout(h_main[:, : batch.x.shape[1]], main_all)
         kr = full.new_zeros((), dtype=m_cur.dtype)

@@ -1,9 +1,10 @@
 """Backbone: shapes, causality (with and without hooks), hook semantics, receptive field."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from curb.backbone import BackboneConfig, Hooks, NextItNet, PlainModel
+from curb.backbone import NO_HOOKS, PRESETS, BackboneConfig, Cone, Hooks, NextItNet, PlainModel
 
 CFG = BackboneConfig(channels=16, dilations=(1, 2))
 
@@ -72,3 +73,39 @@ def test_plain_model_head_init_and_positions():
     assert pm.logits("T2", x).shape == (2, 30)
     assert pm.logits("T2", x, all_positions=True).shape == (2, 7, 30)
     assert torch.allclose(pm.logits("T2", x), pm.logits("T2", x, all_positions=True)[:, -1])
+
+
+@pytest.mark.parametrize("preset", ["small", "paper"])
+def test_cone_computes_only_what_the_last_positions_read_and_gives_the_same_values(preset):
+    cfg = PRESETS[preset].backbone
+    torch.manual_seed(0)
+    net = NextItNet(300, cfg)
+    x = torch.randint(1, 300, (6, 30))
+    x[:2, :12] = 0  # left padding
+    f, n_conv = cfg.channels, 2 * len(cfg.dilations)
+    patch = torch.nn.Linear(f, f)
+    hooks = Hooks(gates=[(torch.rand(6, f), torch.rand(f))] * len(cfg.dilations),  # per-row and shared gates
+                  conv_weight=lambda i, w: net.convs()[i].matrix(w * 0.9),  # the matmul layout
+                  patch=lambda i, z, inp: z + 0.1 * patch(inp),  # reads the conv's input at z's positions
+                  norms=[(None, torch.nn.LayerNorm(f))] * len(cfg.dilations))
+    for h in (NO_HOOKS, hooks):
+        full = net(x, h)
+        for out in (1, 2, 3):
+            assert torch.allclose(net(x, h, out=out), full[:, -out:], atol=1e-5)
+        assert torch.allclose(net.read(x, h), full[:, -1], atol=1e-5)
+        net.eval()  # evaluation computes every position: bit-equal to the whole pass, any chunk size
+        assert torch.equal(net.read(x, h), full[:, -1])
+        net.train()
+    # gradients of a last-position loss agree with the whole computation's
+    grads = []
+    for out in (None, 1):
+        net.zero_grad()
+        net(x, hooks, out=out)[:, -1].pow(2).sum().backward()
+        grads.append([p.grad for p in net.parameters()])  # None: replaced by a hook (LN2)
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, atol=1e-4, rtol=1e-4))
+    # it really skips rows: positions computed per conv, from the first block to the last
+    cone = Cone.of(30, 1, cfg, x.device)
+    rows = [30 if blk is None else blk.convs[r].shape[1] for blk in cone.blocks for r in (0, 1)]
+    assert rows[-4:] == [15, 7, 3, 1] and sum(rows) < 30 * n_conv  # dilations ..., 1, 2, 4, 8 at the top
+    assert all(r == 30 for r in rows[:-4])

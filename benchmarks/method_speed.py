@@ -16,6 +16,15 @@ between runs of the same round, so a load that drifts over minutes moves both of
     CURB_DATA=/work/shared/data python benchmarks/method_speed.py --methods sinmo,teracon,hat,conure,piggyback
 
 The numbers are only comparable between rows of one invocation (same machine and load).
+
+`--interleave STEPS` measures ratios that a drifting load cannot move: every method is built in
+one process (each after its own T1 stage, as above), then the methods take turns on the same
+T2 batches, a block of `--block` optimiser steps each (loss, backward, step; a block keeps a
+method's weights warm in the caches, as in an epoch of its own), for STEPS batches after one
+warm-up block. It reports each method's median step time (median of its block medians) and
+the median over blocks of its block median divided by the baseline's on the same batches;
+times the steps of an epoch, that is the epoch ratio. (Only each method's first phase of the task is stepped: CONURE's retrain phase
+follows a pruning, which this mode does not run.)
 """
 
 from __future__ import annotations
@@ -103,6 +112,80 @@ def child(args: argparse.Namespace) -> dict:
             "threads": torch.get_num_threads(), "device": str(dev)}
 
 
+class _FitReached(Exception):
+    pass
+
+
+def _stop_at_fit(*args, **kwargs) -> None:
+    raise _FitReached
+
+
+def interleaved(args: argparse.Namespace, names: list[str]) -> list[list[str]]:
+    """Methods alternating optimiser steps on the same batches in one process (see the docstring)."""
+    import numpy as np
+    import torch
+
+    from curb.evaluator import Evaluator
+    from curb.method import Setup, get_method
+    from curb.runner import CellSpec, Fitter, _t1_provider, build_stream, resolve_config
+    from curb.training import batches
+
+    torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    sets = dict(s.split("=", 1) for s in args.set)
+    sets.update({"train.t1_epochs": str(args.t1_epochs), "train.epochs": str(args.epochs)})
+    runs = []
+    for name in names:
+        spec = CellSpec(name, args.dataset, seed=args.seed, preset=args.preset, overrides=tuple(sorted(sets.items())))
+        cfg = resolve_config(spec)
+        stream = build_stream(spec, args.data_dir)
+        ev = Evaluator(stream, cfg.split, cfg.train.eval_batch)
+        fitter = Fitter(cfg, lambda msg: None)
+        t1 = stream.task_names[0]
+        torch.manual_seed(args.seed)
+        np.random.seed(args.seed)
+        setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, args.seed,
+                      pretrained_t1=_t1_provider(stream, ev.train_data(t1), ev.val_data(t1), cfg, args.seed, dev,
+                                                 Path(args.cache) / "t1", fitter))
+        method = get_method(name)(setup)
+        print(f"[interleave] {name}: T1 stage ...", file=sys.stderr, flush=True)
+        method.learn_task(ev.info(t1), ev.train_data(t1), ev.val_data(t1), fitter)
+        task = ev.info(args.task)
+        try:  # the method's own learn_task sets up the task and its first phase, up to the fit
+            method.learn_task(task, ev.train_data(task.name), ev.val_data(task.name), _stop_at_fit)
+        except _FitReached:
+            pass
+        runs.append((name, method, task, method.make_optimizer(task)))
+    data = ev.train_data(args.task)
+    block = args.block
+    n_blocks = max(1, args.interleave // block)
+    todo = list(batches(data, cfg.train.batch, np.random.default_rng(args.seed), dev,
+                        cfg.train.pairs_per_user))[: block * (n_blocks + 1)]
+    blocks = [todo[k * block:(k + 1) * block] for k in range(n_blocks + 1)]  # block 0: warm-up
+    medians: dict[str, list[float]] = {name: [] for name in names}  # per block
+    for group in blocks:
+        for name, method, task, opt in runs:
+            ts = []
+            for batch in group:
+                t0 = time.perf_counter()
+                with method.autocast():
+                    loss = method.loss(task, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                method.before_step(task)
+                opt.step()
+                method.after_step(task)
+                ts.append(time.perf_counter() - t0)
+            medians[name].append(_median(ts))
+    base = medians[args.baseline][1:]
+    rows = []
+    for name in names:
+        ms = medians[name][1:]
+        rows.append([name, f"{1000 * _median(ms):.1f}", f"{_median([t / b for t, b in zip(ms, base)]):.2f}",
+                     f"{n_blocks} x {block}"])
+    return rows
+
+
 def _median(xs: list[float]) -> float:
     xs = sorted(xs)
     return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
@@ -174,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "curb" / "bench"), help="T1 model cache")
     p.add_argument("--json", type=Path, default=None, help="also write the raw measurements here")
+    p.add_argument("--interleave", type=int, default=0, metavar="STEPS",
+                   help="instead: all methods in one process, taking turns on the same STEPS batches")
+    p.add_argument("--block", type=int, default=10, help="with --interleave: consecutive steps per method and turn")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -182,6 +268,16 @@ def main(argv: list[str] | None = None) -> int:
     methods = [x.strip() for x in args.methods.split(",") if x.strip()]
     if args.baseline not in methods:
         p.error(f"--baseline {args.baseline} must be one of --methods")
+    if args.interleave:
+        if args.block < 1 or args.interleave < args.block:
+            p.error("--block must be >= 1 and at most --interleave")
+        if any("@" in m for m in methods):
+            p.error("--interleave takes plain method names (use --set for overrides)")
+        from tabulate import tabulate
+
+        print(tabulate(interleaved(args, methods), headers=["method", "median ms/step", f"median ratio to {args.baseline} (same batches)",
+                                                         "blocks x steps"], tablefmt="github", disable_numparse=True))
+        return 0
     rounds: list[dict[str, dict]] = []
     for k in range(args.rounds):
         rounds.append({})

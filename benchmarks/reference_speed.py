@@ -26,6 +26,7 @@ batches of a full pass (the pairs of the reference's 80 % training part / 1,024)
 and their ratio per round. Run it on a quiet machine: every second the other work takes shows.
 
     OMP_NUM_THREADS=1 python benchmarks/reference_speed.py --reference ~/src/TERACON --rounds 2
+    OMP_NUM_THREADS=1 python benchmarks/reference_speed.py --reference ~/src/TERACON --set train.precision=bf16
 """
 
 from __future__ import annotations
@@ -115,9 +116,10 @@ def time_reference_batches(ref: Path, work: Path, batches: int, env: dict) -> di
             "epoch_s": per_batch * int(batch_num)}
 
 
-def time_curb_epoch(data_dir: Path | None, cache: Path, env: dict) -> float:
+def time_curb_epoch(data_dir: Path | None, cache: Path, sets: list[str], env: dict) -> float:
     cmd = [sys.executable, str(HERE / "method_speed.py"), "--methods", "teracon", "--baseline", "teracon",
-           "--preset", "paper", "--threads", "1", "--cache", str(cache), "--child", "teracon"]
+           "--preset", "paper", "--threads", "1", "--cache", str(cache), "--child", "teracon",
+           *(a for kv in sets for a in ("--set", kv))]
     if data_dir is not None:
         cmd += ["--data-dir", str(data_dir)]
     out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, env=env, check=True).stdout
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="scratch folder for the reference's data files, T1 checkpoint and logs")
     p.add_argument("--batches", type=int, default=30, help="reference T2 batches timed per round (multiple of 10)")
     p.add_argument("--rounds", type=int, default=2, help="reference and curb timed this many times, interleaved")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for curb's side (repeatable), e.g. train.precision=bf16")
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "curb" / "bench", help="curb's T1 cache")
     args = p.parse_args(argv)
     if not (args.reference / "train_teracon.py").exists():
@@ -161,13 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[round {k + 1}/{args.rounds}] reference T2, {args.batches} batches ...", file=sys.stderr, flush=True)
         timed = time_reference_batches(ref, work, args.batches, env)
         print(f"[round {k + 1}/{args.rounds}] curb TERACON T2 epoch ...", file=sys.stderr, flush=True)
-        curb_s = time_curb_epoch(args.data_dir, args.cache, env)
+        curb_s = time_curb_epoch(args.data_dir, args.cache, args.set, env)
         rows.append([k + 1, f"{timed['s_per_batch']:.2f}", f"{int(timed['batch_num'])}", f"{timed['epoch_s']:.0f}",
                      f"{curb_s:.1f}", f"{timed['epoch_s'] / curb_s:.1f}"])
     from tabulate import tabulate
 
     print(tabulate(rows, headers=["round", "reference s/batch", "batches/epoch", "reference s/epoch (extrapolated)",
-                                  "curb TERACON s/epoch", "ratio"], tablefmt="github", disable_numparse=True))
+                                  "curb TERACON s/epoch" + (f" ({', '.join(args.set)})" if args.set else ""), "ratio"], tablefmt="github", disable_numparse=True))
     return 0
 
 

@@ -67,8 +67,9 @@ class PeakRSS:
         self.peak = max(self.peak, _rss_mib())
 
 
-def child(args: argparse.Namespace) -> dict:
-    """Run one method in this process and return its measurements."""
+def after_t1(args: argparse.Namespace, name: str, sets: dict[str, str], echo) -> tuple:
+    """`name` built as the runner builds it, after its T1 stage (the shared pre-trained T1 model is
+    trained once and cached under --cache): (method, evaluator, resolved config, fitter)."""
     import numpy as np
     import torch
 
@@ -76,15 +77,11 @@ def child(args: argparse.Namespace) -> dict:
     from curb.method import Setup, get_method
     from curb.runner import CellSpec, Fitter, _t1_provider, build_stream, resolve_config
 
-    torch.set_num_threads(args.threads)
-    name, _, extra = args.child.partition("@")
-    sets = dict(s.split("=", 1) for s in [*args.set, *filter(None, extra.split(";"))])
-    sets.update({"train.t1_epochs": str(args.t1_epochs), "train.epochs": str(args.epochs)})
     spec = CellSpec(name, args.dataset, seed=args.seed, preset=args.preset, overrides=tuple(sorted(sets.items())))
     cfg = resolve_config(spec)
     stream = build_stream(spec, args.data_dir)
     ev = Evaluator(stream, cfg.split, cfg.train.eval_batch)
-    fitter = Fitter(cfg, lambda msg: print(msg, file=sys.stderr, flush=True))
+    fitter = Fitter(cfg, echo)
     t1 = stream.task_names[0]
     dev = torch.device(args.device)
     torch.manual_seed(args.seed)
@@ -94,6 +91,22 @@ def child(args: argparse.Namespace) -> dict:
                                              Path(args.cache) / "t1", fitter))
     method = get_method(name)(setup)
     method.learn_task(ev.info(t1), ev.train_data(t1), ev.val_data(t1), fitter)
+    return method, ev, cfg, fitter
+
+
+def _sets(args: argparse.Namespace, extra: list[str]) -> dict[str, str]:
+    sets = dict(s.split("=", 1) for s in [*args.set, *extra])
+    return {**sets, "train.t1_epochs": str(args.t1_epochs), "train.epochs": str(args.epochs)}
+
+
+def child(args: argparse.Namespace) -> dict:
+    """Run one method in this process and return its measurements."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    name, _, extra = args.child.partition("@")
+    method, ev, _, fitter = after_t1(args, name, _sets(args, list(filter(None, extra.split(";")))),
+                                       lambda msg: print(msg, file=sys.stderr, flush=True))
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # pay torch's one-time optimiser imports outside the timing
     n_logs = len(fitter.logs)
     task = ev.info(args.task)
@@ -109,7 +122,7 @@ def child(args: argparse.Namespace) -> dict:
     return {"method": args.child, "task": task.name, "phases": phases, "task_wall_s": wall,
             "rss_before_mib": before, "peak_rss_task_mib": peak.peak,
             "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "threads": torch.get_num_threads(), "device": str(dev)}
+            "threads": torch.get_num_threads(), "device": str(method.device)}
 
 
 class _FitReached(Exception):
@@ -125,31 +138,15 @@ def interleaved(args: argparse.Namespace, names: list[str]) -> list[list[str]]:
     import numpy as np
     import torch
 
-    from curb.evaluator import Evaluator
-    from curb.method import Setup, get_method
-    from curb.runner import CellSpec, Fitter, _t1_provider, build_stream, resolve_config
     from curb.training import batches
 
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    sets = dict(s.split("=", 1) for s in args.set)
-    sets.update({"train.t1_epochs": str(args.t1_epochs), "train.epochs": str(args.epochs)})
+    sets = _sets(args, [])
     runs = []
     for name in names:
-        spec = CellSpec(name, args.dataset, seed=args.seed, preset=args.preset, overrides=tuple(sorted(sets.items())))
-        cfg = resolve_config(spec)
-        stream = build_stream(spec, args.data_dir)
-        ev = Evaluator(stream, cfg.split, cfg.train.eval_batch)
-        fitter = Fitter(cfg, lambda msg: None)
-        t1 = stream.task_names[0]
-        torch.manual_seed(args.seed)
-        np.random.seed(args.seed)
-        setup = Setup(stream.n_items, stream.sequences.shape[1], cfg.backbone, cfg.train, cfg.method, dev, args.seed,
-                      pretrained_t1=_t1_provider(stream, ev.train_data(t1), ev.val_data(t1), cfg, args.seed, dev,
-                                                 Path(args.cache) / "t1", fitter))
-        method = get_method(name)(setup)
         print(f"[interleave] {name}: T1 stage ...", file=sys.stderr, flush=True)
-        method.learn_task(ev.info(t1), ev.train_data(t1), ev.val_data(t1), fitter)
+        method, ev, cfg, _ = after_t1(args, name, sets, lambda msg: None)
         task = ev.info(args.task)
         try:  # the method's own learn_task sets up the task and its first phase, up to the fit
             method.learn_task(task, ev.train_data(task.name), ev.val_data(task.name), _stop_at_fit)

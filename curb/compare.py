@@ -180,7 +180,23 @@ def compare_table(group: Group, key: str, reference: str, *, seed: int = 0, n_bo
             "arm's mean score over the popularity baseline's on the same split. Train seconds: the cell's summed "
             "training time, which depends on the machine's load when it ran.")
     digits = [4, 4, 4, 4, 4, 2, 4, 4, 4, 0]
-    return Table(f"compare-{key}", f"{group.label}: {key}", headers, rows, digits=digits, note=note)
+    return Table(f"compare-{key}", f"{group.label}: {key}", headers, rows, digits=digits,
+                 note=note + code_note(group, key))
+
+
+def code_note(group: Group, key: str) -> str:
+    """A sentence naming the code each arm's cells ran (the source digest in `env.code`), when the
+    cells of the group did not all run the same code; "" otherwise."""
+    per_arm: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for (_, arm), cells in group.cells.items():
+        for r in cells:
+            per_arm[arm][r["env"].get("code", "unrecorded")] += 1
+    if len({c for codes in per_arm.values() for c in codes}) < 2:
+        return ""
+    parts = [f"{key}={arm}: " + ", ".join(f"{c} ({n} cell{'s' if n != 1 else ''})" for c, n in sorted(per_arm[arm].items()))
+             for arm in group.arms()]
+    return (" The cells ran different code (source digest, `env.code`; \"unrecorded\": written before curb recorded "
+            "it): " + "; ".join(parts) + ".")
 
 
 def _users(results: list[dict], task: str) -> set[str]:

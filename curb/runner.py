@@ -324,9 +324,27 @@ def _cpu_model() -> str:
     return platform.processor() or "cpu"
 
 
+@functools.cache
+def source_digest() -> str:
+    """12 hex digits of SHA-256 over the source of the packages that compute a cell (`curb`,
+    `curb.methods`, `curb.datasets`: every .py file, by relative path and bytes). A result records it, so a
+    study that spans code changes (a long sweep run from a frozen checkout, say) can show which
+    code produced which cell; plugin methods living elsewhere are not covered."""
+    import curb.datasets
+    import curb.methods
+
+    h = hashlib.sha256()
+    for pkg in (sys.modules[__package__], curb.methods, curb.datasets):
+        root = Path(pkg.__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(f"{pkg.__name__}/{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def _env(device: torch.device) -> dict:
     return {
-        "curb": __version__, "torch": torch.__version__, "numpy": np.__version__,
+        "curb": __version__, "code": source_digest(), "torch": torch.__version__, "numpy": np.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
         "machine": platform.machine(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from curb import compare, stats
 from curb.cli import main
@@ -101,3 +102,26 @@ def test_cli_compares_a_run_folder_and_names_missing_arms(tmp_path, capsys):
     assert "no train.pairs_per_user=4 cells (arms: 8, none)" in capsys.readouterr().out
     assert main(["compare", str(tmp_path), "--by", "split.level", "--against", "user"]) == 2
     assert "more than one value of split.level" in capsys.readouterr().err
+
+
+def test_note_names_the_code_each_arm_ran_only_when_it_differs():
+    sinmo = _load("sinmo")
+    same = [*_load("pop"), *sinmo, *_arm(sinmo, 8)]
+    for r in same:
+        r["env"]["code"] = "aaaaaaaaaaaa"
+    assert "different code" not in _table(same).note
+    other = _arm(sinmo, 8)
+    for r in other:
+        r["env"]["code"] = "bbbbbbbbbbbb"
+    note = _table([*same[: len(same) - len(other)], *other]).note
+    n = len(sinmo)  # the none arm also holds pop's cells
+    assert f"train.pairs_per_user=8: bbbbbbbbbbbb ({n} cells)" in note
+    assert f"train.pairs_per_user=none: aaaaaaaaaaaa ({2 * n} cells)" in note
+
+
+def test_a_result_records_the_digest_of_the_source_it_ran():
+    from curb.runner import _env, source_digest
+
+    digest = source_digest()
+    assert len(digest) == 12 and int(digest, 16) >= 0
+    assert _env(torch.device("cpu"))["code"] == digest

@@ -4,8 +4,8 @@ Block k (dilation d), post-LN:   h1 = ReLU(LN1(conv_d(E)));  h2 = ReLU(LN2(conv_
 
 Extension points, all passed per call through `Hooks` so one backbone serves every method:
 - `gates[k] = (g1, g2)`: multiply h1 / h2 after the ReLU (HAT, TERACON task masks); [f] or [B, f].
-- `conv_weight(i, W)`: effective kernel of conv i (0..2*blocks-1) (Piggyback, CONURE masks), or
-  that kernel already in the matmul's layout (`CausalConv.matrix`; a frozen model keeps it).
+- `conv_weight(i, W)`: effective kernel of conv i (0..2*blocks-1) (Piggyback, CONURE masks); W is
+  stored in the matmul's layout [k * in, out] (`CausalConv`).
 - `conv_bias(i, b)`: effective bias of conv i (CONURE keeps biases at zero).
 - `patch(i, z, x)`: post-conv transform of conv i's output z given its input x (PeterRec patches).
 - `norms[k] = (ln1, ln2)`: replacement LayerNorm modules for block k (PeterRec's per-task LN2).
@@ -125,32 +125,34 @@ class ItemRows:
 
 
 class CausalConv(nn.Module):
-    """1-D causal dilated convolution, kernel stored as [out, in, k] like nn.Conv1d."""
+    """1-D causal dilated convolution. The kernel is stored in the matmul's layout [k * in, out]
+    (row j * in + c: input channel c at shift j), not nn.Conv1d's [out, in, k]: relaying the
+    kernel out on every forward (and its gradient back on every backward) cost more than the
+    matmul itself on small batches. Every hook sees this layout; `conv1d_layout` converts."""
 
     def __init__(self, channels: int, kernel: int, dilation: int):
         super().__init__()
         self.kernel, self.dilation = kernel, dilation
-        self.weight = nn.Parameter(torch.empty(channels, channels, kernel))
+        # nn.Conv1d's default init drawn in its layout, so results match a Conv1d-based
+        # implementation in law (and the draws of the RNG stream are those of such a layer).
+        w = torch.empty(channels, channels, kernel)
+        nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        self.weight = nn.Parameter(w.permute(2, 1, 0).reshape(kernel * channels, channels).contiguous())
         self.bias = nn.Parameter(torch.empty(channels))
-        # nn.Conv1d's default init, so results match a Conv1d-based implementation in law.
-        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         bound = 1 / math.sqrt(channels * kernel)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def matrix(self, weight: Tensor) -> Tensor:
-        """Kernel [out, in, k] -> the matmul's [k * in, out]. A strided copy of the whole kernel: on
-        a small batch it costs more than the matmul, so a frozen model computes it once."""
-        return weight.permute(2, 1, 0).reshape(self.kernel * weight.shape[1], weight.shape[0])
+    def conv1d_layout(self, weight: Tensor) -> Tensor:
+        """A kernel in this layout [k * in, out] as nn.Conv1d's [out, in, k] (a view)."""
+        return weight.view(self.kernel, -1, weight.shape[1]).permute(2, 1, 0)
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """x: [B, n, f] -> [B, n, f]; output t sees inputs t, t-d, ..., t-(k-1)d only. `weight` is
-        the kernel [out, in, k] or its `matrix` [k * in, out]."""
+        """x: [B, n, f] -> [B, n, f]; output t sees inputs t, t-d, ..., t-(k-1)d only."""
         n = x.shape[1]
         pad = (self.kernel - 1) * self.dilation
         xp = F.pad(x, (0, 0, pad, 0))
         shifted = torch.cat([xp[:, j * self.dilation : j * self.dilation + n] for j in range(self.kernel)], dim=-1)
-        w = weight if weight.dim() == 2 else self.matrix(weight)
-        return torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), w).view(x.shape[0], n, -1)
+        return torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), weight).view(x.shape[0], n, -1)
 
     def at(self, x: Tensor, index: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
         """The outputs at chosen positions only: x [B, m, f] holds some positions of the input,
@@ -160,8 +162,7 @@ class CausalConv(nn.Module):
         b, q = x.shape[0], index.shape[1]
         xs = F.pad(x, (0, 0, 1, 0))  # row 0: the zero padding
         shifted = xs[:, index.reshape(-1)].view(b, self.kernel, q, -1).transpose(1, 2).reshape(b, q, -1)
-        w = weight if weight.dim() == 2 else self.matrix(weight)
-        z = torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), w).view(b, q, -1)
+        z = torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), weight).view(b, q, -1)
         return z, xs[:, index[-1]]
 
 

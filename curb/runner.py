@@ -269,6 +269,7 @@ def t1_cache_name(stream: TaskStream, cfg: RunConfig, seed: int, device: torch.d
     h.update(canonical({"n_items": stream.vocab_at(0), "task": t1.name, "split": dataclasses.asdict(cfg.split),
                         "backbone": cfg.backbone.model_key(), "seed": seed, "train": train_key,
                         "device": device.type, "threads": torch.get_num_threads() if device.type == "cpu" else None,
+                        "kernel_layout": "matmul",  # the state's conv kernels are [k * in, out] (CausalConv)
                         }).encode())
     return f"t1-{h.hexdigest()[:16]}.pt"
 
@@ -372,7 +373,8 @@ def find_sinmo_diag(out: Path, spec: CellSpec, task_names: list[str], fingerprin
     return None
 
 
-CHECKPOINT_FORMAT = 2  # 2: per-user test scores and per-phase epoch checkpoints
+# 2: per-user test scores and per-phase epoch checkpoints; 3: conv kernels stored as [k * in, out]
+CHECKPOINT_FORMAT = 3
 
 
 def _rng_state(dev: torch.device) -> dict:

@@ -75,18 +75,20 @@ class Hat(Method):
         return (gates * free).sum() / free.sum().clamp_min(torch.finfo(free.dtype).eps)
 
     def grad_factors(self) -> list[tuple[Tensor, Tensor]]:
-        """Per conv i, (weight scale [out, in, 1], out-unit scale [out]) from the cumulative mask.
+        """Per conv i, (kernel scale, out-unit scale [out]) from the cumulative mask; the kernel is
+        stored as [k * in, out] (`CausalConv`), so a scale is [1, out] or [k * in, out].
 
-        conv1 of a block reads the ungated residual stream: rows scaled by 1 − A(h1) only.
-        conv2 reads the gated h1: entry (o, i) scaled by 1 − min(A(h2)_o, A(h1)_i).
+        conv1 of a block reads the ungated residual stream: output unit o scaled by 1 − A(h1)_o only.
+        conv2 reads the gated h1: entry (input i, output o) scaled by 1 − min(A(h2)_o, A(h1)_i), the
+        same at every shift.
         Biases and the LayerNorm after conv i share its out-unit scale 1 − A(out).
         """
         if self._factors is None:
-            a = self.net.cum
+            a, shifts = self.net.cum, self.setup.backbone.kernel
             out = []
             for k in range(a.shape[0]):
-                out.append(((1 - a[k, 0])[:, None, None], 1 - a[k, 0]))
-                out.append(((1 - torch.minimum(a[k, 1][:, None], a[k, 0][None, :]))[:, :, None], 1 - a[k, 1]))
+                out.append(((1 - a[k, 0])[None, :], 1 - a[k, 0]))
+                out.append(((1 - torch.minimum(a[k, 0][:, None], a[k, 1][None, :])).repeat(shifts, 1), 1 - a[k, 1]))
             self._factors = out
         return self._factors
 

@@ -69,18 +69,17 @@ class TeraconNet(nn.Module):
         self.heads = nn.ModuleDict()
         self.emb = nn.ParameterDict()  # task -> [K, f]
         self.rel = nn.ModuleDict()  # task -> RelationMaps (absent in the T1 stage)
-        self.kernels: list[Tensor] | None = None  # a frozen copy (`frozen`) only: conv kernels as matmul matrices
 
-    def frozen(self) -> "TeraconNet":
-        """A frozen copy (the teacher): no gradients, and every conv kernel laid out for the matmul
-        once (the relayout of a kernel costs more than a pass over the few retained users)."""
+    def frozen(self, dtype: torch.dtype | None = None) -> "TeraconNet":
+        """A frozen copy (the teacher): no gradients. With `dtype` (the autocast dtype under
+        `train.precision=bf16`), the weights autocast casts on every pass (conv kernels and
+        biases, heads) are stored in it: the same values, cast once per stage instead of every
+        step (autocast caches the casts of trainable leaves only)."""
         net = copy.deepcopy(self).requires_grad_(False)
-        with torch.no_grad():
-            net.kernels = [c.matrix(c.weight) for c in net.backbone.convs()]
+        if dtype is not None:
+            for m in [*net.backbone.convs(), *net.heads.values()]:
+                m.to(dtype)
         return net
-
-    def _hooks(self, gates: list) -> Hooks:
-        return Hooks(gates=gates, conv_weight=None if self.kernels is None else lambda i, w: self.kernels[i])
 
     def mask(self, task: str, others: list[str], s: float) -> Tensor:
         """Task mask [K, f] at temperature s; relation-aware once the task has relation maps."""
@@ -94,7 +93,7 @@ class TeraconNet(nn.Module):
 
     def represent(self, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
         gates = [(mask[2 * k], mask[2 * k + 1]) for k in range(len(self.backbone.blocks))]
-        return self.backbone.read(x, self._hooks(gates), all_positions)
+        return self.backbone.read(x, Hooks(gates=gates), all_positions)
 
     def represent_rows(self, x: Tensor, masks: list[Tensor], counts: list[int], out: int | None = None) -> Tensor:
         """Backbone output [B, n, f] of x (the last `out` positions only, if given) whose consecutive
@@ -105,7 +104,7 @@ class TeraconNet(nn.Module):
         else:
             rows = torch.cat([m[:, None].expand(-1, n, -1) for m, n in zip(masks, counts)], dim=1).unbind(0)  # K x [B, f]
             gates = list(zip(rows[0::2], rows[1::2]))
-        return self.backbone(x, self._hooks(gates), out=out)
+        return self.backbone(x, Hooks(gates=gates), out=out)
 
     def logits(self, task: str, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
         return self.heads[task](self.represent(x, mask, all_positions))
@@ -221,7 +220,7 @@ class Teracon(Method):
     def begin_task(self, task: TaskInfo) -> None:
         self._eval_masks.clear()
         if len(self.tasks) > 1:
-            self.teacher = self.net.frozen()
+            self.teacher = self.net.frozen(torch.bfloat16 if self.setup.train.precision == "bf16" else None)
             self.rho = [self.cfg.rho_init] * (len(self.tasks) - 1)
             self._stats = _StageStats(self.known()[:-1])
         self._add_task_modules(task)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from curb.backbone import NO_HOOKS, PRESETS, BackboneConfig, Cone, Hooks, NextItNet, PlainModel
+from curb.backbone import NO_HOOKS, PRESETS, BackboneConfig, CausalConv, Cone, Hooks, NextItNet, PlainModel
 
 CFG = BackboneConfig(channels=16, dilations=(1, 2))
 
@@ -43,8 +43,19 @@ def test_conv_matches_reference_dilated_conv1d():
     x = torch.randn(2, 9, 16, dtype=torch.float64)
     ours = conv(x, conv.weight, conv.bias)
     pad = (conv.kernel - 1) * conv.dilation
-    ref = F.conv1d(F.pad(x.transpose(1, 2), (pad, 0)), conv.weight, conv.bias, dilation=conv.dilation).transpose(1, 2)
+    w = conv.conv1d_layout(conv.weight)  # stored as the matmul's [k * in, out]; Conv1d wants [out, in, k]
+    ref = F.conv1d(F.pad(x.transpose(1, 2), (pad, 0)), w, conv.bias, dilation=conv.dilation).transpose(1, 2)
     assert torch.allclose(ours, ref)
+
+
+def test_conv_init_draws_exactly_what_a_conv1d_would():
+    """Same seed, same values as nn.Conv1d's default init, only laid out for the matmul."""
+    torch.manual_seed(3)
+    conv = CausalConv(8, 3, 2)
+    torch.manual_seed(3)
+    ref = torch.nn.Conv1d(8, 8, 3)
+    assert conv.weight.shape == (24, 8) and conv.weight.is_contiguous()
+    assert torch.equal(conv.conv1d_layout(conv.weight), ref.weight) and torch.equal(conv.bias, ref.bias)
 
 
 def test_hooks_change_exactly_what_they_should():
@@ -85,7 +96,7 @@ def test_cone_computes_only_what_the_last_positions_read_and_gives_the_same_valu
     f, n_conv = cfg.channels, 2 * len(cfg.dilations)
     patch = torch.nn.Linear(f, f)
     hooks = Hooks(gates=[(torch.rand(6, f), torch.rand(f))] * len(cfg.dilations),  # per-row and shared gates
-                  conv_weight=lambda i, w: net.convs()[i].matrix(w * 0.9),  # the matmul layout
+                  conv_weight=lambda i, w: w * 0.9,
                   patch=lambda i, z, inp: z + 0.1 * patch(inp),  # reads the conv's input at z's positions
                   norms=[(None, torch.nn.LayerNorm(f))] * len(cfg.dilations))
     for h in (NO_HOOKS, hooks):

@@ -33,11 +33,13 @@ def test_units_with_cumulative_mask_one_receive_zero_update_on_a_later_task():
     after = m.net.backbone.state_dict()
     changed_somewhere = False
     for k in range(a.shape[0]):
-        b = f"blocks.{k}."
-        frozen_w = [a[k, 0][:, None, None].expand_as(before[b + "conv1.weight"]) == 1,
-                    torch.minimum(a[k, 1][:, None], a[k, 0][None, :])[:, :, None].expand_as(before[b + "conv2.weight"]) == 1]
+        b, block = f"blocks.{k}.", m.net.backbone.blocks[k]
+        convs = (block.conv1, block.conv2)  # kernels viewed as [out, in, shift] (they are stored [shift * in, out])
+        as_conv1d = [c.conv1d_layout(before[f"{b}conv{r + 1}.weight"]) for r, c in enumerate(convs)]
+        frozen_w = [a[k, 0][:, None, None].expand_as(as_conv1d[0]) == 1,
+                    torch.minimum(a[k, 1][:, None], a[k, 0][None, :])[:, :, None].expand_as(as_conv1d[1]) == 1]
         for r, name in enumerate(("conv1", "conv2")):
-            w0, w1 = before[f"{b}{name}.weight"], after[f"{b}{name}.weight"]
+            w0, w1 = as_conv1d[r], convs[r].conv1d_layout(after[f"{b}{name}.weight"])
             assert torch.equal(w0[frozen_w[r]], w1[frozen_w[r]]), f"{name} of block {k}: protected weights moved"
             changed_somewhere |= not torch.equal(w0[~frozen_w[r]], w1[~frozen_w[r]])
             if r == 1:  # conv2 rows of held units stay trainable from free input units: min, not max

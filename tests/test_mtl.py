@@ -127,7 +127,7 @@ def test_joint_steps_follow_train_precision(make, precision):
 
 def test_an_interrupted_joint_phase_resumes_after_its_last_epoch_with_identical_numbers(tmp_path):
     """MTL's single phase is checkpointed after every round: a stop mid-phase loses at most one round."""
-    from curb.runner import CellInterrupted, CellSpec, CellFiles, run_cell
+    from curb.runner import CellInterrupted, CellSpec, run_cell
 
     spec = CellSpec("mtl", "synthetic-mini", overrides=(("train.patience", "50"), ("train.epochs", "4")))
     whole = run_cell(spec, tmp_path / "a", echo=lambda *_: None)

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.collections import LineCollection, PolyCollection
-from matplotlib.lines import Line2D
 from matplotlib.patches import PathPatch, Rectangle
 
 from curb import plots

@@ -364,3 +364,27 @@ def test_fused_retention_pass_equals_separate_passes(make):
     for k, p in m.net.named_parameters():
         if p.grad is not None:
             assert torch.allclose(grads[k], p.grad, rtol=1e-5, atol=1e-7), k
+
+
+def test_bf16_teacher_holds_its_matrices_in_bf16_and_labels_exactly_as_an_fp32_teacher(make):
+    """Under bf16 autocast the teacher's conv kernels and heads are stored in bf16 once per stage;
+    autocast would cast an fp32 teacher's to the same values every step, so the loss is bit-equal."""
+    h = make(**{"train.precision": "bf16", "teracon.sampling": "fixed:0.5", "train.batch": "128"})
+    h.learn("T1")
+    m, t2 = h.method, h.ev.info("T2")
+    m.tasks.append(t2)
+    fp32_teacher = m.net.frozen()  # what begin_task copies, without the cast
+    m.begin_task(t2)
+    conv = m.teacher.backbone.convs()[0]
+    assert conv.weight.dtype == conv.bias.dtype == m.teacher.heads["T1"].weight.dtype == torch.bfloat16
+    assert m.teacher.backbone.item_emb.weight.dtype == torch.float32  # the residual stream stays fp32
+    assert m.net.backbone.convs()[0].weight.dtype == torch.float32  # the student is untouched
+    b = h.batch("T2", index=1)
+    state = copy.deepcopy(m.rng.bit_generator.state)
+    with m.autocast():
+        cast_once = m.loss(t2, b)
+    m.teacher = fp32_teacher  # autocast casts its weights on every pass
+    m.rng.bit_generator.state = state
+    with m.autocast():
+        cast_each_step = m.loss(t2, b)
+    assert torch.equal(cast_once, cast_each_step)

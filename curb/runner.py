@@ -257,13 +257,17 @@ class _StepBar:
 def t1_cache_name(stream: TaskStream, cfg: RunConfig, seed: int, device: torch.device) -> str:
     """The file name of a shared T1 model: a digest of everything it depends on (sequences, T1
     task, split, backbone with its text-init rows, T1 training protocol including a sampled
-    softmax, seed, device type and, on CPU, the torch thread count, since float reductions differ
-    with it) and nothing else, so all methods and orders share one entry."""
+    softmax, the precision and compilation, seed, device type and, on CPU, the torch thread count,
+    since float reductions differ with it) and nothing else, so all methods and orders share one entry."""
     t1 = stream.tasks[0]
     train_key = {k: v for k, v in dataclasses.asdict(cfg.train).items()
                  if k in ("t1_lr", "t1_batch", "t1_epochs", "patience", "ignore_pad", "select", "round_steps")}
     if cfg.train.t1_negatives is not None:  # only when set: full-softmax keys match those written before the knob
         train_key["t1_negatives"] = cfg.train.t1_negatives
+    if cfg.train.precision != "fp32":  # bf16 trains another model (fp32 keys match those written before the knob)
+        train_key["precision"] = cfg.train.precision
+    if cfg.train.compile:  # compiled kernels round differently
+        train_key["compile"] = True
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(stream.sequences).tobytes())
     h.update(canonical({"n_items": stream.vocab_at(0), "task": t1.name, "split": dataclasses.asdict(cfg.split),

@@ -119,6 +119,17 @@ def test_the_t1_cache_key_tells_full_from_sampled_and_keeps_the_full_key():
     assert names[None] == t1_cache_name(stream, cfg, 0, cpu)
 
 
+def test_the_t1_cache_key_tells_precisions_and_compilation_apart():
+    """A bf16 or compiled run trains another T1 model: it must never pick up the fp32 one (or the
+    reverse); fp32 eager keys are those written before the knobs existed."""
+    spec = CellSpec("sinmo", "synthetic-mini")
+    stream, cfg, cpu = build_stream(spec, None), resolve_config(spec), torch.device("cpu")
+    name = lambda **kw: t1_cache_name(stream, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **kw)), 0, cpu)
+    plain = name(precision="fp32", compile=False)
+    assert plain == t1_cache_name(stream, cfg, 0, cpu)
+    assert len({plain, name(precision="bf16"), name(compile=True), name(precision="bf16", compile=True)}) == 4
+
+
 T1_TRAINERS = ["sinmo", "finetune", "ewc", "lwf", "replay", "peterrec", "hat", "conure", "teracon", "ditto"]
 
 

@@ -148,22 +148,34 @@ class CausalConv(nn.Module):
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """x: [B, n, f] -> [B, n, f]; output t sees inputs t, t-d, ..., t-(k-1)d only."""
-        n = x.shape[1]
-        pad = (self.kernel - 1) * self.dilation
-        xp = F.pad(x, (0, 0, pad, 0))
-        shifted = torch.cat([xp[:, j * self.dilation : j * self.dilation + n] for j in range(self.kernel)], dim=-1)
-        return torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), weight).view(x.shape[0], n, -1)
+        return self.matmul(self.shifts(x), weight, bias)
 
     def at(self, x: Tensor, index: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-        """The outputs at chosen positions only: x [B, m, f] holds some positions of the input,
+        """The outputs at chosen positions only (see `gather`): (outputs [B, q, f], x at the
+        outputs' own positions [B, q, f]), the same arithmetic as `forward` on fewer rows."""
+        shifted, x_at = self.gather(x, index)
+        return self.matmul(shifted, weight, bias), x_at
+
+    def shifts(self, x: Tensor) -> Tensor:
+        """The matmul's input at every position: x [B, n, f] -> [B, n, k * f], the k causal shifts
+        (zero left padding) side by side."""
+        n = x.shape[1]
+        xp = F.pad(x, (0, 0, (self.kernel - 1) * self.dilation, 0))
+        return torch.cat([xp[:, j * self.dilation : j * self.dilation + n] for j in range(self.kernel)], dim=-1)
+
+    def gather(self, x: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """The matmul's input at chosen positions: x [B, m, f] holds some positions of the input,
         `index` [k, q] says where output q's k shifted inputs are in x (1 + row, 0 for the causal
-        padding), in `forward`'s shift order. Returns (outputs [B, q, f], x at the outputs' own
-        positions [B, q, f]): the same arithmetic as `forward` on fewer rows."""
+        padding), in `shifts`' order. Returns ([B, q, k * f], x at the outputs' own positions)."""
         b, q = x.shape[0], index.shape[1]
         xs = F.pad(x, (0, 0, 1, 0))  # row 0: the zero padding
         shifted = xs[:, index.reshape(-1)].view(b, self.kernel, q, -1).transpose(1, 2).reshape(b, q, -1)
-        z = torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), weight).view(b, q, -1)
-        return z, xs[:, index[-1]]
+        return shifted, xs[:, index[-1]]
+
+    @staticmethod
+    def matmul(shifted: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+        """[..., q, k * f] @ kernel [k * f, out] + bias -> [..., q, out], as one matmul."""
+        return torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), weight).view(*shifted.shape[:-1], -1)
 
 
 class ResidualBlock(nn.Module):
@@ -218,29 +230,54 @@ class NextItNet(nn.Module):
         """Hidden states [B, n, f]; with `out`, only the last `out` positions [B, out, f], and only
         the positions they depend on are computed (a later task reads one position: the top
         convolutions then compute a handful of positions instead of n, `Cone`)."""
+        return self.segments(x, ((x.shape[0], out),), hooks)[0]
+
+    def segments(self, x: Tensor, parts: Sequence[tuple[int, int | None]], hooks: Hooks = NO_HOOKS) -> list[Tensor]:
+        """`forward` for consecutive row groups of x that read different positions: group g holds
+        parts[g] = (rows, out) and gets [rows, out, f] (out None: every position), computed through
+        its own `Cone` (TERACON: the batch reads one position, the retained rows of a past next-item
+        task two). The groups share one tensor, and one matmul per convolution, through the blocks
+        where every group needs every position; above, each group computes only its own positions.
+        Per-row gates [B, f] are split by group; a `patch` hook needs a single group."""
+        n = x.shape[1]
+        rows = [r for r, _ in parts]
+        if sum(rows) != x.shape[0]:
+            raise ValueError(f"row groups {rows} do not add up to the {x.shape[0]} rows of x")
+        if len(parts) > 1 and hooks.patch is not None:
+            raise ValueError("a patch hook reads one conv input per output row: use a single row group")
+        cones = [None if out is None or out >= n else Cone.of(n, out, self.cfg, x.device) for _, out in parts]
         h = self.item_emb(x) if hooks.embed is None else hooks.embed(x, self.item_emb.weight)
-        cone = None if out is None or out >= x.shape[1] else Cone.of(x.shape[1], out, self.cfg, x.device)
+        hs, groups = [h], [(0, x.shape[0])]  # one tensor for all groups while no group has a cone yet
         for k, block in enumerate(self.blocks):
-            step = None if cone is None else cone.blocks[k]
-            inp = h
-            for r, (conv, ln) in enumerate(((block.conv1, block.ln1), (block.conv2, block.ln2))):
-                i = 2 * k + r
-                w = conv.weight if hooks.conv_weight is None else hooks.conv_weight(i, conv.weight)
-                b = conv.bias if hooks.conv_bias is None else hooks.conv_bias(i, conv.bias)
-                if step is None:
-                    z, x_at = conv(inp, w, b), inp
-                else:
-                    z, x_at = conv.at(inp, step.convs[r], w, b)
-                if hooks.patch is not None:
-                    z = hooks.patch(i, z, x_at)
-                if hooks.norms is not None and hooks.norms[k][r] is not None:
-                    ln = hooks.norms[k][r]
-                inp = F.relu(ln(z))
-                if hooks.gates is not None and hooks.gates[k][r] is not None:
-                    g = hooks.gates[k][r]
-                    inp = inp * (g.unsqueeze(1) if g.dim() == 2 else g)
-            h = (h if step is None else h[:, step.residual]) + inp
-        return h
+            steps = [None if c is None else c.blocks[k] for c in cones]
+            if len(hs) == 1 and len(parts) > 1 and any(st is not None for st in steps):
+                groups = [(sum(rows[:g]), r) for g, r in enumerate(rows)]
+                hs = list(hs[0].split(rows))
+            if len(hs) == 1:
+                steps = [steps[0] if all(st is None for st in steps) else None] if len(parts) > 1 else steps
+            out = []
+            for hg, st, (start, count) in zip(hs, steps, groups):
+                inp = hg
+                for r, (conv, ln) in enumerate(((block.conv1, block.ln1), (block.conv2, block.ln2))):
+                    i = 2 * k + r
+                    w = conv.weight if hooks.conv_weight is None else hooks.conv_weight(i, conv.weight)
+                    b = conv.bias if hooks.conv_bias is None else hooks.conv_bias(i, conv.bias)
+                    if st is None:
+                        z, x_at = conv(inp, w, b), inp
+                    else:
+                        z, x_at = conv.at(inp, st.convs[r], w, b)
+                    if hooks.patch is not None:
+                        z = hooks.patch(i, z, x_at)
+                    if hooks.norms is not None and hooks.norms[k][r] is not None:
+                        ln = hooks.norms[k][r]
+                    inp = F.relu(ln(z))
+                    if hooks.gates is not None and (g := hooks.gates[k][r]) is not None:
+                        if g.dim() == 2:
+                            g = (g if count == g.shape[0] else g[start:start + count]).unsqueeze(1)
+                        inp = inp * g
+                out.append((hg if st is None else hg[:, st.residual]) + inp)
+            hs = out
+        return hs if len(hs) == len(parts) else list(hs[0].split(rows))
 
     def read(self, x: Tensor, hooks: Hooks = NO_HOOKS, all_positions: bool = False) -> Tensor:
         """What a head reads: every position [B, n, f], or the last one [B, f].

@@ -95,16 +95,18 @@ class TeraconNet(nn.Module):
         gates = [(mask[2 * k], mask[2 * k + 1]) for k in range(len(self.backbone.blocks))]
         return self.backbone.read(x, Hooks(gates=gates), all_positions)
 
-    def represent_rows(self, x: Tensor, masks: list[Tensor], counts: list[int], out: int | None = None) -> Tensor:
-        """Backbone output [B, n, f] of x (the last `out` positions only, if given) whose consecutive
-        row groups (counts[g] rows each) are gated by their own mask [K, f]: rows of several tasks
-        in one pass, each row computed as in a pass of its own (the backbone's per-row gates [B, f])."""
+    def represent_rows(self, x: Tensor, masks: list[Tensor], counts: list[int],
+                       parts: list[tuple[int, int | None]]) -> list[Tensor]:
+        """Backbone outputs of x whose consecutive row groups (counts[g] rows each) are gated by
+        their own mask [K, f], each row computed as in a pass of its own (the backbone's per-row
+        gates [B, f]); `parts` splits the rows again by the positions they read
+        (`NextItNet.segments`): one pass for all of them."""
         if len(masks) == 1:
             gates = [(masks[0][2 * k], masks[0][2 * k + 1]) for k in range(len(self.backbone.blocks))]
         else:
             rows = torch.cat([m[:, None].expand(-1, n, -1) for m, n in zip(masks, counts)], dim=1).unbind(0)  # K x [B, f]
             gates = list(zip(rows[0::2], rows[1::2]))
-        return self.backbone(x, Hooks(gates=gates), out=out)
+        return self.backbone.segments(x, parts, Hooks(gates=gates))
 
     def logits(self, task: str, x: Tensor, mask: Tensor, all_positions: bool = False) -> Tensor:
         return self.heads[task](self.represent(x, mask, all_positions))
@@ -278,7 +280,8 @@ class Teracon(Method):
 
         The retained users' student pass joins the batch's own forward pass: one backbone pass over
         the batch's rows and the sampled rows of every past task, each row gated by its own mask
-        (per-row gates, the same arithmetic as separate passes). A past task reads its position of
+        (per-row gates) and each row group computing only the positions it reads
+        (`NextItNet.segments`): the same arithmetic as separate passes. A past task reads its position of
         the whole sequence (causal convolutions: the sequence without its last item gives the same
         output there). The teacher labels all past tasks' sampled rows in one pass too.
         """
@@ -297,16 +300,18 @@ class Teracon(Method):
         known, teacher_known = self.known(), self.known()[:-1]
         with torch.no_grad():  # pseudo-labels: the teacher's Tj masks at the current annealed s
             m_t = [self.teacher.mask(pt.name, self.others(pt.name, teacher_known), s) for pt in past]
-            h_t = self.teacher.represent_rows(kept, m_t, counts, out=2).split(counts)
+            (h_kept,) = self.teacher.represent_rows(kept, m_t, counts, [(len(kept), 2)])
+            h_t = h_kept.split(counts)
             targets = [self.teacher.heads[pt.name](readout(inputs_for(pt.kind, h), False)) for pt, h in zip(past, h_t)]
             self.rho = relation_rates(m_cur.detach(), torch.stack(m_t), self.cfg.c)  # Eq. 15, for the next step
         own = self.cfg.kr_student_mask == "own"
         m_s = [self.net.mask(pt.name, self.others(pt.name, known), s) if own else m_cur for pt in past]
-        # a past task reads the last position or the one before (next-item), so 2 are computed,
-        # unless the current task is itself a next-item task (every position)
-        h = self.net.represent_rows(torch.cat([full, kept]), [m_cur, *m_s], [n_users, *counts],
-                                    out=None if main_all else 2)
-        h_main, *h_past = h.split([n_users, *counts])
+        # the batch's rows read the last position (every position for a next-item task), the
+        # retained rows the last or the one before (a past next-item task): each group computes
+        # only the positions it reads, in one pass
+        h_main, h_kept = self.net.represent_rows(torch.cat([full, kept]), [m_cur, *m_s], [n_users, *counts],
+                                                 [(n_users, None if main_all else 1), (len(kept), 2)])
+        h_past = h_kept.split(counts)
         h_task = readout(h_main[:, : batch.x.shape[1]], main_all)
         kr = full.new_zeros((), dtype=m_cur.dtype)
         total = sum(rates)

@@ -120,3 +120,33 @@ def test_cone_computes_only_what_the_last_positions_read_and_gives_the_same_valu
     rows = [30 if blk is None else blk.convs[r].shape[1] for blk in cone.blocks for r in (0, 1)]
     assert rows[-4:] == [15, 7, 3, 1] and sum(rows) < 30 * n_conv  # dilations ..., 1, 2, 4, 8 at the top
     assert all(r == 30 for r in rows[:-4])
+
+
+@pytest.mark.parametrize("preset", ["small", "paper"])
+def test_row_groups_reading_different_positions_equal_their_own_passes(preset):
+    """`segments`: each group computed through its own cone (one matmul per conv for all groups)
+    gives its own pass's values and gradients, per-row gates and weight hooks included."""
+    cfg = PRESETS[preset].backbone
+    torch.manual_seed(0)
+    net = NextItNet(300, cfg)
+    x = torch.randint(1, 300, (7, 30))
+    x[:2, :12] = 0
+    gate = torch.rand(7, cfg.channels, requires_grad=True)
+    hooks = lambda g: Hooks(gates=[(g, None)] * len(cfg.dilations), conv_weight=lambda i, w: w * 0.9)
+    parts = [(3, 1), (2, 2), (2, None)]
+    got = net.segments(x, parts, hooks(gate))
+    assert [tuple(h.shape[:2]) for h in got] == [(3, 1), (2, 2), (2, 30)]
+    sum(h.square().sum() for h in got).backward()
+    grads = [p.grad.clone() for p in net.parameters()] + [gate.grad.clone()]
+    net.zero_grad()
+    gate.grad = None
+    own = [net(x[a:a + r], hooks(gate[a:a + r]), out=o) for (r, o), a in zip(parts, (0, 3, 5))]
+    for h, ref in zip(got, own):
+        assert torch.allclose(h, ref, atol=1e-5)
+    sum(h.square().sum() for h in own).backward()
+    for g, p in zip(grads, [*net.parameters(), gate]):  # float round-off relative to the tensor's scale
+        assert (g - p.grad).abs().max() <= 1e-5 * p.grad.abs().max() + 1e-7
+    with pytest.raises(ValueError, match="do not add up"):
+        net.segments(x, [(3, 1), (3, 2)])
+    with pytest.raises(ValueError, match="single row group"):
+        net.segments(x, parts, Hooks(patch=lambda i, z, inp: z))

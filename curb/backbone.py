@@ -238,13 +238,11 @@ class NextItNet(nn.Module):
         its own `Cone` (TERACON: the batch reads one position, the retained rows of a past next-item
         task two). The groups share one tensor, and one matmul per convolution, through the blocks
         where every group needs every position; above, each group computes only its own positions.
-        Per-row gates [B, f] are split by group; a `patch` hook needs a single group."""
+        Per-row gates [B, f] are split by group."""
         n = x.shape[1]
         rows = [r for r, _ in parts]
         if sum(rows) != x.shape[0]:
             raise ValueError(f"row groups {rows} do not add up to the {x.shape[0]} rows of x")
-        if len(parts) > 1 and hooks.patch is not None:
-            raise ValueError("a patch hook reads one conv input per output row: use a single row group")
         cones = [None if out is None or out >= n else Cone.of(n, out, self.cfg, x.device) for _, out in parts]
         h = self.item_emb(x) if hooks.embed is None else hooks.embed(x, self.item_emb.weight)
         hs, groups = [h], [(0, x.shape[0])]  # one tensor for all groups while no group has a cone yet
@@ -254,7 +252,7 @@ class NextItNet(nn.Module):
                 groups = [(sum(rows[:g]), r) for g, r in enumerate(rows)]
                 hs = list(hs[0].split(rows))
             if len(hs) == 1:
-                steps = [steps[0] if all(st is None for st in steps) else None] if len(parts) > 1 else steps
+                steps = steps[:1]  # one group, or groups that all still compute every position
             out = []
             for hg, st, (start, count) in zip(hs, steps, groups):
                 inp = hg

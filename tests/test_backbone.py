@@ -132,7 +132,9 @@ def test_row_groups_reading_different_positions_equal_their_own_passes(preset):
     x = torch.randint(1, 300, (7, 30))
     x[:2, :12] = 0
     gate = torch.rand(7, cfg.channels, requires_grad=True)
-    hooks = lambda g: Hooks(gates=[(g, None)] * len(cfg.dilations), conv_weight=lambda i, w: w * 0.9)
+    patch = torch.nn.Linear(cfg.channels, cfg.channels)
+    hooks = lambda g: Hooks(gates=[(g, None)] * len(cfg.dilations), conv_weight=lambda i, w: w * 0.9,
+                            patch=lambda i, z, inp: z + 0.1 * patch(inp))
     parts = [(3, 1), (2, 2), (2, None)]
     got = net.segments(x, parts, hooks(gate))
     assert [tuple(h.shape[:2]) for h in got] == [(3, 1), (2, 2), (2, 30)]
@@ -148,5 +150,3 @@ def test_row_groups_reading_different_positions_equal_their_own_passes(preset):
         assert (g - p.grad).abs().max() <= 1e-5 * p.grad.abs().max() + 1e-7
     with pytest.raises(ValueError, match="do not add up"):
         net.segments(x, [(3, 1), (3, 2)])
-    with pytest.raises(ValueError, match="single row group"):
-        net.segments(x, parts, Hooks(patch=lambda i, z, inp: z))

@@ -148,34 +148,21 @@ class CausalConv(nn.Module):
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
         """x: [B, n, f] -> [B, n, f]; output t sees inputs t, t-d, ..., t-(k-1)d only."""
-        return self.matmul(self.shifts(x), weight, bias)
-
-    def at(self, x: Tensor, index: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
-        """The outputs at chosen positions only (see `gather`): (outputs [B, q, f], x at the
-        outputs' own positions [B, q, f]), the same arithmetic as `forward` on fewer rows."""
-        shifted, x_at = self.gather(x, index)
-        return self.matmul(shifted, weight, bias), x_at
-
-    def shifts(self, x: Tensor) -> Tensor:
-        """The matmul's input at every position: x [B, n, f] -> [B, n, k * f], the k causal shifts
-        (zero left padding) side by side."""
         n = x.shape[1]
         xp = F.pad(x, (0, 0, (self.kernel - 1) * self.dilation, 0))
-        return torch.cat([xp[:, j * self.dilation : j * self.dilation + n] for j in range(self.kernel)], dim=-1)
+        shifted = torch.cat([xp[:, j * self.dilation : j * self.dilation + n] for j in range(self.kernel)], dim=-1)
+        return torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), weight).view(x.shape[0], n, -1)
 
-    def gather(self, x: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
-        """The matmul's input at chosen positions: x [B, m, f] holds some positions of the input,
+    def at(self, x: Tensor, index: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
+        """The outputs at chosen positions only: x [B, m, f] holds some positions of the input,
         `index` [k, q] says where output q's k shifted inputs are in x (1 + row, 0 for the causal
-        padding), in `shifts`' order. Returns ([B, q, k * f], x at the outputs' own positions)."""
+        padding), in `forward`'s shift order. Returns (outputs [B, q, f], x at the outputs' own
+        positions [B, q, f]): the same arithmetic as `forward` on fewer rows."""
         b, q = x.shape[0], index.shape[1]
         xs = F.pad(x, (0, 0, 1, 0))  # row 0: the zero padding
         shifted = xs[:, index.reshape(-1)].view(b, self.kernel, q, -1).transpose(1, 2).reshape(b, q, -1)
-        return shifted, xs[:, index[-1]]
-
-    @staticmethod
-    def matmul(shifted: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
-        """[..., q, k * f] @ kernel [k * f, out] + bias -> [..., q, out], as one matmul."""
-        return torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), weight).view(*shifted.shape[:-1], -1)
+        z = torch.addmm(bias, shifted.reshape(-1, shifted.shape[-1]), weight).view(b, q, -1)
+        return z, xs[:, index[-1]]
 
 
 class ResidualBlock(nn.Module):

@@ -124,8 +124,9 @@ def test_cone_computes_only_what_the_last_positions_read_and_gives_the_same_valu
 
 @pytest.mark.parametrize("preset", ["small", "paper"])
 def test_row_groups_reading_different_positions_equal_their_own_passes(preset):
-    """`segments`: each group computed through its own cone (one matmul per conv for all groups)
-    gives its own pass's values and gradients, per-row gates and weight hooks included."""
+    """`segments`: each group computed through its own cone (all groups in one tensor while every
+    group needs every position) gives its own pass's values and gradients, per-row gates, weight
+    and patch hooks included."""
     cfg = PRESETS[preset].backbone
     torch.manual_seed(0)
     net = NextItNet(300, cfg)

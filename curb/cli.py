@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--epochs", type=int, default=None, help="cap on epochs per task")
     rp.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="shared override (backbone., train., split.; ncf. for cold-start), repeatable")
+    rp.add_argument("--tuned", default=None, metavar="FILE",
+                    help="apply a tuned configuration written by `curb tune` to every cell (e.g. tuning/ml.toml); "
+                    "--set wins over it")
     rp.add_argument("--n-orders", type=_positive_int, default=6, help="orders: number of task orders")
     rp.add_argument("--order-seed", type=int, default=0, help="orders: seed of the random task orders")
     rp.add_argument("--noise-position", type=int, default=None,
@@ -458,6 +461,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if args.epochs < 1:
             raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
         overrides = {"train.t1_epochs": str(args.epochs), "train.epochs": str(args.epochs), **overrides}
+    if args.tuned:
+        from .tuning import read_tuned
+
+        overrides = {"tuned": read_tuned(args.tuned)[0], **overrides}
     methods = tuple(_methods(args.methods)) if args.methods else None
     ncf = {k: v for k, v in overrides.items() if k.startswith("ncf.")}  # only the cold-start study reads these
     cells = {k: v for k, v in overrides.items() if k not in ncf}

@@ -134,25 +134,50 @@ def provenance_table(st: Setting) -> Table:
 
 
 def _shared_config(r: dict) -> dict:
-    """preset/backbone/train/split of a result; results older than `backbone.item_init` were
-    random-initialised, so the knob's defaults are filled in before configs are compared."""
-    cfg = {k: r["config"][k] for k in ("preset", "backbone", "train", "split")}
-    cfg["backbone"] = {"item_init": "random", "text_proj": "pca", **cfg["backbone"]}
-    return cfg
+    """preset/backbone/train/split of a result, flattened to `section.key`; results older than
+    `backbone.item_init` were random-initialised, so the knob's defaults are filled in."""
+    cfg = r["config"]
+    flat = {"preset": cfg["preset"]}
+    for section in ("backbone", "train", "split"):
+        values = {"item_init": "random", "text_proj": "pca", **cfg[section]} if section == "backbone" else cfg[section]
+        flat.update({f"{section}.{k}": v for k, v in values.items()})
+    return flat
 
 
 def config_blocks(st: Setting) -> list[Block]:
-    """The exact configuration: the shared part once, each method's own knobs per row."""
-    rs = st.select()
-    shared = _shared_config(rs[0])
-    differs = sorted({spec_of(r).method for r in rs if _shared_config(r) != shared})
-    blocks: list[Block] = [Table("config-shared", "Shared by every row", ["section", "config"],
-                                 [[k, f"`{json.dumps(v, sort_keys=True)}`"] for k, v in shared.items()])]
-    if differs:
-        blocks.append(f"Rows whose shared config differs: {', '.join(differs)} (see their result files).")
-    blocks.append(Table("config-method", "Each method's own config", ["method", "method config"],
-                        [[m, f"`{json.dumps(st.select(method=m)[0]['config']['method'], sort_keys=True)}`"]
-                         for m in st.methods()]))
+    """The exact configuration: the values most rows share once, then per method its own knobs and
+    the shared values it overrides (a tuned learning rate, say); the tuned file, if any, is named."""
+    by_method = {m: st.select(method=m) for m in st.methods()}
+    firsts = [_shared_config(rs[0]) for rs in by_method.values()]
+    shared = {}
+    for key in dict.fromkeys(k for f in firsts for k in f):  # the most common value; ties: the first method's
+        values = [json.dumps(f.get(key), sort_keys=True) for f in firsts]
+        shared[key] = json.loads(max(dict.fromkeys(values), key=values.count))
+    rows, uneven = [], []
+    for m, rs in by_method.items():
+        own = {k: v for k, v in _shared_config(rs[0]).items() if shared.get(k) != v}
+        rows.append([m, f"`{json.dumps(rs[0]['config']['method'], sort_keys=True)}`",
+                     f"`{json.dumps(own, sort_keys=True)}`" if own else "-"])
+        if any(_shared_config(r) != _shared_config(rs[0]) or r["config"]["method"] != rs[0]["config"]["method"]
+               for r in rs[1:]):
+            uneven.append(m)
+    sections: dict[str, object] = {"preset": shared["preset"]}
+    for key, v in shared.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            sections.setdefault(head, {})[rest] = v
+    blocks: list[Block] = [Table("config-shared", "Shared by the rows (a method's overrides are in the next table)",
+                                 ["section", "config"],
+                                 [[k, f"`{json.dumps(v, sort_keys=True)}`"] for k, v in sections.items()])]
+    tuned = sorted({r["config"].get("tuned") or "none" for r in st.select()})
+    if tuned != ["none"]:
+        blocks.append("Tuned configuration (`curb tune`, chosen on validation only, docs/protocol.md §4.9; "
+                      "`<file>@<first 12 hex digits of its SHA-256>`): "
+                      + ", ".join(f"`{t}`" for t in tuned) + ". Its values are the per-method overrides below.")
+    if uneven:
+        blocks.append(f"Rows whose seeds ran different configs: {', '.join(uneven)} (see their result files).")
+    blocks.append(Table("config-method", "Each method's own config, and the shared values it overrides",
+                        ["method", "method config", "overrides of the shared config"], rows))
     return blocks
 
 

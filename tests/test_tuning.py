@@ -79,3 +79,24 @@ def test_run_tuned_applies_the_file_records_it_and_refuses_a_changed_file(tmp_pa
     spec = CellSpec.from_dict(results["hat"]["spec"])
     with pytest.raises(ConfigError, match="changed since the cell was planned"):
         resolve_config(spec)
+
+
+def test_reproduce_tuned_applies_the_file_to_every_cell(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.toml").write_text('[methods.sinmo]\n"train.lr" = "0.0005"\n')
+    tag, _ = read_tuned("t.toml")
+    assert main(["reproduce", "overall", "--dataset", "synthetic-mini", "--methods", "pop,sinmo", "--seeds", "0",
+                 "--epochs", "1", "--tuned", "t.toml", "--out", "runs", "--no-figures"]) == 0
+    results = {r["spec"]["method"]: r for _, r in iter_results(tmp_path / "runs")}
+    assert results.keys() == {"pop", "sinmo"}
+    assert all(r["config"]["tuned"] == tag for r in results.values())
+    assert results["sinmo"]["config"]["train"]["lr"] == 0.0005
+    # the board's configuration section names the tuned file and shows each method's tuned values
+    from curb.leaderboard import config_blocks
+    from curb.resultsets import load_settings
+
+    (st,) = load_settings(tmp_path / "runs")
+    blocks = config_blocks(st)
+    assert any(isinstance(b, str) and f"`{tag}`" in b for b in blocks)
+    rows = {r[0]: r[2] for r in next(b for b in blocks if getattr(b, "name", "") == "config-method").rows}
+    assert '"train.lr": 0.0005' in rows["sinmo"] and rows["pop"] == "-"

@@ -69,8 +69,15 @@ class Experiment:
     run: Callable[..., list[Path]] | None = None
 
 
+def _every_method() -> tuple[str, ...]:
+    """pop, the paper's methods, then the rest of the built-in benchmark set (`--methods all`)."""
+    from .method import benchmark_methods
+
+    return tuple(dict.fromkeys(("pop", *PAPER_METHODS, *benchmark_methods())))
+
+
 def _overall(a: ExperimentArgs) -> list[CellSpec]:
-    return a.grid(("pop", *PAPER_METHODS))
+    return a.grid(_every_method())
 
 
 def _transfer(a: ExperimentArgs) -> list[CellSpec]:
@@ -101,7 +108,7 @@ def _sampling(a: ExperimentArgs) -> list[CellSpec]:
 
 def _adaptation(a: ExperimentArgs) -> list[CellSpec]:
     # The curves are the last task's per-epoch validation logs, already in every cell's result.
-    return a.grid(("pop", *PAPER_METHODS))
+    return a.grid(_every_method())
 
 
 def task_orders(names: list[str], n: int, seed: int) -> list[str]:
@@ -147,7 +154,7 @@ def _cold_start(a: ExperimentArgs, out: Path, device: str, echo: Callable[[str],
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (
-    Experiment("overall", "every method, final R(T_M, T_i) per task (the paper's overall table)", _overall),
+    Experiment("overall", "every method of `--methods all`, final R(T_M, T_i) per task (the paper's overall table)", _overall),
     Experiment("transfer", "FWT/BWT of HAT, CONURE, TERACON in original and reversed order", _transfer),
     Experiment("noisy", "a noise task T' inserted (after T3); each real task's score and change vs clean", _noisy),
     Experiment("sampling", "TERACON with rho = rho_min / Eq. 15 / 1: scores and seconds per epoch", _sampling),

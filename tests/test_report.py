@@ -55,6 +55,8 @@ def test_task_orders_are_distinct_start_with_t1_and_are_seeded():
 def test_experiments_share_cells_instead_of_recomputing():
     a = ExperimentArgs("synthetic-mini", seeds=(0, 1))
     overall = set(get_experiment("overall").cells(a))
+    assert {s.method for s in overall} == {"pop", "sinmo", "fineall", "peterrec", "mtl", "piggyback", "hat", "conure",
+                                           "teracon", "ditto", "ewc", "lwf", "replay"}  # `--methods all`
     transfer = set(get_experiment("transfer").cells(a))
     sampling = get_experiment("sampling").cells(a)
     # The default-order HAT/CONURE/TERACON cells of `transfer` are exactly those of `overall`.

@@ -483,6 +483,21 @@ def _cold_start(ev: Evidence, rng: np.random.Generator) -> Finding:
                                       "(intersection-union: p = the larger)", "HR@10 " + "; ".join(parts), p)
 
 
+def _ditto_over_teracon(ev: Evidence, rng: np.random.Generator) -> Finding:
+    ditto, teracon = ev.cells("ditto"), ev.cells("teracon")
+    if not ditto or not teracon:
+        return Finding("no data", "no default-order DITTO cells" if not ditto else "no default-order TERACON cells")
+    tasks = _real_tasks(next(iter(teracon.values())))
+    found = _contrast([(1.0, ditto)], [(1.0, teracon)], tasks, rng)
+    if found is None:
+        return Finding("no data", "DITTO and TERACON cells do not pair (per-user scores, or 2 or more common seeds)")
+    name, res = found
+    keys = _common_keys([ditto, teracon])
+    return Finding(_direction(res.effect, res.p, +1),
+                   f"final R of {', '.join(tasks)} (mean over tasks), default order, seeds {_seeds(keys)}",
+                   name, f"DITTO - TERACON = {res.effect:+.4f}", res.p)
+
+
 CLAIMS: tuple[Claim, ...] = (
     Claim("a", "TERACON has the best all-task score",
           "final R of every task (mean over tasks), default order, every method with a score on every task",
@@ -503,6 +518,9 @@ CLAIMS: tuple[Claim, ...] = (
           "paired t-test over (method, seed) cells", _text_init),
     Claim("i", "the universal representation helps warm and cold users", "cold-start NCF results",
           "paired t-test over seeds of HR@10, warm and cold", _cold_start),
+    Claim("j", "DITTO (SIGIR 2025) has a higher all-task score than TERACON",
+          "final R of every task (mean over tasks), default order, DITTO and TERACON",
+          "paired test of DITTO against TERACON", _ditto_over_teracon),
 )
 
 
@@ -529,7 +547,7 @@ def claims_table(verdicts: list[Verdict]) -> Table:
     reports and boards (markdown, LaTeX, site) like every other table."""
     rows: list[list[Cell]] = [[f"({v.claim}) {v.statement}", v.evidence, v.test, v.statistic, _fmt_p(v.p), v.verdict]
                               for v in verdicts]
-    return Table("claims", "The paper's claims, checked", ["claim", "evidence", "test", "statistic", "p", "verdict"],
+    return Table("claims", "The papers' claims, checked", ["claim", "evidence", "test", "statistic", "p", "verdict"],
                  rows, note="Verdicts: confirmed (significant in the claimed direction, alpha 0.05), not confirmed "
                             "(the data cannot tell), refuted (significant the other way), no data (the results the "
                             "claim reads are absent). Re-derived from the result files by `curb leaderboard check`; "

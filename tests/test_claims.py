@@ -63,7 +63,7 @@ def verdicts(results: list[dict]) -> dict[str, object]:
 
 def test_no_results_give_no_data_for_every_claim():
     vs = evaluate_claims([])
-    assert [v.claim for v in vs] == [c.id for c in CLAIMS] == list("abcdefghi")
+    assert [v.claim for v in vs] == [c.id for c in CLAIMS] == list("abcdefghij")
     assert {v.verdict for v in vs} == {"no data"} and all(v.p is None for v in vs)
     table = claims_table(vs)
     assert [row[-1] for row in table.rows] == ["no data"] * len(vs)
@@ -86,6 +86,17 @@ def test_best_all_task_score_falls_back_to_seeds_without_per_user_scores():
                                                                               for s in SEEDS]
     a = verdicts(board)["a"]
     assert a.verdict == "not confirmed" and "t-test over 3 cells" in a.test
+
+
+def test_ditto_over_teracon_paired_per_user():
+    ahead = [cell("ditto", s, lift=0.1) for s in SEEDS] + [cell("teracon", s) for s in SEEDS]
+    j = verdicts(ahead)["j"]
+    assert j.verdict == "confirmed" and j.p <= 0.05 and "sign-flip" in j.test and "+0.1" in j.statistic
+    behind = [cell("ditto", s) for s in SEEDS] + [cell("teracon", s, lift=0.1) for s in SEEDS]
+    assert verdicts(behind)["j"].verdict == "refuted"
+    same = [cell("ditto", s, draw="x") for s in SEEDS] + [cell("teracon", s, draw="x") for s in SEEDS]
+    assert verdicts(same)["j"].verdict == "not confirmed"
+    assert verdicts(ahead[:3])["j"].verdict == "no data"
 
 
 def test_conure_bwt_exactly_zero():

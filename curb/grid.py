@@ -296,7 +296,12 @@ def preflight(item: tuple[dict, str | None, str]) -> str | None:
 
 # ---------------------------------------------------------------------------------- grids
 def cell_label(spec: CellSpec) -> str:
-    return f"{spec.dataset}/{spec.method}/{spec.order_tag}/seed{spec.seed}"
+    """dataset/method/order/seed, then the cell's overrides (so the arms of a sweep and the trials
+    of `curb tune` can be told apart in a log); a tuned file shows as `tuned=<its path>`."""
+    label = f"{spec.dataset}/{spec.method}/{spec.order_tag}/seed{spec.seed}"
+    if spec.overrides:
+        label += " [" + ",".join(f"{k}={v.rpartition('@')[0] if k == 'tuned' else v}" for k, v in spec.overrides) + "]"
+    return label
 
 
 def usable_cores() -> int:

@@ -100,3 +100,13 @@ def test_reproduce_tuned_applies_the_file_to_every_cell(tmp_path, monkeypatch):
     assert any(isinstance(b, str) and f"`{tag}`" in b for b in blocks)
     rows = {r[0]: r[2] for r in next(b for b in blocks if getattr(b, "name", "") == "config-method").rows}
     assert '"train.lr": 0.0005' in rows["sinmo"] and rows["pop"] == "-"
+
+
+def test_trial_cells_are_told_apart_in_the_log():
+    from curb.grid import cell_label
+
+    spec = CellSpec("hat", "ml", seed=0, overrides=(("hat.lam", "2.5"), ("train.lr", "0.0003")))
+    assert cell_label(spec) == "ml/hat/default/seed0 [hat.lam=2.5,train.lr=0.0003]"
+    assert cell_label(CellSpec("hat", "ml", seed=1)) == "ml/hat/default/seed1"
+    tuned = CellSpec("hat", "ml", seed=0, overrides=(("tuned", "tuning/ml.toml@0123456789ab"),))
+    assert cell_label(tuned) == "ml/hat/default/seed0 [tuned=tuning/ml.toml]"

@@ -475,7 +475,8 @@ def test_a_cell_whose_worker_dies_for_good_ends_with_a_failure_record(tmp_path):
         os.kill(worker_pid, signal.SIGKILL)
         output, _ = p.communicate(timeout=180)
     assert p.returncode == 1, output
-    assert "cell synthetic-mini/fineall/default/seed0 failed: KilledWorker" in output and "Traceback" not in output
+    assert ("cell synthetic-mini/fineall/default/seed0 [train.epochs=40,train.patience=40] failed: KilledWorker"
+            in output and "Traceback" not in output)
     record = json.loads(CellFiles.of(tmp_path, SLOW_SPEC.hash).failed.read_text())
     assert record["error"].startswith("KilledWorker") and record["spec"] == SLOW_SPEC.as_dict()
 

@@ -87,12 +87,14 @@ def board_setting(board: Board) -> Setting:
     bad = [str(r) for _, r in iter_results(board.results) if isinstance(r, ResultError)]
     if bad:
         raise ResultError(f"board {board.key}: damaged result file(s): " + "; ".join(bad))
-    found = [s for s in load_settings(board.results, lambda _: None)
-             if (s.dataset, s.preset, s.overrides) == (board.dataset, board.preset, board.overrides)]
+    settings = load_settings(board.results, lambda _: None)
+    found = [s for s in settings if (s.dataset, s.preset, s.overrides) == (board.dataset, board.preset, board.overrides)]
     if len(found) != 1:
+        present = "; ".join(sorted({f"dataset {s.dataset!r}, preset {s.preset!r}, overrides {dict(s.overrides)}"
+                                    for s in settings})) or "none"
         raise ResultError(f"board {board.key}: {'no' if not found else 'several data versions of'} results for dataset "
                           f"{board.dataset!r}, preset {board.preset!r}, overrides {dict(board.overrides)} under "
-                          f"{board.results}")
+                          f"{board.results} (settings there: {present})")
     return found[0]
 
 
@@ -210,8 +212,9 @@ def board_page(board: Board, st: Setting, figures_dir: Path | None) -> Page:
     claims = [s for s in sections if s.title == "claims"]
     rest = [s for s in sections if s.title not in ("overall", "claims")]
     seeds = sorted({spec_of(r).seed for r in st.select()})
+    presets = sorted({r["config"]["preset"] for r in st.results})  # the dataset's default when the board names none
     intro: list[Block] = [
-        f"Benchmark version **{board.version}** · dataset `{board.dataset}` · preset `{board.preset or 'default'}`"
+        f"Benchmark version **{board.version}** · dataset `{board.dataset}` · preset `{'`, `'.join(presets)}`"
         f" · seeds {', '.join(map(str, seeds))} · {len(st.results)} result files in `{board.results.name}/` · "
         "built by `curb leaderboard build` from those files only.", *paragraphs(board.description)]
     if board.command:

@@ -32,7 +32,14 @@ class Setting:
 
     @property
     def label(self) -> str:
-        parts = [self.dataset] + ([self.preset] if self.preset else []) + [f"{k}={v}" for k, v in self.overrides]
+        """dataset-preset-key=value...; a tuned file shows as `tuned=<file stem>@<6 digest digits>`."""
+        def show(k: str, v: str) -> str:
+            if k != "tuned":
+                return f"{k}={v}"
+            path, _, digest = v.rpartition("@")
+            return f"tuned={Path(path).stem}@{digest[:6]}"
+
+        parts = [self.dataset] + ([self.preset] if self.preset else []) + [show(k, v) for k, v in self.overrides]
         return "-".join(parts)
 
     @property

@@ -307,7 +307,7 @@ def test_cold_start_results_get_their_own_section_and_never_break_the_tables(tmp
 def test_reproduce_routes_ncf_overrides_to_cold_start_only(tmp_path, capsys):
     assert main(["reproduce", "overall,cold-start", "--dataset", "synthetic-mini", "--seeds", "0",
                  "--set", "ncf.epochs=1", "--out", str(tmp_path), "--dry-run"]) == 0
-    assert "overall, cold-start on synthetic-mini: 9 cell(s)" in capsys.readouterr().out
+    assert "overall, cold-start on synthetic-mini: 13 cell(s)" in capsys.readouterr().out
 
 
 def test_reproduce_all_skips_text_init_on_a_dataset_without_texts(tmp_path, capsys):

@@ -96,6 +96,7 @@ def test_reproduce_tuned_applies_the_file_to_every_cell(tmp_path, monkeypatch):
     from curb.resultsets import load_settings
 
     (st,) = load_settings(tmp_path / "runs")
+    assert st.label.endswith(f"-tuned=t@{tag[-12:-6]}")  # tables and figures are named by it
     blocks = config_blocks(st)
     assert any(isinstance(b, str) and f"`{tag}`" in b for b in blocks)
     rows = {r[0]: r[2] for r in next(b for b in blocks if getattr(b, "name", "") == "config-method").rows}

@@ -418,7 +418,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from .grid import status
+    from .grid import overrides_text, status
 
     if not args.run_dir.is_dir():
         raise ConfigError(f"{args.run_dir} is not a folder")
@@ -426,8 +426,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts = {k: sum(r.state == k for r in rows) for k in ("done", "running", "failed", "pending")}
     print(f"{args.run_dir}: {len(rows)} cell(s): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
     if rows:
-        print(tabulate([[r.state, r.spec.dataset, r.spec.method, r.spec.order_tag, r.spec.seed, r.spec.hash, r.detail]
-                        for r in rows], headers=["state", "dataset", "method", "order", "seed", "cell", "detail"],
+        print(tabulate([[r.state, r.spec.dataset, r.spec.method, r.spec.order_tag, r.spec.seed,
+                         overrides_text(r.spec) or "-", r.spec.hash, r.detail] for r in rows],
+                       headers=["state", "dataset", "method", "order", "seed", "overrides", "cell", "detail"],
                        tablefmt="plain", disable_numparse=True))
     for n in notes:
         print(f"note: {n}")

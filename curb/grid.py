@@ -295,13 +295,16 @@ def preflight(item: tuple[dict, str | None, str]) -> str | None:
 
 
 # ---------------------------------------------------------------------------------- grids
+def overrides_text(spec: CellSpec) -> str:
+    """A cell's overrides as `key=value,...` (a tuned file as `tuned=<its path>`), so the arms of a
+    sweep and the trials of `curb tune` can be told apart in logs and `curb status`."""
+    return ",".join(f"{k}={v.rpartition('@')[0] if k == 'tuned' else v}" for k, v in spec.overrides)
+
+
 def cell_label(spec: CellSpec) -> str:
-    """dataset/method/order/seed, then the cell's overrides (so the arms of a sweep and the trials
-    of `curb tune` can be told apart in a log); a tuned file shows as `tuned=<its path>`."""
+    """dataset/method/order/seed, then the cell's overrides in brackets."""
     label = f"{spec.dataset}/{spec.method}/{spec.order_tag}/seed{spec.seed}"
-    if spec.overrides:
-        label += " [" + ",".join(f"{k}={v.rpartition('@')[0] if k == 'tuned' else v}" for k, v in spec.overrides) + "]"
-    return label
+    return label + (f" [{overrides_text(spec)}]" if spec.overrides else "")
 
 
 def usable_cores() -> int:

@@ -111,3 +111,13 @@ def test_trial_cells_are_told_apart_in_the_log():
     assert cell_label(CellSpec("hat", "ml", seed=1)) == "ml/hat/default/seed1"
     tuned = CellSpec("hat", "ml", seed=0, overrides=(("tuned", "tuning/ml.toml@0123456789ab"),))
     assert cell_label(tuned) == "ml/hat/default/seed0 [tuned=tuning/ml.toml]"
+
+
+def test_status_shows_each_cells_overrides(tmp_path, capsys):
+    for lr in ("0.0005", "0.002"):
+        assert main(["run", "--methods", "pop", "--dataset", "synthetic-mini", "--set", f"train.lr={lr}",
+                     "--out", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main(["status", str(tmp_path)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("done")]
+    assert len(lines) == 2 and {"train.lr=0.0005", "train.lr=0.002"} == {ln.split()[5] for ln in lines}

@@ -49,8 +49,9 @@ def multi_hot(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> n
 def bag(data: TaskData, n_items: int) -> np.ndarray:
     """users x items: 1 where the item is in the user's sequence (padding id 0 dropped)."""
     rows, cols = np.nonzero(data.inputs)
-    x = multi_hot(rows, data.inputs[rows, cols], data.n_users, n_items)
-    return np.minimum(x, 1.0)
+    x = np.zeros((data.n_users, n_items), dtype=np.float64)
+    x[rows, data.inputs[rows, cols]] = 1.0
+    return x
 
 
 class LinearScorer:

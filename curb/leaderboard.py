@@ -163,11 +163,10 @@ def config_blocks(st: Setting) -> list[Block]:
         if any(_shared_config(r) != _shared_config(rs[0]) or r["config"]["method"] != rs[0]["config"]["method"]
                for r in rs[1:]):
             uneven.append(m)
-    sections: dict[str, object] = {"preset": shared["preset"]}
-    for key, v in shared.items():
-        head, _, rest = key.partition(".")
-        if rest:
-            sections.setdefault(head, {})[rest] = v
+    sections: dict[str, object] = {"preset": shared.pop("preset")}
+    for key, v in shared.items():  # back from `section.key` to one row per section
+        head, rest = key.split(".", 1)
+        sections.setdefault(head, {})[rest] = v
     blocks: list[Block] = [Table("config-shared", "Shared by the rows (a method's overrides are in the next table)",
                                  ["section", "config"],
                                  [[k, f"`{json.dumps(v, sort_keys=True)}`"] for k, v in sections.items()])]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import time
 from pathlib import Path
 
 from .errors import CurbError
@@ -58,7 +59,7 @@ class FileLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            holder = _read_holder(fd)
+            holder = _wait_for_holder(fd)
             os.close(fd)
             raise LockBusy(self.path, holder) from None
         except BaseException:
@@ -86,6 +87,16 @@ class FileLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _wait_for_holder(fd: int, patience: float = 2.0) -> dict:
+    """The holder's record, waiting up to `patience` seconds for it: a holder writes it just after
+    taking the lock, so a process that loses a race by microseconds would otherwise find the file
+    still empty and could only say "another process"."""
+    deadline = time.monotonic() + patience
+    while not (holder := _read_holder(fd)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return holder
 
 
 def _read_holder(fd: int) -> dict:

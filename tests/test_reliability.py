@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import multiprocessing
 import os
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import torch
 
 from curb.cli import main
 from curb.grid import GridError, read_plan, status
+from curb.locks import FileLock, LockBusy
 from curb.method import available_methods, register
 from curb.methods.pop import Pop
 from curb.report import load_settings, overall_table
@@ -357,6 +360,28 @@ def test_a_second_runner_on_a_folder_stops_at_once_naming_the_first(tmp_path, ca
         assert "one process runs a folder at a time" in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / CellSpec("pop", "synthetic-mini").relpath()).exists()
     assert main(argv) == 0  # the lock went with its holder
+
+
+def test_a_runner_losing_the_race_by_microseconds_still_names_the_holder(tmp_path):
+    """The holder writes its record just after taking the lock; a loser reading the file in that
+    gap used to find it empty and could only say "another process"."""
+    path = tmp_path / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)  # a second open file: flock excludes it like a process
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    writer = threading.Timer(0.3, os.pwrite, (fd, json.dumps({"pid": 4711, "host": "h"}).encode(), 0))
+    writer.start()
+    try:
+        with pytest.raises(LockBusy) as e:
+            FileLock(path).acquire(wait=False)
+        assert e.value.holder["pid"] == 4711 and "pid 4711 on h" in str(e.value)
+        os.ftruncate(fd, 0)  # a holder that never writes: the loser gives up and says so
+        t0 = time.monotonic()
+        with pytest.raises(LockBusy, match="held by another process"):
+            FileLock(path).acquire(wait=False)
+        assert time.monotonic() - t0 < 10
+    finally:
+        writer.join()
+        os.close(fd)
 
 
 def test_a_cell_another_process_is_computing_is_not_started(tmp_path, capsys):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
-from .config import ConfigError, parse_sets
+from .config import ConfigError, parse_sets, read_tuned
 from .datacli import add_parser as add_data_parser, cmd_data
 from .errors import USER_ERRORS
 from .results import ResultError
@@ -144,8 +144,6 @@ def _grid_specs(args: argparse.Namespace) -> list:
     if args.item_init == "text":  # random is the default: such cells are the ordinary ones (results reused)
         overrides = {"backbone.item_init": "text", **overrides}
     if getattr(args, "tuned", None):
-        from .tuning import read_tuned
-
         overrides = {"tuned": read_tuned(args.tuned)[0], **overrides}
     specs = [CellSpec(m, d, o, n, s, args.preset, tuple(sorted(overrides.items())))
              for d in datasets for m in methods for o in orders for n in dict.fromkeys(args.noise_task)
@@ -463,8 +461,6 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
         overrides = {"train.t1_epochs": str(args.epochs), "train.epochs": str(args.epochs), **overrides}
     if args.tuned:
-        from .tuning import read_tuned
-
         overrides = {"tuned": read_tuned(args.tuned)[0], **overrides}
     methods = tuple(_methods(args.methods)) if args.methods else None
     ncf = {k: v for k, v in overrides.items() if k.startswith("ncf.")}  # only the cold-start study reads these

@@ -1,16 +1,20 @@
 """Resolved run configuration and `--set key=value` overrides.
 
-Precedence, lowest to highest: dataclass defaults < dataset recipe defaults < preset <
-command line (`--epochs`, `--set`). The fully resolved config is saved in every result file.
+Precedence, lowest to highest: dataclass defaults < dataset recipe defaults < preset < a tuned
+configuration file (`--tuned`, read here; written by `curb tune`, curb/tuning.py) < command line
+(`--epochs`, `--set`). The fully resolved config is saved in every result file.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
+import tomllib
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CurbError
@@ -155,3 +159,30 @@ def _other_method_names(current: str) -> list[str]:
     from .method import available_methods
 
     return [m for m in available_methods() if m != current]
+
+
+# ------------------------------------------------------------- tuned-configuration files
+def read_tuned(path: str | Path) -> tuple[str, dict[str, dict[str, str]]]:
+    """(tag `<path>@<sha12>`, per-method overrides) of a tuned-configuration file."""
+    try:
+        raw = Path(path).read_bytes()
+        doc = tomllib.loads(raw.decode())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"tuned configuration {path}: cannot read it ({e})") from None
+    methods = doc.get("methods", {})
+    if not isinstance(methods, dict) or not all(isinstance(v, dict) for v in methods.values()):
+        raise ConfigError(f"tuned configuration {path}: expected [methods.<name>] tables of \"key\" = \"value\"")
+    tag = f"{path}@{hashlib.sha256(raw).hexdigest()[:12]}"
+    return tag, {m: {str(k): str(v) for k, v in ov.items()} for m, ov in methods.items()}
+
+
+def tuned_values(tag: str, method: str) -> dict[str, str]:
+    """The overrides a `tuned=<path>@<sha12>` spec entry stands for; the file must be unchanged."""
+    path, _, digest = tag.rpartition("@")
+    if not path or len(digest) != 12:
+        raise ConfigError(f"tuned={tag!r}: expected <file>@<12 hex digits of its SHA-256>")
+    got, per_method = read_tuned(path)
+    if got != tag:
+        raise ConfigError(f"tuned configuration {path} changed since the cell was planned "
+                          f"(digest {got.rpartition('@')[2]}, the cell names {digest}); plan again")
+    return per_method.get(method, {})

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .config import ConfigError
+from .errors import CurbError
 from .document import Block, Code, Page, Part, markdown, paragraphs
 from .report import SECTIONS, build_sections
 from .results import ResultError, iter_results
@@ -38,6 +38,10 @@ BOARDS_FILE = Path("leaderboards") / "boards.toml"
 _MARK = re.compile(r"(<!-- leaderboard:([\w-]+) -->)\n(?:.*?\n)?(<!-- /leaderboard -->)", re.S)
 _HTML_LINK = re.compile(r'(?:src|href)="([^"#:]+)"')  # local links only (no scheme, no anchor)
 _KEYS = {"title", "version", "results", "dataset", "preset", "overrides", "description", "command", "paper"}
+
+
+class BoardsError(CurbError):
+    """boards.toml, or a README embedding a board, is missing or malformed; says which file and key."""
 
 
 @dataclass(frozen=True)
@@ -59,23 +63,23 @@ def read_boards(path: Path) -> list[Board]:
     try:
         raw = tomllib.loads(Path(path).read_text())
     except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e}") from None
+        raise BoardsError(f"cannot read {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        raise BoardsError(f"{path}: not valid TOML: {e}") from None
     boards = []
     for key, d in raw.items():
         if not isinstance(d, dict):
-            raise ConfigError(f"{path}: [{key}] must be a table")
+            raise BoardsError(f"{path}: [{key}] must be a table")
         unknown = set(d) - _KEYS
         missing = {"title", "version", "results", "dataset"} - set(d)
         if unknown or missing:
-            raise ConfigError(f"{path}: [{key}] " + (f"unknown keys {sorted(unknown)}; " if unknown else "")
+            raise BoardsError(f"{path}: [{key}] " + (f"unknown keys {sorted(unknown)}; " if unknown else "")
                               + (f"missing keys {sorted(missing)}; " if missing else "") + f"valid keys: {sorted(_KEYS)}")
         ov = d.get("overrides", {})
         if not isinstance(ov, dict) or not all(isinstance(v, str) for v in ov.values()):
-            raise ConfigError(f"{path}: [{key}] overrides must map keys to strings")
+            raise BoardsError(f"{path}: [{key}] overrides must map keys to strings")
         if d.get("paper") is not None and d["paper"] not in PAPER:
-            raise ConfigError(f"{path}: [{key}] paper {d['paper']!r} is not one of {sorted(PAPER)}")
+            raise BoardsError(f"{path}: [{key}] paper {d['paper']!r} is not one of {sorted(PAPER)}")
         boards.append(Board(key, d["title"], d["version"], (Path(path).parent / d["results"]).resolve(), d["dataset"],
                             d.get("preset"), tuple(sorted(ov.items())), d.get("description", ""), d.get("command", ""),
                             d.get("paper")))
@@ -284,7 +288,7 @@ def _render_all(boards_file: Path, figures: bool) -> dict[Path, str]:
     if readme.exists() and _MARK.search(readme.read_text()):
         def table(m: re.Match) -> str:
             if m.group(2) not in settings:
-                raise ConfigError(f"{readme} embeds board {m.group(2)!r}, which {boards_file} does not define")
+                raise BoardsError(f"{readme} embeds board {m.group(2)!r}, which {boards_file} does not define")
             return f"{m.group(1)}\n{ranked_table(settings[m.group(2)]).markdown()}\n{m.group(3)}"
 
         files[readme] = _MARK.sub(table, readme.read_text())
@@ -342,5 +346,5 @@ def find_boards(boards: Path | None = None, root: Path | None = None) -> Path:
         if path.is_file():
             return path
     looked = ", ".join(dict.fromkeys(str(p.resolve()) for p in tried))
-    raise ConfigError(f"no {BOARDS_FILE} found (looked for {looked}); the boards live in a clone of the curb "
+    raise BoardsError(f"no {BOARDS_FILE} found (looked for {looked}); the boards live in a clone of the curb "
                       "repository: pass --root DIR (the clone) or --boards FILE")

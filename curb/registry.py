@@ -53,6 +53,10 @@ BUILTIN_METHODS: dict[str, tuple[str, bool]] = {
 }
 
 
+class PluginImportError(CurbError):
+    """A module named by `--import` (or $CURB_IMPORT) failed to import."""
+
+
 class UnknownNameError(CurbError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
@@ -95,8 +99,6 @@ def has_plugins(group: str) -> bool:
 def import_modules(specs: Iterable[str]) -> None:
     """Import modules that register methods or datasets (`--import`): a module name, or a path to a
     `.py` file. Each is recorded in $CURB_IMPORT for worker processes. A failure is a user error."""
-    from .config import ConfigError
-
     for spec in specs:
         is_file = spec.endswith(".py") or os.sep in spec or "/" in spec
         key = str(Path(spec).resolve()) if is_file else spec
@@ -108,7 +110,7 @@ def import_modules(specs: Iterable[str]) -> None:
             else:
                 importlib.import_module(spec)
         except Exception as e:  # noqa: BLE001  (the user's module: report it in one line)
-            raise ConfigError(f"--import {spec}: {type(e).__name__}: {e}") from None
+            raise PluginImportError(f"--import {spec}: {type(e).__name__}: {e}") from None
         _imported.add(key)
         recorded = [s for s in os.environ.get(IMPORT_ENV, "").split(os.pathsep) if s]
         if key not in recorded:

@@ -27,7 +27,7 @@ import torch
 
 from . import __version__
 from .backbone import PlainModel
-from .config import ConfigError, RunConfig, resolve
+from .config import ConfigError, RunConfig, resolve, tuned_values
 from .data import get_dataset
 from .evaluator import Evaluator, evaluate_data, task_info
 from .method import Method, Setup, TaskData, TaskInfo, get_method
@@ -139,8 +139,6 @@ def resolve_config(spec: CellSpec) -> RunConfig:
     overrides = dict(spec.overrides)
     tag = overrides.pop("tuned", None)
     if tag is not None:
-        from .tuning import tuned_values
-
         overrides = {**tuned_values(tag, cls.name), **overrides}
     cfg = resolve(cls.name, cls.Config(), get_dataset(spec.dataset).defaults, spec.preset, overrides)
     return dataclasses.replace(cfg, tuned=tag)

@@ -8,7 +8,8 @@ a trial is scored only from `val_final`, the final model's scores on every task'
 part, as its mean lift over the popularity baseline's validation scores on the same split.
 Test scores are never read here (docs/protocol.md §4.9).
 
-The chosen overrides are written to a small TOML file (committed, cited by the boards). `curb run
+The chosen overrides are written to a small TOML file (committed, cited by the boards; read back by
+`curb.config.read_tuned`, which config resolution needs without the trial machinery). `curb run
 --tuned FILE` adds the override `tuned=<file>@<sha12>` to every cell: the config resolution reads
 the method's values from the file (refusing a file whose digest changed), the result records the
 tag and the resolved values, and tuned and untuned cells never share a result. The tag is shared
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,29 +118,3 @@ def write_tuned(path: Path, chosen: dict[str, Trial], rows: list[dict], meta: di
                   for r in rows if r["method"] == m] + [""]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
-
-
-def read_tuned(path: str | Path) -> tuple[str, dict[str, dict[str, str]]]:
-    """(tag `<path>@<sha12>`, per-method overrides) of a tuned-configuration file."""
-    try:
-        raw = Path(path).read_bytes()
-        doc = tomllib.loads(raw.decode())
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"tuned configuration {path}: cannot read it ({e})") from None
-    methods = doc.get("methods", {})
-    if not isinstance(methods, dict) or not all(isinstance(v, dict) for v in methods.values()):
-        raise ConfigError(f"tuned configuration {path}: expected [methods.<name>] tables of \"key\" = \"value\"")
-    tag = f"{path}@{hashlib.sha256(raw).hexdigest()[:12]}"
-    return tag, {m: {str(k): str(v) for k, v in ov.items()} for m, ov in methods.items()}
-
-
-def tuned_values(tag: str, method: str) -> dict[str, str]:
-    """The overrides a `tuned=<path>@<sha12>` spec entry stands for; the file must be unchanged."""
-    path, _, digest = tag.rpartition("@")
-    if not path or len(digest) != 12:
-        raise ConfigError(f"tuned={tag!r}: expected <file>@<12 hex digits of its SHA-256>")
-    got, per_method = read_tuned(path)
-    if got != tag:
-        raise ConfigError(f"tuned configuration {path} changed since the cell was planned "
-                          f"(digest {got.rpartition('@')[2]}, the cell names {digest}); plan again")
-    return per_method.get(method, {})

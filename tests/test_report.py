@@ -16,7 +16,7 @@ from curb.cli import main
 from curb.config import ConfigError
 from curb.experiments import ExperimentArgs, experiment_cells, get_experiment, task_orders
 from curb.document import markdown
-from curb.leaderboard import board_page, board_setting, build, check, read_boards, results_csv
+from curb.leaderboard import BoardsError, board_page, board_setting, build, check, read_boards, results_csv
 from curb.report import build_sections, write_report
 from curb.resultsets import load_settings
 from curb.sections import (adaptation_data, adaptation_table, cold_start_tables, noisy_table, overall_table,
@@ -227,10 +227,10 @@ def test_leaderboard_check_refuses_a_tampered_result_file(tmp_path):
 def test_bad_boards_file_names_board_and_keys(tmp_path):
     p = tmp_path / "boards.toml"
     p.write_text('[x]\ntitle = "t"\nversion = "v"\nresults = "r"\ndataset = "d"\ncolour = "red"\n')
-    with pytest.raises(ConfigError, match=r"\[x\] unknown keys \['colour'\]"):
+    with pytest.raises(BoardsError, match=r"\[x\] unknown keys \['colour'\]"):
         read_boards(p)
     p.write_text('[x]\ntitle = "t"\n')
-    with pytest.raises(ConfigError, match="missing keys"):
+    with pytest.raises(BoardsError, match="missing keys"):
         read_boards(p)
 
 
@@ -252,7 +252,7 @@ def test_readme_embedded_board_table_is_written_and_checked(tmp_path):
     readme.write_text(text.replace(f"| {first}", "| someone-else", 1))
     assert any("README.md: differs" in p for p in check(tmp_path / "lb" / "boards.toml"))
     readme.write_text("<!-- leaderboard:nope -->\n<!-- /leaderboard -->\n")
-    with pytest.raises(ConfigError, match="embeds board 'nope'"):
+    with pytest.raises(BoardsError, match="embeds board 'nope'"):
         build(tmp_path / "lb" / "boards.toml", echo=lambda _: None, figures=False)
 
 

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from curb.cli import main
-from curb.config import ConfigError
+from curb.config import ConfigError, read_tuned
 from curb.evaluator import Evaluator
 from curb.results import iter_results
 from curb.runner import CellSpec, resolve_config
-from curb.tuning import read_tuned, trials
+from curb.tuning import trials
 
 
 def _tune(tmp_path, name, methods="hat", trials="3"):

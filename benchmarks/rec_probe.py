@@ -19,6 +19,10 @@ part's MRR@5, then scored once on the test part, by curb's own evaluator code (f
 tie-aware ranks, the same pairs as every method). The fit is closed form and deterministic: no
 seeds.
 
+It also prints popularity's validation cross-entropy (training label counts plus one half,
+normalised), the level a method's validation-loss curve (`curb report --sections training`) must
+go below before its model knows more about a user than how popular each target is.
+
 It is a diagnostic, not a benchmark method: it reads the evaluator's test part directly.
 
 Usage:  CURB_DATA=/work/shared/data python benchmarks/rec_probe.py [--dataset ml]
@@ -117,6 +121,8 @@ def main() -> None:
         x = bag(tr, stream.n_items)
         y = multi_hot(np.repeat(np.arange(tr.n_users), np.diff(tr.ptr)), tr.labels, tr.n_users, info.n_labels)
         full = ridge_path(x, y, LAMBDAS)
+        counts = np.bincount(tr.labels, minlength=info.n_labels) + 0.5
+        pop_ce = float(-np.log(counts / counts.sum())[parts["val"].labels].mean())
         pop = evaluate_users(LinearScorer(stream.n_items, *full[float("inf")]), info, parts["test"])[0]["mrr@5"]
         for rank in ranks:
             fits = full if rank is None else {lam: reduce_rank(x, f, rank) if np.isfinite(lam) else f
@@ -127,11 +133,11 @@ def main() -> None:
             test = evaluate_users(LinearScorer(stream.n_items, *fits[best]), info, parts["test"])[0]["mrr@5"]
             rows.append([task.name, task.description, "full" if rank is None else str(rank), tr.n_users,
                          parts["test"].n_users, f"{val[float('inf')]:.4f} / {val[best]:.4f}", f"{pop:.4f}",
-                         f"{test:.4f}", f"{test / pop:.2f}", f"{best:g}",
+                         f"{test:.4f}", f"{test / pop:.2f}", f"{best:g}", f"{pop_ce:.3f}",
                          " ".join(f"{lam:g}:{v:.4f}" for lam, v in val.items())])
     print(tabulate(rows, headers=["task", "targets", "rank", "train users", "test users",
                                   "validation MRR@5: pop / probe", "pop (test)", "probe (test)", "probe / pop",
-                                  "chosen lam", "validation MRR@5 per lam"],
+                                  "chosen lam", "pop validation CE", "validation MRR@5 per lam"],
                    tablefmt="github", disable_numparse=True))
 
 

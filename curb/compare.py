@@ -15,6 +15,7 @@ run with the default and a cell that spelled the default out are the same arm.
 from __future__ import annotations
 
 import argparse
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -131,8 +132,9 @@ def contrast(arm: list[dict], ref: list[dict], task: str, *, rng: np.random.Gene
 def compare_table(group: Group, key: str, reference: str, *, seed: int = 0, n_boot: int = 2000,
                   n_perm: int = 9999, alpha: float = ALPHA) -> Table:
     """Rows (method, task, arm): score per seed, lift over pop in the same arm, and against the
-    reference arm: relative difference [95 % CI], Holm-adjusted p and the verdict."""
-    rng = np.random.default_rng(seed)
+    reference arm: relative difference [95 % CI], Holm-adjusted p and the verdict. Each contrast
+    draws from its own generator, keyed by `seed`, method, task and arm, so its interval and p do
+    not move when other cells land (only the Holm step sees the rest of its task)."""
     results = [r for rs in group.cells.values() for r in rs]
     tasks, metrics = task_names(results), metric_of(results)
     arms = group.arms()
@@ -154,6 +156,7 @@ def compare_table(group: Group, key: str, reference: str, *, seed: int = 0, n_bo
                 row = [method, f"{task} ({metrics.get(task, '')})", arm, str(len(cells)), _scores(cells, task),
                        lift, "", "", "", _train_seconds(cells)]
                 if arm != reference and group.cells.get((method, reference)):
+                    rng = np.random.default_rng([seed, zlib.crc32(f"{method}/{task}/{arm}".encode())])
                     c = contrast(cells, group.cells[(method, reference)], task, rng=rng, n_boot=n_boot, n_perm=n_perm)
                     if c is None:
                         row[6] = "not paired (different test users)"

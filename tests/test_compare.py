@@ -66,6 +66,21 @@ def test_identical_arm_is_tied_and_a_shifted_arm_is_not():
     assert {row[6] for row in _rows(table, "sinmo", "none")} == {"reference"}
 
 
+def test_a_contrast_does_not_move_when_other_cells_land():
+    """A doc quoting one interval must not see it change because another method's arm arrived."""
+    sinmo = _load("sinmo")
+    rng = np.random.default_rng(1)
+    ref = _arm(sinmo, 1)
+    for r in ref:  # per-user noise, so the intervals depend on which users a resample draws
+        for task, entry in r["per_user"].items():
+            sums = stats.per_user(r, task).sums * rng.uniform(0.5, 1.5, len(stats.per_user(r, task).sums))
+            entry["final"] = pack_array(sums, "<f8")
+    alone = [*_load("pop"), *sinmo, *ref]
+    more = [*alone, *_arm(sinmo, 8, scale=0.9)]  # arm 8 is tested before arm none
+    before, after = _rows(_table(alone, "1"), "sinmo", "none"), _rows(_table(more, "1"), "sinmo", "none")
+    assert [r[6] for r in before] == [r[6] for r in after] and before[0][6] != ""
+
+
 def test_lift_uses_pop_on_the_same_users_and_arms_on_other_users_are_not_paired():
     sinmo, pop = _load("sinmo"), _load("pop")
     other = _arm(sinmo, 8)

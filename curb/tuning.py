@@ -27,7 +27,7 @@ import numpy as np
 
 from .config import ConfigError
 from .method import Knob, get_method
-from .results import ResultError, load_result
+from .results import ResultError, atomic_write_bytes, load_result
 from .runner import CellSpec, build_stream
 
 # The learning rates searched for every method, per task kind present in the stream.
@@ -116,5 +116,4 @@ def write_tuned(path: Path, chosen: dict[str, Trial], rows: list[dict], meta: di
         lines += [f"[methods.{m}]"] + [f"{q(k)} = {q(v)}" for k, v in chosen[m].overrides]
         lines += [f"# trial {r['trial']}: val lift {r['val_lift']:.4f} {r['overrides'] or '(defaults)'}"
                   for r in rows if r["method"] == m] + [""]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    atomic_write_bytes(Path(path), "\n".join(lines).encode())  # a reader never sees half a file

@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .errors import CurbError
 from .document import Block, Code, Page, Part, markdown, paragraphs
+from .errors import CurbError
 from .report import SECTIONS, build_sections
 from .results import ResultError, iter_results
 from .site import ASSETS, asset, page_html

@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--data-dir", type=Path, default=None, help="folder holding the raw files")
     tu.add_argument("--jobs", type=_positive_int, default=1, help="cells run at once in local worker processes")
     tu.add_argument("--threads", type=_positive_int, default=1, help="torch threads per cell")
+    tu.add_argument("--dry-run", action="store_true",
+                    help="list every trial with its validation lift so far (pending ones marked) and the best per "
+                    "method; run nothing, write nothing")
 
     from .export import add_parser as add_export_parser
 
@@ -374,6 +377,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         base = {"train.t1_epochs": str(args.epochs), "train.epochs": str(args.epochs), **base}
     specs, of = trial_specs(_methods(args.methods), args.dataset, args.trials, args.seed, args.preset, base,
                             args.data_dir)
+    if args.dry_run:
+        return _print_trials(args.out, specs, of)
     outcomes = run_grid(specs, args.out, data_dir=args.data_dir, jobs=args.jobs, threads=args.threads)
     missing = [o["label"] for o in outcomes if o["status"] != "done"]
     if missing:
@@ -389,6 +394,32 @@ def cmd_tune(args: argparse.Namespace) -> int:
         lift = next(r["val_lift"] for r in rows if r["method"] == m and r["trial"] == t.index)
         print(f"{m:<10} trial {t.index}  val lift {lift:.4f}  {dict(t.overrides) or '(defaults)'}")
     print(f"wrote {args.write}")
+    return 0
+
+
+def _print_trials(out: Path, specs: list, of: dict) -> int:
+    """`curb tune --dry-run`: the trial table as it stands (a long tuning run can be read mid-way)."""
+    import math
+
+    from tabulate import tabulate
+
+    from .results import load_result
+    from .tuning import choose
+
+    try:
+        load_result(Path(out) / specs[0].relpath())
+    except ResultError:
+        print(f"{out}: the popularity cell every trial is scored against has not run yet; "
+              f"{len(specs) - 1} trial(s) pending")
+        return 0
+    chosen, rows = choose(out, specs, of)
+    table = [[r["method"], r["trial"], "pending" if math.isnan(r["val_lift"]) else f"{r['val_lift']:.4f}",
+              "best so far" if r["method"] in chosen and chosen[r["method"]].index == r["trial"] else "",
+              ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(defaults)"] for r in rows]
+    print(tabulate(table, headers=["method", "trial", "val lift", "", "overrides"], tablefmt="github",
+                   disable_numparse=True))
+    done = sum(not math.isnan(r["val_lift"]) for r in rows)
+    print(f"{done} of {len(rows)} trial(s) done in {out}")
     return 0
 
 

@@ -121,3 +121,23 @@ def test_status_shows_each_cells_overrides(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("done")]
     assert len(lines) == 2 and {"train.lr=0.0005", "train.lr=0.002"} == {ln.split()[5] for ln in lines}
+
+
+def test_dry_run_shows_the_trials_so_far_and_runs_nothing(tmp_path, capsys):
+    out, write = tmp_path / "t", tmp_path / "t.toml"
+    argv = ["tune", "--methods", "hat", "--dataset", "synthetic-mini", "--trials", "2", "--epochs", "2",
+            "--out", str(out), "--write", str(write)]
+    assert main([*argv, "--dry-run"]) == 0
+    assert "2 trial(s) pending" in capsys.readouterr().out and not out.exists() and not write.exists()
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--dry-run"]) == 0
+    shown = capsys.readouterr().out
+    chosen = _choice(write)["hat"]
+    lines = [ln for ln in shown.splitlines() if ln.startswith("| hat")]
+    best = [ln for ln in lines if "best so far" in ln]
+    assert len(lines) == 2 and len(best) == 1 and "2 of 2 trial(s) done" in shown
+    assert all(f"{k}={v}" in best[0] for k, v in chosen.items()) and ("(defaults)" in best[0]) == (not chosen)
+    for ln in lines:  # every lift shown is the one the written file records for that trial
+        trial, lift = ln.split("|")[2].strip(), ln.split("|")[3].strip()
+        assert f"# trial {trial}: val lift {lift}" in write.read_text()

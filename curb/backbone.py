@@ -41,12 +41,17 @@ class BackboneConfig:
     ln_eps: float = 1e-8
     item_init: Literal["random", "text"] = "random"  # text: item rows from title embeddings (curb/text.py)
     text_proj: Literal["pca", "random"] = "pca"  # text -> width f: PCA, or a fixed Gaussian projection
+    # What a later task's head reads: the last position (the paper's), or the mean of the hidden
+    # states over the positions that hold an item (a diagnostic, docs/protocol.md §4.8.3).
+    readout: Literal["last", "mean"] = "last"
 
     def __post_init__(self) -> None:
         if self.channels < 1 or self.kernel < 1 or not self.dilations or min(self.dilations) < 1 or not self.ln_eps > 0:
             raise ValueError(f"invalid backbone config {self}: channels, kernel, dilations and ln_eps must be positive")
         if self.item_init not in ("random", "text") or self.text_proj not in ("pca", "random"):
             raise ValueError(f"invalid backbone config {self}: item_init must be random|text, text_proj pca|random")
+        if self.readout not in ("last", "mean"):
+            raise ValueError(f"invalid backbone config {self}: readout must be last|mean")
 
     def with_item_rows(self, rows: "ItemRows") -> "BackboneConfig":
         """A copy carrying the text-derived item rows. They are data, not a config value: kept out of
@@ -63,8 +68,9 @@ class BackboneConfig:
     def model_key(self) -> dict:
         """What a model built from this config depends on (the pre-trained T1 cache key). The
         text-init knobs appear only when they matter, so random-init keys match those written
-        before the knobs existed."""
+        before the knobs existed; the read-out never does (T1 reads every position)."""
         key = dataclasses.asdict(self)
+        del key["readout"]
         if self.item_init == "random":
             del key["item_init"], key["text_proj"]
         else:
@@ -265,7 +271,8 @@ class NextItNet(nn.Module):
         return hs if len(hs) == len(parts) else list(hs[0].split(rows))
 
     def read(self, x: Tensor, hooks: Hooks = NO_HOOKS, all_positions: bool = False) -> Tensor:
-        """What a head reads: every position [B, n, f], or the last one [B, f].
+        """What a head reads: every position [B, n, f], or one vector per user [B, f]: the last
+        position, or with `readout="mean"` the mean over the positions holding an item.
 
         In training mode the last position is computed through its `Cone` (fewer rows, the same
         values to float round-off). In eval mode every position is computed: a user's scores then
@@ -273,6 +280,10 @@ class NextItNet(nn.Module):
         round differently with the chunk's size)."""
         if all_positions:
             return self(x, hooks)
+        if self.cfg.readout == "mean":
+            real = (x != 0).unsqueeze(-1)  # id 0 is the padding
+            h = self(x, hooks)
+            return (h * real).sum(1) / real.sum(1).clamp(min=1).to(h.dtype)
         return self(x, hooks, out=1 if self.training else None)[:, -1]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import stats
 from .errors import CurbError
-from .records import RecordedSpec, is_cold_start
+from .records import KNOBS_ADDED, RecordedSpec, is_cold_start
 from .resultsets import metric_of, method_rank, task_names
 from .results import ResultError, iter_results
 from .tables import Table, mean_std
@@ -38,6 +38,8 @@ def knob_value(result: dict, key: str) -> str:
     config = dict(result.get("config", {}))
     if section == result["spec"]["method"]:  # a method's own knob (e.g. teracon.sampling)
         config[section] = config.get("method", {})
+    if key in KNOBS_ADDED and isinstance(config.get(section), dict) and name not in config[section]:
+        return KNOBS_ADDED[key]  # written before the knob existed
     if section not in config or not isinstance(config[section], dict) or name not in config[section]:
         known = sorted(f"{s}.{k}" for s, v in config.items() if isinstance(v, dict) for k in v)
         raise CurbError(f"--by {key}: not a config key of the results; known keys: {', '.join(known)}")

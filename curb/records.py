@@ -15,6 +15,10 @@ from typing import Iterable
 SHARED_SECTIONS = ("backbone", "train", "split", "tuned")
 PAPER_METHODS = ("sinmo", "fineall", "peterrec", "mtl", "piggyback", "hat", "conure", "teracon")
 
+# Config knobs added after result files existed, with the value those older files ran with: a
+# reader comparing by such a knob (`curb compare --by`) files an older result under that value.
+KNOBS_ADDED = {"backbone.readout": "last"}
+
 COLD_START = "cold-start"  # the `kind` of a cold-start study result
 COLD_START_GROUPS = ("all", "warm", "cold", "cold_natural", "cold_simulated")
 COLD_START_METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@10")

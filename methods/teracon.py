@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from curb.backbone import BackboneConfig, Hooks, NextItNet, make_head
+from curb.config import ConfigError
 from curb.method import Batch, Knob, Method, Setup, TaskInfo, anneal, full_sequences, inputs_for, readout, register
 from curb.metrics import mask_similarity
 
@@ -181,6 +182,9 @@ class Teracon(Method):
 
     def __init__(self, setup: Setup):
         super().__init__(setup)
+        if setup.backbone.readout != "last":  # the fused step reads positions itself (represent_rows)
+            raise ConfigError(f"{self.name} reads the last position in its fused training pass; "
+                              f"backbone.readout={setup.backbone.readout} is not supported")
         self.net = TeraconNet(setup.n_items, setup.backbone).to(self.device)
         self.k = 2 * len(setup.backbone.dilations)
         self.teacher: TeraconNet | None = None  # frozen model after T(i-1), only while learning Ti

@@ -151,3 +151,37 @@ def test_row_groups_reading_different_positions_equal_their_own_passes(preset):
         assert (g - p.grad).abs().max() <= 1e-5 * p.grad.abs().max() + 1e-7
     with pytest.raises(ValueError, match="do not add up"):
         net.segments(x, [(3, 1), (3, 2)])
+
+
+def test_mean_readout_averages_the_positions_that_hold_an_item():
+    """`readout="mean"` (a diagnostic, protocol §4.8.3): the head reads the mean hidden state over the
+    real positions of a left-padded sequence; `last` stays the paper's last position."""
+    import dataclasses
+
+    last, mean = _model(), _model(dataclasses.replace(CFG, readout="mean"))
+    assert torch.equal(last.item_emb.weight, mean.item_emb.weight)  # same weights, only the read differs
+    x = torch.randint(1, 50, (3, 9))
+    x[0, :4] = 0  # padding at the front, as the streams pad
+    x[1, :8] = 0  # one real item
+    for train in (True, False):
+        last.train(train), mean.train(train)
+        h = last(x)
+        assert torch.allclose(last.read(x), h[:, -1])
+        want = torch.stack([h[0, 4:].mean(0), h[1, 8:].mean(0), h[2].mean(0)])
+        assert torch.allclose(mean.read(x), want)
+        assert torch.equal(mean.read(x, all_positions=True), h)  # next-item tasks still read every position
+    with pytest.raises(ValueError, match="readout must be last|mean"):
+        BackboneConfig(readout="first")
+
+
+def test_the_readout_does_not_key_the_shared_t1_model():
+    """T1 reads every position, so both read-outs start from the same cached T1 model."""
+    from curb.runner import CellSpec, build_stream, resolve_config, t1_cache_name
+
+    stream = build_stream(CellSpec("sinmo", "synthetic-mini"), None)
+    names = {t1_cache_name(stream, resolve_config(CellSpec("sinmo", "synthetic-mini", overrides=ov)), 0,
+                           torch.device("cpu"))
+             for ov in ((), (("backbone.readout", "mean"),))}
+    assert len(names) == 1
+    wider = resolve_config(CellSpec("sinmo", "synthetic-mini", overrides=(("backbone.channels", "8"),)))
+    assert t1_cache_name(stream, wider, 0, torch.device("cpu")) not in names  # the key does see the backbone

@@ -140,3 +140,15 @@ def test_a_result_records_the_digest_of_the_source_it_ran():
     digest = source_digest()
     assert len(digest) == 12 and int(digest, 16) >= 0
     assert _env(torch.device("cpu"))["code"] == digest
+
+
+def test_a_result_written_before_a_knob_existed_counts_under_the_value_it_ran_with():
+    (r,) = [x for x in _load("sinmo") if x["spec"]["seed"] == 0]
+    old = copy.deepcopy(r)
+    old["config"]["backbone"].pop("readout", None)
+    assert compare.knob_value(old, "backbone.readout") == "last"
+    new = copy.deepcopy(old)
+    new["config"]["backbone"]["readout"] = "mean"
+    assert compare.knob_value(new, "backbone.readout") == "mean"
+    with pytest.raises(CurbError, match="not a config key"):
+        compare.knob_value(old, "backbone.no_such_knob")

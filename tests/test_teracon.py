@@ -388,3 +388,11 @@ def test_bf16_teacher_holds_its_matrices_in_bf16_and_labels_exactly_as_an_fp32_t
     with m.autocast():
         cast_each_step = m.loss(t2, b)
     assert torch.equal(cast_once, cast_each_step)
+
+
+@pytest.mark.parametrize("name", ["teracon", "ditto"])
+def test_mean_readout_is_refused_where_the_fused_step_reads_positions_itself(name, tmp_path):
+    from curb.runner import CellSpec, run_cell
+
+    with pytest.raises(ConfigError, match="backbone.readout=mean is not supported"):
+        run_cell(CellSpec(name, "synthetic-mini", overrides=(("backbone.readout", "mean"),)), tmp_path)

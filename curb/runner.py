@@ -13,8 +13,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import os
 import platform
 import random
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from .backbone import PlainModel
 from .config import ConfigError, RunConfig, resolve, tuned_values
 from .data import get_dataset
 from .evaluator import Evaluator, evaluate_data, task_info
+from .locks import FileLock, LockBusy, describe
 from .method import Method, Setup, TaskData, TaskInfo, get_method
 from .metrics import transfer
 from .records import SpecNames
@@ -279,13 +282,32 @@ def t1_cache_name(stream: TaskStream, cfg: RunConfig, seed: int, device: torch.d
 def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunConfig, seed: int,
                  device: torch.device, cache_dir: Path, fitter: Fitter) -> Callable[[], PlainModel]:
     """Returns a function giving the plain pre-trained T1 model (trained once, then cached under
-    `t1_cache_name`). The returned function closes over T1's train/val data only, never over the stream.
+    `t1_cache_name`; a lock beside the file makes concurrent cells of one seed train it once). The
+    returned function closes over T1's train/val data only, never over the stream.
     """
     t1 = stream.tasks[0]
     info, n_items = task_info(t1), stream.vocab_at(0)
     path = cache_dir / t1_cache_name(stream, cfg, seed, device)
 
     def provide() -> PlainModel:
+        lock = FileLock(path.with_suffix(".lock"), {"pid": os.getpid(), "host": socket.gethostname(),
+                                                    "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                                    "command": f"pre-training {path.name}"})
+        try:
+            lock.acquire(wait=False)
+        except LockBusy as e:  # another cell of this seed trains the same model: wait, then load it
+            fitter.echo(f"  waiting for {describe(e.holder)}: the same T1 model is being pre-trained")
+            lock.acquire()
+        try:
+            blob = _load_or_train()
+        finally:
+            lock.release()
+        model = PlainModel(n_items, cfg.backbone).to(device)
+        model.add_head(info.name, info.n_labels)
+        model.load_state_dict(blob["state"])
+        return model
+
+    def _load_or_train() -> dict:
         blob = None
         if path.exists():
             try:
@@ -307,10 +329,7 @@ def _t1_provider(stream: TaskStream, train: TaskData, val: TaskData, cfg: RunCon
                 blob = {"state": {k: v.cpu() for k, v in plain.models[info.name].state_dict().items()},
                         "fit": fitter.logs[-1]}
             save_sealed(path, blob, {"kind": "t1-cache", "task": info.name})
-        model = PlainModel(n_items, cfg.backbone).to(device)
-        model.add_head(info.name, info.n_labels)
-        model.load_state_dict(blob["state"])
-        return model
+        return blob
 
     return provide
 

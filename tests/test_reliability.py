@@ -395,6 +395,29 @@ def test_a_cell_another_process_is_computing_is_not_started(tmp_path, capsys):
     assert not (tmp_path / spec.relpath()).exists() and not files.log.exists()
 
 
+def test_a_cell_waits_for_another_process_pre_training_the_same_t1_model(tmp_path):
+    """Two cells of one seed need the same shared T1 model: the second waits for the first's lock
+    and loads what it saved, instead of training it again."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    assert main(["run", "--methods", "fineall", "--dataset", "synthetic-mini", "--out", str(first)]) == 0
+    (trained,) = (first / ".cache" / "t1").glob("t1-*.pt")
+    target = second / ".cache" / "t1" / trained.name
+    spec = CellSpec("piggyback", "synthetic-mini")
+    log = CellFiles.of(second, spec.hash).log
+    with held_by_another_process(target.with_suffix(".lock")) as pid:
+        p = _cli("run", "--methods", "piggyback", "--dataset", "synthetic-mini", "--out", str(second))
+        deadline = time.time() + 240
+        while not (log.exists() and "waiting for" in log.read_text()) and p.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert f"waiting for pid {pid} on {socket.gethostname()}" in log.read_text()
+        assert not target.exists()
+        shutil.copy(trained, target)  # what the holder saves before it lets go
+    output, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, output
+    phases = [f.get("phase") for f in load_result(second / spec.relpath())["fits"]]
+    assert phases[0] == "pretrained (cached)", phases
+
+
 def test_two_identical_runs_on_one_folder_compute_the_cell_once(tmp_path, reference):
     runs = [_cli("run", "--methods", "fineall", "--dataset", "synthetic-mini", "--out", str(tmp_path), *SLOW)
             for _ in range(2)]

@@ -185,3 +185,14 @@ def test_the_readout_does_not_key_the_shared_t1_model():
     assert len(names) == 1
     wider = resolve_config(CellSpec("sinmo", "synthetic-mini", overrides=(("backbone.channels", "8"),)))
     assert t1_cache_name(stream, wider, 0, torch.device("cpu")) not in names  # the key does see the backbone
+
+
+def test_a_next_item_task_is_scored_at_its_last_position_under_the_mean_readout(tmp_path):
+    """The read-out option is for later tasks' heads: T1's test score must not move with it."""
+    from curb.runner import CellSpec, run_cell
+
+    last = run_cell(CellSpec("fineall", "synthetic-mini"), tmp_path)
+    mean = run_cell(CellSpec("fineall", "synthetic-mini", overrides=(("backbone.readout", "mean"),)), tmp_path)
+    t1, later = last["tasks"][0]["name"], [t["name"] for t in last["tasks"][1:]]
+    assert mean["final"][t1] == last["final"][t1]  # the same cached T1 model, read the same way
+    assert any(mean["final"][t] != last["final"][t] for t in later)  # later heads read something else

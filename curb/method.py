@@ -409,7 +409,8 @@ class Method:
     def score(self, task: str, x: Tensor) -> Tensor:
         """Inference scores [B, C] for task `task` (already learned) on model inputs x."""
         with self.inference():
-            if self.setup.backbone.readout != "last" and any(t.name == task and t.kind == "next_item" for t in self.tasks):
+            pooled = self.setup.backbone is not None and self.setup.backbone.readout != "last"  # pop has no backbone
+            if pooled and any(t.name == task and t.kind == "next_item" for t in self.tasks):
                 # a next-item task predicts from its last position, whatever later tasks' heads read
                 return self.forward_logits(task, x, train=False, all_positions=True)[:, -1]
             return self.forward_logits(task, x, train=False)

@@ -38,6 +38,31 @@ def test_fisher_is_the_mean_squared_per_user_gradient_on_training_data():
     assert not torch.allclose(m.fisher["blocks.0.conv1.weight"], on_val["blocks.0.conv1.weight"], rtol=1e-2)
 
 
+def test_an_item_task_fisher_squares_per_user_gradients_not_per_pair_ones(monkeypatch):
+    """On a task with many targets per user, one gradient per user (the loss over all its pairs),
+    squared and averaged over users: the definition the docs give, at one backward pass per user."""
+    h = Harness("ewc")
+    m = h.method
+    got = []
+    real = m.task_fisher
+    monkeypatch.setattr(m, "task_fisher", lambda t, d: got.append(real(t, d)) or got[-1])
+    h.learn("T1", "T2")
+    data = h.ev.train_data("T2")
+    assert (data.ptr[1:] - data.ptr[:-1]).max() > 1  # users with several targets: pairs != users
+    params = dict(m.model.backbone.named_parameters())
+    want = {n: torch.zeros_like(p) for n, p in params.items()}
+    for u in range(data.n_users):
+        logits = m.model.logits("T2", torch.from_numpy(data.inputs[u : u + 1]))
+        y = torch.from_numpy(data.labels[data.ptr[u] : data.ptr[u + 1]]).long()
+        loss = -F.log_softmax(logits, dim=-1)[0, y].mean()
+        for (n, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
+            if g is not None:
+                want[n] += g ** 2
+    for n in want:
+        assert torch.allclose(got[1][n], want[n] / data.n_users, rtol=1e-4, atol=1e-10), n
+    assert m.fisher_stats["T2"]["batches"] == data.n_users
+
+
 def test_penalty_is_zero_at_the_anchor_and_grows_with_the_fisher_weighted_distance():
     h = Harness("ewc", **{"ewc.lam": "250"})
     m = h.learn("T1", "T2")

@@ -15,7 +15,6 @@ not penalised: an old head receives no gradient from a later task.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -86,13 +85,9 @@ class EWC(FineTune):
             yield from batches(train, self.cfg.fisher_batch, self.rng, self.device)
             return
         order = self.rng.permutation(train.n_users)
-        n = math.ceil(train.n_users / self.cfg.fisher_batch)
-        for i in range(n):
-            users = take_users(train, order[i * self.cfg.fisher_batch:(i + 1) * self.cfg.fisher_batch])
-            counts = np.diff(users.ptr)
-            yield Batch(torch.from_numpy(users.inputs).to(self.device),
-                        torch.from_numpy(users.labels).to(self.device),
-                        torch.from_numpy(np.repeat(np.arange(users.n_users), counts)).to(self.device), i, n)
+        for i in range(0, train.n_users, self.cfg.fisher_batch):
+            users = take_users(train, order[i:i + self.cfg.fisher_batch])
+            yield from batches(users, len(users.labels), self.rng, self.device)  # one step: each user one row
 
     def consolidate(self, task: TaskInfo, train: TaskData) -> None:
         fisher = self.task_fisher(task, train)

@@ -536,7 +536,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
             method.load_state_dict(ck["method"])
             metrics, fitter.logs, timings, users = ck["metrics"], ck["fits"], ck["timings"], ck["users"]
             start, spent = ck["next_task"], ck["elapsed_s"]
-            fitter.resumed_at = [*ck["resumed_at"], names[start]] if start < m else ck["resumed_at"]
+            fitter.resumed_at = [*ck["resumed_at"], names[start] if start < m else "end"]
             _set_rng_state(ck["rng"], dev)
             echo(f"  resuming after {names[start - 1]} ({start}/{m} tasks done) from {files.checkpoint}")
     t_start = time.perf_counter()
@@ -552,7 +552,9 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
                 users.setdefault(names[i], {}).update(final=scores.sums, scores=scores)
         return time.perf_counter() - t0
 
-    if cls.joint:  # one learning phase, checkpointed after every round (Fitter.phase_progress)
+    if start == m:  # stopped after the last checkpoint, before the result: the checkpoint keeps no
+        evaluate_row(m - 1, range(m))  # per-user score vectors, so the final row is tested again
+    elif cls.joint:  # one learning phase, checkpointed after every round (Fitter.phase_progress)
         later = names[1:]
         t0 = time.perf_counter()
         method.learn_joint([evaluator.info(n) for n in later], [evaluator.train_data(n) for n in later],

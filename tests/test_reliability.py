@@ -37,11 +37,12 @@ QUIET = dict(echo=lambda *_: None)
 
 
 def numbers(r: dict) -> dict:
-    """Everything a result measures: R, all metrics, transfer, method report, and every epoch's
-    loss and validation score (timings, dates and whether T1 came from the cache excluded)."""
+    """Everything a result measures: R, all metrics, transfer, method report, per-user test scores,
+    final validation scores, and every epoch's loss and validation score (timings, dates and whether T1 came from the cache excluded)."""
     fits = [(f["task"], f["best_epoch"], [(e["loss"], e["val"], e["steps"]) for e in f["epochs"]])
             for f in r["fits"]]
-    return {k: r[k] for k in ("R", "metrics", "final", "transfer", "method_report", "spec_hash")} | {"fits": fits}
+    keys = ("R", "metrics", "final", "transfer", "method_report", "spec_hash", "per_user", "val_final")
+    return {k: r[k] for k in keys} | {"fits": fits}
 
 
 def _cli(*args: str, **kw) -> subprocess.Popen:
@@ -128,6 +129,30 @@ def test_every_method_resumes_to_identical_numbers(name, tmp_path):
         run_cell(spec, tmp_path / "cut", should_stop=_stop_after_task(tmp_path / "cut", spec, 2), **QUIET)
     r = run_cell(spec, tmp_path / "cut", **QUIET)
     assert r["resumed_at"] and numbers(r) == numbers(ref)
+
+
+@pytest.mark.parametrize("name", ["pop", "fineall"])
+def test_a_stop_between_the_last_checkpoint_and_the_result_keeps_the_per_user_scores(name, tmp_path, monkeypatch):
+    """The checkpoint after the last task holds no per-user score vectors; a cell resumed from it
+    used to write a result without them (and without saying it resumed), which the paired
+    statistics cannot read."""
+    import curb.runner
+    spec = CellSpec(name, "synthetic-mini")
+    ref = run_cell(spec, tmp_path / "ref", **QUIET)
+    assert ref["per_user"] and set(ref["per_user"]) == {t["name"] for t in ref["tasks"]}
+    out = tmp_path / "cut"
+
+    def killed(*_):
+        raise CellInterrupted("killed while writing the result")
+    with monkeypatch.context() as mp:
+        mp.setattr(curb.runner, "save_result", killed)
+        with pytest.raises(CellInterrupted):
+            run_cell(spec, out, **QUIET)
+    ck = CellFiles.of(out, spec.hash).checkpoint
+    assert read_sealed_meta(ck)["next_task"] == len(ref["tasks"])
+    r = run_cell(spec, out, **QUIET)
+    assert r["resumed_at"] == ["end"] and numbers(r) == numbers(ref)
+    assert not ck.exists()
 
 
 def _damage(path: Path, how: str) -> None:

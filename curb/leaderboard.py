@@ -295,12 +295,35 @@ def _render_all(boards_file: Path, figures: bool) -> dict[Path, str]:
     return files
 
 
+def _linked(files: dict[Path, str]) -> set[Path]:
+    """Every local file the rendered READMEs (figure lines) and pages (src/href) link to."""
+    out = set()
+    for path, text in files.items():
+        links = _HTML_LINK.findall(text) if path.suffix == ".html" else \
+            [ln.split("](", 1)[1].split(")", 1)[0] for ln in text.splitlines() if ln.startswith("![")]
+        out |= {(path.parent / link).resolve() for link in links}
+    return out
+
+
+def _leftover_figures(boards_file: Path, files: dict[Path, str]) -> list[Path]:
+    """Files in a board's figures/ that no README or page links to (a board's setting or
+    figure set changed): they would be published without being shown or checked."""
+    root, linked = Path(boards_file).parent, _linked(files)
+    return sorted(f for b in read_boards(boards_file) for f in (root / b.key / "figures").glob("*")
+                  if f.is_file() and f.resolve() not in linked)
+
+
 def build(boards_file: Path = BOARDS_FILE, echo: Callable[[str], None] = print, figures: bool = True) -> list[Path]:
+    """Write every board's README, results.csv and figures, the index and the site; with figures,
+    also remove the figure files no page links to any more."""
     files = _render_all(boards_file, figures)
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         echo(f"wrote {path}")
+    for f in _leftover_figures(boards_file, files) if figures else ():
+        f.unlink()
+        echo(f"removed {f} (no page links to it)")
     return list(files)
 
 
@@ -308,7 +331,10 @@ def check(boards_file: Path = BOARDS_FILE) -> list[str]:
     """Differences between the committed leaderboards and a rebuild from their results (empty: all current)."""
     problems = []
     root = Path(boards_file).parent.resolve()
-    for path, text in _render_all(boards_file, figures=False).items():
+    files = _render_all(boards_file, figures=False)
+    problems += [f"{f}: linked from no page (a leftover; `curb leaderboard build` removes it)"
+                 for f in _leftover_figures(boards_file, files)]
+    for path, text in files.items():
         if not path.exists():
             problems.append(f"{path}: missing (run `curb leaderboard build`)")
             continue

@@ -216,6 +216,19 @@ def test_leaderboard_check_fails_on_changed_results_tables_or_missing_figures(tm
     assert any("figure figures/synthetic-mini-R.png is missing" in p for p in check(boards))
 
 
+def test_leaderboard_build_removes_figures_no_page_links_and_check_names_them(tmp_path):
+    boards = _board(tmp_path)
+    figs = tmp_path / "mini" / "figures"
+    kept = sorted(f.name for f in figs.iterdir())
+    assert "synthetic-mini-scores.png" in kept and "synthetic-mini-scores.svg" in kept  # README and page links
+    stale = figs / "synthetic-mini-old-scores.png"  # what a board's earlier setting drew
+    stale.write_bytes(b"png")
+    assert [p for p in check(boards) if "linked from no page" in p] == [f"{stale}: linked from no page (a leftover; "
+                                                                         "`curb leaderboard build` removes it)"]
+    build(boards, echo=lambda _: None)
+    assert not stale.exists() and sorted(f.name for f in figs.iterdir()) == kept and check(boards) == []
+
+
 def test_leaderboard_check_refuses_a_tampered_result_file(tmp_path):
     boards = _board(tmp_path)
     victim = next((tmp_path / "mini-run").rglob("seed*.json"))

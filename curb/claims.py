@@ -269,21 +269,32 @@ def _teracon_bwt(ev: Evidence, rng: np.random.Generator) -> Finding:
         return Finding("no data", "no default-order TERACON cells")
     keys = list(cells)
     first = cells[keys[0]]
-    bwt = (first.get("transfer") or {}).get("bwt") or []
-    tasks = [t["name"] for t, v in zip(first["tasks"], bwt) if t["name"] != "noise" and v is not None]
+    bwts = [(r.get("transfer") or {}).get("bwt") or [] for r in cells.values()]
+    # a task counts where some cell has its BWT (the last task has none; a cell whose score right
+    # after the task is 0 has none either: the relative change is undefined)
+    tasks = [t["name"] for i, t in enumerate(first["tasks"])
+             if t["name"] != "noise" and any(i < len(b) and b[i] is not None for b in bwts)]
     evidence = f"BWT of {', '.join(tasks)} (relative %), default order, seeds {_seeds(keys)}"
     arrays = _user_arrays([cells], keys, tasks, "final")
     diags = _user_arrays([cells], keys, tasks, "diag")
     if tasks and arrays is not None and diags is not None:
-        per_task, estimates = [], []
-        for (final_sums, counts), (diag_sums, _) in zip(arrays, diags):
-            f, d = final_sums[0], diag_sums[0]
+        per_task, estimates, undefined = [], [], []
+        for task, (final_sums, counts), (diag_sums, _) in zip(tasks, arrays, diags):
+            ok = diag_sums[0].sum(1) > 0  # the seeds whose score right after the task is not 0
+            undefined += [f"{task} seed {k[-1]}" for k, good in zip(keys, ok) if not good]
+            if not ok.any():
+                continue
+            f, d = final_sums[0][ok], diag_sums[0][ok]
             stack = np.concatenate([f, d])[:, None, :]  # one replicate column per (row, seed)
             with np.errstate(divide="ignore", invalid="ignore"):
                 reps = stats.bootstrap_replicates(stack, counts, n_boot=N_BOOT, rng=rng)
-                per_task.append(((reps[:, :len(keys)] - reps[:, len(keys):]) / reps[:, len(keys):] * 100).mean(axis=1))
+                per_task.append(((reps[:, :len(f)] - reps[:, len(f):]) / reps[:, len(f):] * 100).mean(axis=1))
             estimates.append(float(((f.sum(1) - d.sum(1)) / d.sum(1) * 100).mean()))
-        reps = np.mean(per_task, axis=0)
+        if undefined:
+            evidence += f"; left out, score 0 right after the task (relative BWT undefined): {', '.join(undefined)}"
+        reps = np.mean(per_task, axis=0) if per_task else np.full(N_BOOT, np.nan)
+        if not np.isfinite(reps).any():
+            return Finding("no data", evidence + ": no resample with a non-zero score right after every task")
         ci = stats.percentile_interval(reps, float(np.mean(estimates)), 0.95)
         p = stats.bootstrap_p(reps, alternative="greater" if ci.estimate >= 0 else "less")
         test = f"percentile bootstrap over test users ({N_BOOT} resamples, shared by the seeds), 95 % interval"

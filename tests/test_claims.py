@@ -116,6 +116,25 @@ def test_teracon_bwt_interval_decides():
     assert by_seed.verdict == "refuted" and "t interval over 3 cells" in by_seed.test
 
 
+def _zero_after(c: dict, task: str) -> dict:
+    """The cell with a score of 0 on `task` right after learning it (a tiny test part can give
+    that): its relative BWT is undefined, so the runner records None."""
+    final = np.asarray(COUNTS[task] * RATE[task]).round()
+    c["per_user"][task] = pack_per_user("acc", IDS[task], COUNTS[task], final, np.zeros(N_USERS))
+    c["transfer"]["bwt"][TASKS.index(task)] = None
+    return c
+
+
+def test_teracon_bwt_leaves_out_a_seed_whose_score_right_after_the_task_is_zero():
+    board = [cell("teracon", s, forget=0.3) for s in SEEDS]
+    board[1] = _zero_after(board[1], "T1")
+    c = verdicts(board)["c"]
+    assert c.verdict == "refuted" and "T1, T2" in c.evidence and "undefined): T1 seed 1" in c.evidence
+    assert np.isfinite(c.p)
+    nothing = [_zero_after(_zero_after(cell("teracon", s), "T1"), "T2") for s in SEEDS]
+    assert verdicts(nothing)["c"].verdict == "no data"
+
+
 def test_noisy_task_hurts_teracon_less():
     clean = [cell(m, s) for m in ("teracon", "conure", "hat") for s in SEEDS]
     noisy = [cell("teracon", s, noise=2, draw="teracondefaultNoneNone") for s in SEEDS]  # the clean draws: no drop

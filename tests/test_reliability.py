@@ -38,7 +38,8 @@ QUIET = dict(echo=lambda *_: None)
 
 def numbers(r: dict) -> dict:
     """Everything a result measures: R, all metrics, transfer, method report, per-user test scores,
-    final validation scores, and every epoch's loss and validation score (timings, dates and whether T1 came from the cache excluded)."""
+    final validation scores, and every epoch's loss and validation score (timings, dates and
+    whether T1 came from the cache excluded)."""
     fits = [(f["task"], f["best_epoch"], [(e["loss"], e["val"], e["steps"]) for e in f["epochs"]])
             for f in r["fits"]]
     keys = ("R", "metrics", "final", "transfer", "method_report", "spec_hash", "per_user", "val_final")

@@ -116,7 +116,9 @@ def ranked_table(st: Setting) -> Table:
     t.annotations = {(moved[r], c + 1): text for (r, c), text in t.annotations.items()}
     t.headers, t.best, t.digits, t.key = ["rank", *t.headers], [None, *t.best], [0, *t.digits], 1
     t.name, t.title = "leaderboard", f"Leaderboard, {st.label}"
-    t.note += " Ranked by the all-task mean; a row without one (MTL) is listed last, unranked."
+    unranked = [row[1] for row in t.rows if row[0] == "-"]
+    t.note += " Ranked by the all-task mean" + (f"; a row without one ({', '.join(unranked)}) is listed last, unranked."
+                                                if unranked else ".")
     return t
 
 

@@ -77,9 +77,12 @@ def overall_table(st: Setting) -> Table | None:
                      [mean_final(r, later_only=True) for r in cells],
                      [transfer_mean(r, "bwt") for r in cells], [transfer_mean(r, "fwt") for r in cells], _seeds(cells)])
     k = len(names)
-    note = ("Mean ± std over seeds; best mean per column in bold. `mean`: over all tasks (none for MTL, "
-            "which has no T1 score); the next column leaves T1 out so MTL can be compared. BWT/FWT: "
-            "relative %, docs/protocol.md §5.6 (FWT against SinMo of the same seed). `pop` is the "
+    no_first = [m for m, row in zip(methods, rows) if not finite(row[1 + k])]  # MTL: no T1 score
+    note = ("Mean ± std over seeds; best mean per column in bold. `mean`: over all tasks"
+            + (f" (none for {', '.join(no_first)}, which has no {names[0]} score); the next column leaves "
+               f"{names[0]} out so {', '.join(no_first)} can be compared." if no_first else
+               f"; the next column leaves {names[0]} out.")
+            + " BWT/FWT: relative %, docs/protocol.md §5.6 (FWT against SinMo of the same seed). `pop` is the "
             "popularity / majority-class baseline.")
     annotations: dict[tuple[int, int], str] = {}
     marked, unmarked, used = [], [], set()

@@ -297,14 +297,16 @@ def _render_all(boards_file: Path, figures: bool) -> dict[Path, str]:
     return files
 
 
+def _links(path: Path, text: str) -> list[str]:
+    """The local links of a rendered file: a page's src/href, a README's figure lines."""
+    if path.suffix == ".html":
+        return _HTML_LINK.findall(text)
+    return [ln.split("](", 1)[1].split(")", 1)[0] for ln in text.splitlines() if ln.startswith("![")]
+
+
 def _linked(files: dict[Path, str]) -> set[Path]:
-    """Every local file the rendered READMEs (figure lines) and pages (src/href) link to."""
-    out = set()
-    for path, text in files.items():
-        links = _HTML_LINK.findall(text) if path.suffix == ".html" else \
-            [ln.split("](", 1)[1].split(")", 1)[0] for ln in text.splitlines() if ln.startswith("![")]
-        out |= {(path.parent / link).resolve() for link in links}
-    return out
+    """Every local file the rendered READMEs and pages link to."""
+    return {(path.parent / link).resolve() for path, text in files.items() for link in _links(path, text)}
 
 
 def _leftover_figures(boards_file: Path, files: dict[Path, str]) -> list[Path]:
@@ -347,12 +349,11 @@ def check(boards_file: Path = BOARDS_FILE) -> list[str]:
             problems.append(f"{path}: differs from its results from line {diff + 1} "
                             f"(stored: {(old.splitlines() + [''])[diff][:80]!r}, "
                             f"rebuilt: {(text.splitlines() + [''])[diff][:80]!r})")
-        for link in (ln.split("](", 1)[1].split(")", 1)[0] for ln in text.splitlines() if ln.startswith("![")):
-            if not (path.parent / link).exists():
+        for link in _links(path, text):
+            target = (path.parent / link).resolve()  # a page's links into the boards' folder (figures, pages, CSVs)
+            if path.suffix != ".html" and not target.exists():
                 problems.append(f"{path}: figure {link} is missing (run `curb leaderboard build`)")
-        for link in _HTML_LINK.findall(text) if path.suffix == ".html" else ():
-            target = (path.parent / link).resolve()  # links into the boards' folder (figures, pages, CSVs)
-            if target.is_relative_to(root) and not target.exists():
+            elif path.suffix == ".html" and target.is_relative_to(root) and not target.exists():
                 problems.append(f"{path}: link {link} leads to no file (run `curb leaderboard build`)")
     return problems
 

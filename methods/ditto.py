@@ -184,6 +184,8 @@ class Ditto(Teracon):
         if len(cand) == 0:
             return full.new_zeros((), dtype=mask.dtype)
         n = select_count(len(cand), rate, self.cfg.min_users)
+        if self.cfg.kr_max_users is not None:  # the same per-task, per-step cap as the other terms
+            n = min(n, self.cfg.kr_max_users)
         pick = cand[torch.sort(distinct[cand], descending=True, stable=True).indices[:n]]
         self._bkt_users[j] += n
         x, y = seqs[pick, :-1], seqs[pick, 1:].clone()

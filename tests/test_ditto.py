@@ -4,6 +4,7 @@ past recommendation tasks), ρ with c = 2, and the growing item table."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import curb.methods.ditto as dt
-from curb.method import anneal, full_sequences, inputs_for
+from curb.method import anneal, full_sequences, inputs_for, task_loss
 from curb.methods.teracon import relation_rate
 from harness import Harness
 
@@ -20,14 +21,16 @@ TIME = "synthetic-time-mini"
 
 
 class _Spy:
-    """Records the arguments of every call of a loss function and returns the real loss."""
+    """Records the arguments and results of every call of a loss function and returns the real loss."""
 
     def __init__(self, real):
-        self.real, self.calls = real, []
+        self.real, self.calls, self.outs = real, [], []
 
     def __call__(self, *args, **kw):
         self.calls.append(tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args))
-        return self.real(*args, **kw)
+        out = self.real(*args, **kw)
+        self.outs.append(out.detach().clone())
+        return out
 
 
 def _start(h: Harness, name: str):
@@ -36,6 +39,21 @@ def _start(h: Harness, name: str):
     m.extend_items(h.stream.vocab_at(h.names.index(name)))
     m.tasks.append(t)
     m.begin_task(t)
+    return m, t
+
+
+def _start_unfitted(h: Harness, name: str, shake: float = 0.0):
+    """Begin and end every task before `name` without fitting it, then `_start(h, name)`; with
+    `shake`, Gaussian noise of that scale moves every student parameter away from the teacher."""
+    for past in h.names[: h.names.index(name)]:
+        m, t = _start(h, past)
+        m.end_task(t)
+    m, t = _start(h, name)
+    if shake:
+        g = torch.Generator().manual_seed(5)
+        with torch.no_grad():
+            for p in m.net.parameters():
+                p.add_(shake * torch.randn(p.shape, generator=g))
     return m, t
 
 
@@ -182,12 +200,111 @@ def test_nt_xent_is_the_positive_pairs_softmax_share():
 
 
 def test_round_trip_and_end_to_end(run_mini):
+    """Checkpoints restore scores and item means; the report's BKT users are > 0 on a time-aware stream, 0 on a static one."""
     h = Harness("ditto", dataset=TIME)
     h.learn("T1", "T2", "T3")
     fresh = h.reload()
     assert h.scores_equal(h.method, fresh)
     assert all(torch.equal(fresh.item_means[k], v) for k, v in h.method.item_means.items())
+    timed = h.method.report()["stages"]
+    assert set(timed) == {"T2", "T3"} and set(timed["T3"]["bkt_users_mean"]) == {"T1", "T2"}
+    assert timed["T2"]["bkt_users_mean"]["T1"] > 0  # new items reached T1's next-item objective
+    assert all(v > 0 for v in timed["T3"]["bkt_users_mean"].values())  # and T2's contrastive views too
     r = run_mini("ditto", order="reversed", noise=2)
     stages = r["method_report"]["stages"]
     assert set(stages) == {t["name"] for t in r["tasks"][1:]}
-    assert all("bkt_users_mean" in st for st in stages.values())
+    assert all(v == 0 for st in stages.values() for v in st["bkt_users_mean"].values())  # no item is ever new
+    assert all(len(st["bkt_users_mean"]) == i + 1 for i, st in enumerate(stages[t["name"]] for t in r["tasks"][1:]))
+
+
+def test_later_task_loss_is_ce_plus_alpha_rho_weighted_fkt_plus_beta_bkt_plus_gamma_contrast(monkeypatch):
+    """L = CE + α·Σ_j (ρ_j/Σρ)·MSE_j + β·(T1 next-item BKT) + γ·Σ(contrast), with hand-set unequal ρ."""
+    h = Harness("ditto", dataset=TIME, **{"ditto.alpha": "0.3", "ditto.beta": "0.55", "ditto.gamma": "1.7",
+                                          "ditto.min_users": "1"})
+    m, t3 = _start_unfitted(h, "T3", shake=0.05)
+    mse, nxt, con = _Spy(F.mse_loss), _Spy(m.next_item_loss), _Spy(m.contrast)
+    monkeypatch.setattr(dt.F, "mse_loss", mse)
+    monkeypatch.setattr(m, "next_item_loss", nxt)
+    monkeypatch.setattr(m, "contrast", con)
+    b = h.batch("T3", index=2)
+    rho = [0.3, 0.9]
+    m.rho = list(rho)
+    total = m.loss(t3, b)
+    monkeypatch.undo()
+    assert len(mse.outs) == 2 and len(con.outs) == 1  # one FKT term per past task; T2 is the only recommend one
+    assert [c[0] for c in nxt.calls] == ["T1"]
+    s = anneal(b.index, b.n_batches, m.cfg.smax)
+    ce = task_loss(m.net.logits("T3", b.x, m.mask("T3", s)), b)
+    weighted = (0.3 * mse.outs[0] + 0.9 * mse.outs[1]) / 1.2
+    assert abs(weighted - (mse.outs[0] + mse.outs[1]) / 2) > 0.05  # the ρ weighting is visible
+    assert abs(nxt.outs[0] - con.outs[0]) > 0.05  # so is a β/γ swap
+    assert min(v.item() for v in [*mse.outs, *nxt.outs, *con.outs]) > 0.5
+    want = ce + 0.3 * weighted + 0.55 * nxt.outs[0] + 1.7 * con.outs[0]
+    assert total.item() == pytest.approx(want.item(), rel=1e-6)
+
+
+def test_contrast_is_nt_xent_of_the_deleted_and_substituted_views_under_the_past_task_mask(monkeypatch):
+    """γ's term is nt_xent(represent([delete_items(x); substitute_items(x)], student T2 mask)), RNG replayed."""
+    h = Harness("ditto", dataset=TIME, **{"ditto.alpha": "0", "ditto.beta": "0", "ditto.min_users": "1",
+                                          "ditto.sampling": "fixed:0.5"})
+    m, t3 = _start_unfitted(h, "T3", shake=0.05)
+    seen = []
+    real = m.contrast
+
+    def contrast(x, mask):
+        state = copy.deepcopy(m.rng.bit_generator.state)
+        out = real(x, mask)
+        seen.append((x.clone(), state, copy.deepcopy(m.rng.bit_generator.state), out.detach()))
+        return out
+
+    monkeypatch.setattr(m, "contrast", contrast)
+    b = h.batch("T3", index=2)
+    m.loss(t3, b)
+    (x, before, after, got), = seen
+    assert len(x) > 2
+    s = anneal(b.index, b.n_batches, m.cfg.smax)
+    replay = np.random.default_rng()
+    replay.bit_generator.state = before
+    rows = x.numpy()
+    deleted = dt.delete_items(rows, 0.2, replay)
+    substituted = dt.substitute_items(rows, 0.2, replay, m.net.backbone.item_emb.weight.detach())
+    assert replay.bit_generator.state == after  # contrast drew exactly these two augmentations
+    assert (deleted != rows).any() and (substituted != rows).any() and (deleted != substituted).any()
+    views = torch.from_numpy(np.concatenate([deleted, substituted]))
+    want = dt.nt_xent(m.net.represent(views, m.net.mask("T2", ["T1", "T3"], s)))
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    current = dt.nt_xent(m.net.represent(views, m.mask("T3", s)))
+    unaugmented = dt.nt_xent(m.net.represent(torch.cat([x, x]), m.net.mask("T2", ["T1", "T3"], s)))
+    assert abs(current - want) > 1e-3 and abs(unaugmented - want) > 1e-3
+
+
+def test_kr_max_users_caps_the_distilled_users_of_every_past_task(monkeypatch):
+    """`kr_max_users=2`: each past task's FKT MSE reads the 2 most similar users; uncapped it reads all eligible."""
+    h = Harness("ditto", **{"ditto.kr_max_users": "2", "ditto.sampling": "none"})  # static: every user eligible
+    m, t3 = _start_unfitted(h, "T3", shake=0.05)
+    b = h.batch("T3")
+    spy = _Spy(F.mse_loss)
+    monkeypatch.setattr(dt.F, "mse_loss", spy)
+    m.loss(t3, b)
+    capped = list(spy.calls)
+    assert [(len(x), len(y)) for x, y in capped] == [(2, 2)] * 2
+    assert m._stats.users.tolist() == [2, 2]
+    spy.calls.clear()
+    m.cfg.kr_max_users = None
+    m.loss(t3, b)
+    assert len(b.x) > 2 and [(len(x), len(y)) for x, y in spy.calls] == [(len(b.x), len(b.x))] * 2
+    for (xc, yc), (xu, yu) in zip(capped, spy.calls):  # the cap keeps the top of the similarity ranking
+        assert torch.allclose(xc, xu[:2], atol=1e-6) and torch.equal(yc, yu[:2])
+
+
+def test_kr_max_users_caps_the_next_item_transfer_users_too():
+    """The cap covers every past-task term of a step, the next-item BKT (the costliest) included."""
+    h = Harness("ditto", dataset=TIME, **{"ditto.kr_max_users": "2"})
+    m, t = _start_unfitted(h, "T3")
+    b = h.batch("T3")
+    m.loss(t, b)
+    assert m._bkt_users[0] == 2
+    m._bkt_users[:] = 0
+    m.cfg.kr_max_users = None
+    m.loss(t, b)
+    assert m._bkt_users[0] > 2

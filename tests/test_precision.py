@@ -2,6 +2,7 @@
 with the fp32 eager path (the CUDA path is the same code with device_type="cuda")."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -35,8 +36,12 @@ def test_bf16_autocast_computes_in_bf16_and_stays_close_to_fp32():
         assert m16.forward_logits("T2", x, train=True).dtype == torch.bfloat16
     s32, s16 = m32.score("T2", x), m16.score("T2", x)
     assert s16.dtype == torch.bfloat16 and torch.allclose(s16.float(), s32, atol=0.05)
+    before = [p.detach().clone() for p in m16.trainable_parameters(info)]
     loss, steps = train_epoch(m16, info, data, m16.make_optimizer(info), 64)
-    assert steps > 0 and loss == loss  # finite, trained
+    assert steps > 0 and math.isfinite(loss)
+    after = list(m16.trainable_parameters(info))
+    assert all(p.dtype == torch.float32 for p in after)  # autocast: the weights stay fp32
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))  # and they trained
 
 
 def test_train_compile_flag_trains_like_eager():

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import curb.methods.replay as replay_module
 from curb.evaluator import model_inputs
 from curb.method import task_loss
 from curb.training import batches
@@ -95,3 +96,93 @@ def test_replay_runs_end_to_end_and_round_trips(run_mini):
     fresh = h.reload()
     assert h.scores_equal(h.method, fresh)
     assert all(torch.equal(fresh.buffers[k].logits, h.method.buffers[k].logits) for k in fresh.buffers)
+
+
+def test_each_step_draws_two_distinct_samples_of_batch_users_without_replacement_per_old_task(monkeypatch):
+    """Per old task: draw 1 (logit MSE vs its stored logits), then draw 2 (label CE), each batch_users without replacement."""
+    alpha, beta, k = 0.7, 0.4, 5
+    h = Harness("replay", **{"replay.users": "20", "replay.batch_users": str(k), "replay.alpha": str(alpha),
+                             "replay.beta": str(beta)})
+    m = h.learn("T1")
+    t2 = h.ev.info("T2")  # T2's buffer without training T2 (a no-op fit): the buffer is what matters here
+    m.learn_task(t2, h.ev.train_data("T2"), h.ev.val_data("T2"), lambda *a, **kw: None)
+    with torch.no_grad():  # so the stored logits differ from the current ones
+        for p in m.model.backbone.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    t3 = h.ev.info("T3")
+    m.tasks.append(t3)
+    m.begin_task(t3)
+    b = h.batch("T3")
+    mse_x, ce_batches = {}, {}
+    real_logits, real_head_loss = m.forward_logits, m.head_loss
+
+    def spy_logits(task, x, **kw):
+        if task != "T3":
+            mse_x.setdefault(task, []).append(x.clone())
+        return real_logits(task, x, **kw)
+
+    def spy_head_loss(task, hidden, batch):
+        out = real_head_loss(task, hidden, batch)
+        ce_batches.setdefault(task.name, []).append((batch, out.detach()))
+        return out
+
+    mse_calls, real_mse = [], F.mse_loss
+
+    def spy_mse(z, target, *a, **kw):
+        out = real_mse(z, target, *a, **kw)
+        mse_calls.append((target.clone(), out.detach()))
+        return out
+
+    monkeypatch.setattr(m, "forward_logits", spy_logits)
+    monkeypatch.setattr(m, "head_loss", spy_head_loss)
+    monkeypatch.setattr(replay_module.F, "mse_loss", spy_mse)
+    ref = np.random.default_rng()
+    ref.bit_generator.state = m.rng.bit_generator.state
+    got = m.loss(t3, b)
+    monkeypatch.undo()
+    assert len(mse_calls) == 2  # one logit term per old task, in stream order
+
+    bb, heads = m.model.backbone, m.model.heads
+    z3 = heads["T3"](bb.read(b.x))
+    want_ce = -F.log_softmax(z3, dim=-1)[b.rows, b.y].mean()  # one CE term per (user, target) pair
+    terms = []
+    for name in ("T1", "T2"):
+        buf = m.buffers[name]
+        inputs, n = buf.data.inputs, buf.data.n_users
+        assert n == 20 > k and len({r.tobytes() for r in inputs}) == n  # rows identify the stored users
+        first = ref.choice(n, k, replace=False)
+        second = ref.choice(n, k, replace=False)
+        assert set(first.tolist()) != set(second.tolist())  # the draws differ (so reusing one would show)
+        seqs1 = torch.from_numpy(inputs[first])
+        x1 = seqs1[:, :-1] if name == "T1" else seqs1  # T1: the last item is the scored target
+        # the logit term reads exactly draw 1, in the draw's order (paired with its stored logits)
+        (seen,) = mse_x[name]
+        assert torch.equal(seen, x1)
+        stored = buf.logits[torch.from_numpy(first)]
+        mse = ((heads[name](bb.read(x1)) - stored) ** 2).mean()
+        target, term = mse_calls.pop(0)
+        assert torch.equal(target, stored) and term.item() == pytest.approx(mse.item(), rel=1e-5)
+        # the label term reads exactly the users of draw 2 (in a shuffled order), all their labels
+        ((batch, term),) = ce_batches[name]
+        seqs2 = inputs[second]
+        labels2 = [buf.data.labels[buf.data.ptr[r]:buf.data.ptr[r + 1]] for r in second]
+        if name == "T1":  # next item: every position of the sequence without its last item
+            assert batch.rows is None
+            assert sorted(map(tuple, batch.x.tolist())) == sorted(map(tuple, seqs2[:, :-1].tolist()))
+            s2 = torch.from_numpy(seqs2)
+            z = heads[name](bb(s2[:, :-1]))
+            ce = F.cross_entropy(z.reshape(-1, z.shape[-1]), s2[:, 1:].reshape(-1))  # padding targets count
+        else:
+            assert sorted(map(tuple, batch.x.tolist())) == sorted(map(tuple, seqs2.tolist()))
+            assert sorted(batch.y.tolist()) == sorted(np.concatenate(labels2).tolist())
+            logp = F.log_softmax(heads[name](bb.read(torch.from_numpy(seqs2))), dim=-1)
+            ce = -torch.cat([logp[u, torch.from_numpy(lab)] for u, lab in enumerate(labels2)]).mean()
+        assert term.item() == pytest.approx(ce.item(), rel=1e-5)
+        # the label draw is shuffled into one batch by the trainer's batcher, from the same generator
+        sizes = np.array([len(lab) for lab in labels2])
+        next(batches(dataclasses.replace(buf.data, inputs=seqs2, ptr=np.r_[0, np.cumsum(sizes)],
+                                         labels=np.concatenate(labels2)), 1 << 40, ref, m.device))
+        terms.append(alpha * mse + beta * ce)
+    assert m.rng.bit_generator.state == ref.bit_generator.state  # these draws and nothing else
+    want = want_ce + (terms[0] + terms[1]) / 2
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)

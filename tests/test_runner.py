@@ -81,6 +81,28 @@ def test_pop_scores_match_a_direct_count(tiny_stream):
     assert ev.test(pop, "T4")["acc"] == pytest.approx(expect)
 
 
+def test_pop_next_item_counts_every_training_target_and_scores_all_users_alike(tiny_stream):
+    """pop on T1 counts each training user's next-item targets (every item after the first
+    position, padding excluded) and gives every user those counts as scores."""
+    from curb.methods.pop import Pop
+    from curb.streams import split_task
+
+    ev = Evaluator(tiny_stream, SplitConfig())
+    cfg = resolve_config(CellSpec("pop", "synthetic-mini"))
+    pop = Pop(Setup(tiny_stream.n_items, 12, cfg.backbone, cfg.train, None, torch.device("cpu"), 0))
+    pop.learn_task(ev.info("T1"), ev.train_data("T1"), ev.val_data("T1"), None)
+    users = split_task(tiny_stream.task("T1"), SplitConfig())["train"].users
+    seqs = tiny_stream.sequences[users]
+    assert (seqs[:, 1:] == 0).any()  # padding among the target positions, to be excluded
+    targets = seqs[:, 1:][seqs[:, 1:] != 0]
+    want = np.bincount(targets, minlength=tiny_stream.task("T1").n_labels)
+    assert np.array_equal(pop.counts["T1"].numpy(), want)
+    assert want[0] == 0 and want.sum() == len(targets)
+    x = torch.from_numpy(seqs[:5])
+    logits = pop.forward_logits("T1", x, train=False)
+    assert logits.shape == (5, len(want)) and all(torch.equal(logits[0], row) for row in logits)
+
+
 def _setup_for(spec, stream, pre):
     cfg = resolve_config(spec)
     from curb.methods.sinmo import SinMo

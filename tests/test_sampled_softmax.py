@@ -12,10 +12,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import curb.evaluator as evaluator
-from curb.backbone import make_head
+import curb.method as method_module
+from curb.backbone import Hooks, make_head
 from curb.config import ConfigError
 from curb.evaluator import MAX_CELLS, evaluate_users, validation_loss
-from curb.method import (Batch, Method, TaskData, TaskInfo, TrainConfig, anneal, get_method, sampled_softmax_ce,
+from curb.method import (Batch, Method, TaskData, TaskInfo, TrainConfig, get_method, sampled_softmax_ce,
                          task_loss)
 from curb.runner import CellSpec, build_stream, resolve_config, run_cell, t1_cache_name
 from curb.training import batches
@@ -146,19 +147,46 @@ def _t1_stage(name: str, **overrides: str) -> tuple[Method, TaskInfo, Batch]:
     return m, info, next(batches(h.ev.train_data(info.name), 16, np.random.default_rng(5), m.device))
 
 
+def _t1_logits_from_the_modules(m: Method, name: str, task: str, x: Tensor, s: float) -> Tensor:
+    """T1 logits [B, n-1, |V|] from the method's own backbone and T1 head called directly (no
+    `forward_logits`/`represent`); gated methods get σ(s·e^T1) as written in docs/methods.md."""
+    if name == "sinmo":
+        model = m.models[task]
+    elif name == "peterrec":
+        model = m.base
+    elif name in ("finetune", "ewc", "lwf", "replay"):
+        model = m.model
+    else:
+        model = m.net
+    if name == "hat":  # e^T1 [blocks, 2, f]: row (k, r) gates sublayer r of block k
+        g = torch.sigmoid(s * m.net.emb[task])
+        hooks = Hooks(gates=[(g[k, 0], g[k, 1]) for k in range(g.shape[0])])
+    elif name in ("teracon", "ditto"):  # T1 stage: plain mask σ(s·e^T1) [K, f], row 2k+r gates sublayer r of block k
+        g = torch.sigmoid(s * m.net.emb[task])
+        hooks = Hooks(gates=[(g[2 * k], g[2 * k + 1]) for k in range(g.shape[0] // 2)])
+    else:  # plain models; CONURE's T1 train phase uses the whole kernel
+        hooks = Hooks()
+    return model.heads[task](model.backbone(x, hooks))
+
+
 @pytest.mark.parametrize("name", T1_TRAINERS)
 def test_default_t1_loss_is_the_full_softmax_of_the_methods_logits(name):
-    """Default config: every method's T1 loss is exactly what it was before the option existed
-    (task_loss of its logits; HAT adds its regulariser), and no negative is drawn."""
-    m, info, batch = _t1_stage(name)
+    """Default config: T1 loss = full-softmax CE over every position (padding counted) of backbone+T1 head (+λ·mean gate for HAT)."""
+    m, info, first = _t1_stage(name)
+    batch = dataclasses.replace(first, index=3, n_batches=8)  # mid-epoch: the annealed s is not 1/smax
+    assert (batch.y == 0).any()  # padding targets present: the default counts them
     state = m.rng.bit_generator.state
     got = m.loss(info, batch)
-    assert m.rng.bit_generator.state == state
-    want = task_loss(m.forward_logits(info.name, batch.x, train=True, all_positions=True, batch=batch), batch)
-    if name == "hat":
-        s = anneal(batch.index, batch.n_batches, m.cfg.smax)
-        want = want + m.cfg.lam * m.regulariser(m.gates(info.name, s))
-    assert torch.equal(got, want)
+    assert m.rng.bit_generator.state == state  # no negative is drawn
+    smax = getattr(m.cfg, "smax", None)
+    s = 1 / smax + (smax - 1 / smax) * 3 / 8 if smax else None  # s_b = 1/smax + (smax - 1/smax)·b/N_b (§4.6)
+    with torch.no_grad():
+        logits = _t1_logits_from_the_modules(m, name, info.name, batch.x, s)
+        assert logits.shape == (*batch.y.shape, info.n_labels)
+        want = F.cross_entropy(logits.reshape(-1, info.n_labels), batch.y.reshape(-1))
+        if name == "hat":  # Reg = Σ a(1 − A) / Σ (1 − A) with A = 0 at T1: the mean gate (docs/methods.md)
+            want = want + m.cfg.lam * torch.sigmoid(s * m.net.emb[info.name]).mean()
+    torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", T1_TRAINERS)
@@ -201,12 +229,42 @@ def test_a_sampled_cell_records_the_option_and_trains_its_own_shared_t1_model(tm
     assert again["R"] == sampled["R"]  # deterministic: the negatives come from the seeded generator
 
 
-@pytest.mark.parametrize("name,dataset", [("replay", "synthetic-mini"), ("ditto", "synthetic-time-mini")])
-def test_later_next_item_terms_run_sampled_too(tmp_path, name, dataset):
-    """Replay's β term on a T1 buffer and DITTO's transfer to T1 train T1's objective: sampled as well."""
-    sets = {"train.t1_epochs": "1", "train.epochs": "1", "train.t1_negatives": "0.3"}
-    r = run_cell(CellSpec(name, dataset, overrides=tuple(sorted(sets.items()))), tmp_path, echo=lambda *_: None)
-    assert all(np.isfinite(v) for v in r["final"].values())
+LATER_NEXT_ITEM_TERMS = {  # method -> (dataset, overrides): later tasks with a term that trains T1's objective
+    "replay": ("synthetic-mini", {"replay.users": "20", "replay.batch_users": "5"}),  # β: T1 buffer's labels
+    "ditto": ("synthetic-time-mini", {}),  # BKT to the next-item task (users holding new items)
+}
+
+
+@pytest.mark.parametrize("name", sorted(LATER_NEXT_ITEM_TERMS))
+def test_later_next_item_terms_run_sampled_too(monkeypatch, name):
+    """A T2 step's T1 next-item term calls sampled_softmax_ce once, on T1's head, round(share·|T1 labels|) negatives."""
+    dataset, sets = LATER_NEXT_ITEM_TERMS[name]
+    h = Harness(name, dataset=dataset, **{"train.t1_negatives": "0.3", **sets})
+    m, no_fit = h.method, lambda *a, **kw: None
+    t1, t2 = h.ev.info("T1"), h.ev.info("T2")
+    m.learn_task(t1, h.ev.train_data("T1"), h.ev.val_data("T1"), no_fit)  # T1's state, untrained (mechanism only)
+    m.extend_items(h.stream.vocab_at(1))
+    m.tasks.append(t2)
+    m.begin_task(t2)
+    b = h.batch("T2")
+    calls, real = [], method_module.sampled_softmax_ce
+
+    def spy(hidden, head, y, n_negatives, rng, *a, **kw):
+        calls.append((head, y.clone(), n_negatives, rng))
+        return real(hidden, head, y, n_negatives, rng, *a, **kw)
+
+    monkeypatch.setattr(method_module, "sampled_softmax_ce", spy)
+    loss = m.loss(t2, b)
+    assert torch.isfinite(loss)
+    assert len(calls) == 1  # T2's own CE (and Replay's logit term) stay full: one sampled call
+    ((head, y, n_neg, rng),) = calls
+    assert head is m.head("T1") and head.out_features == t1.n_labels
+    assert n_neg == round(0.3 * t1.n_labels) < t1.n_labels and rng is m.rng
+    targets = y[y != -100]
+    assert y.dim() == 2 and len(targets) > 0 and int(targets.max()) < t1.n_labels
+    if name == "replay":  # targets: whole sequences of T1 buffer users, shifted by one
+        stored = {tuple(r) for r in m.buffers["T1"].data.inputs[:, 1:].tolist()}
+        assert y.shape[0] == 5 and all(tuple(r) in stored for r in y.tolist())
 
 
 # ---------------------------------------------------------------------------------- evaluation memory

@@ -396,3 +396,30 @@ def test_mean_readout_is_refused_where_the_fused_step_reads_positions_itself(nam
 
     with pytest.raises(ConfigError, match="backbone.readout=mean is not supported"):
         run_cell(CellSpec(name, "synthetic-mini", overrides=(("backbone.readout", "mean"),)), tmp_path)
+
+
+def test_kr_max_users_caps_the_retained_rows_of_every_past_task(make, monkeypatch):
+    """`kr_max_users=2`: each past task's retention MSE reads 2 users, the first 2 of the uncapped draw."""
+    h = make(**{"teracon.kr_max_users": "2", "teracon.sampling": "none"})
+    m = h.method
+    for name in ("T1", "T2"):  # begun and ended unfitted: only the stage's mechanics are under test
+        m.tasks.append(h.ev.info(name))
+        m.begin_task(h.ev.info(name))
+        m.end_task(h.ev.info(name))
+    t3, b = h.ev.info("T3"), h.batch("T3")
+    m.tasks.append(t3)
+    m.begin_task(t3)
+    spy = _MseSpy()
+    monkeypatch.setattr(tc.F, "mse_loss", spy)
+    state = copy.deepcopy(m.rng.bit_generator.state)
+    m.loss(t3, b)
+    capped = list(spy.calls)
+    assert [(len(x), len(y)) for x, y in capped] == [(2, 2)] * 2
+    assert m._stats.users.tolist() == [2, 2]
+    spy.calls.clear()
+    m.cfg.kr_max_users = None
+    m.rng.bit_generator.state = state
+    m.loss(t3, b)
+    assert len(b.x) > 2 and [(len(x), len(y)) for x, y in spy.calls] == [(len(b.x), len(b.x))] * 2
+    for (xc, yc), (xu, yu) in zip(capped, spy.calls):
+        assert torch.allclose(xc, xu[:2], atol=1e-6) and torch.allclose(yc, yu[:2], atol=1e-6)

@@ -1,6 +1,8 @@
 """CONURE: owned weights bit-identical forever, BWT exactly 0, disjoint top-|W| masks that follow
 the prune schedule, and a clear error once no free weight is left."""
 
+import math
+
 import pytest
 import torch
 
@@ -145,3 +147,43 @@ def test_bwt_exactly_zero_in_any_order(run_mini, order, noise):
         assert all(R[j][i] == R[i][i] for j in range(i, len(R))), f"task {i} changed after it was learned"
         assert all(r["metrics"][j][i] == r["metrics"][i][i] for j in range(i, len(R)))
     assert r["method_report"]["free_after"][r["tasks"][-1]["name"]] == pytest.approx(0.7 ** len(R), abs=0.01)
+
+
+def _biases(m):
+    return [c.bias.detach().clone() for c in m.net.backbone.convs()]
+
+
+@pytest.mark.parametrize("train_bias", [True, False])
+def test_train_bias_trains_conv_biases_in_t1s_train_phase_only(train_bias):
+    """train_bias=true: conv biases train in T1's train phase only, then stay bit-identical; false: always exactly 0."""
+    h = Harness("conure", **{"conure.train_bias": str(train_bias).lower(), "train.t1_epochs": 1, "train.epochs": 1})
+    m, real = h.method, h.fit
+    init = _biases(m)
+    phases = []  # (task, phase, biases before, biases after, biases handed to the optimiser)
+
+    def fit(method, task, train, val, phase="train", **kw):
+        before = _biases(method)
+        trainable = {id(p) for p in method.trainable_parameters(task)}
+        in_opt = [id(c.bias) in trainable for c in method.net.backbone.convs()]
+        out = real(method, task, train, val, phase=phase, **kw)
+        phases.append((task.name, phase, before, _biases(method), in_opt))
+        return out
+
+    h.fit = fit
+    h.learn("T1", "T2")
+    assert [(t, p) for t, p, *_ in phases] == [(t, p) for t in ("T1", "T2") for p in ("train", "retrain")]
+    bound = 1 / math.sqrt(m.setup.backbone.channels * m.setup.backbone.kernel)  # nn.Conv1d's bias init
+    for t, p, before, after, in_opt in phases:
+        first = (t, p) == ("T1", "train")
+        assert in_opt == [train_bias and first] * len(in_opt), (t, p)
+        moved = [not torch.equal(a, b) for a, b in zip(before, after)]
+        if train_bias and first:
+            assert all(moved), "T1's train phase must train every conv bias"
+        else:
+            assert not any(moved), f"{t} {p}: a conv bias moved"
+    final = _biases(m)
+    if train_bias:
+        assert all(b.abs().max() <= bound and b.abs().sum() > 0 for b in init)
+        assert all(torch.equal(a, b) for a, b in zip(final, phases[0][3]))  # = right after T1's train phase
+    else:
+        assert all(torch.equal(b, torch.zeros_like(b)) for b in init + final)

@@ -3,6 +3,9 @@ mean squared per-user gradient of the task loss on the task's training data."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -143,3 +146,63 @@ def test_old_heads_do_not_change_and_save_load_round_trips():
 def test_invalid_knobs_are_config_errors(bad):
     with pytest.raises(ConfigError):
         resolve_config(CellSpec("ewc", "synthetic-mini", overrides=(bad,)))
+
+
+def _grouped_fisher(model, head, group_loss, data, order, size) -> tuple[dict[str, torch.Tensor], int]:
+    """The Fisher written out for `size` users per gradient: users taken in `order`, cut into groups of
+    `size` (the last one shorter), one backward of the group's loss each, squared, averaged over groups."""
+    params = dict(model.backbone.named_parameters())
+    total = {n: torch.zeros_like(p) for n, p in params.items()}
+    groups = [order[i:i + size] for i in range(0, len(order), size)]
+    for users in groups:
+        loss = group_loss(model, head, data, users)
+        for (n, _), g in zip(params.items(), torch.autograd.grad(loss, list(params.values()), allow_unused=True)):
+            if g is not None:
+                total[n] += g ** 2
+    return {n: v / len(groups) for n, v in total.items()}, len(groups)
+
+
+def _next_item_group_loss(model, head, data, users):
+    """Mean next-item CE over every position of the group's sequences (T1's training loss)."""
+    s = torch.from_numpy(data.inputs[users])
+    logits = model.logits(head, s[:, :-1], all_positions=True)
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), s[:, 1:].reshape(-1))
+
+
+def _pair_group_loss(model, head, data, users):
+    """Mean CE over every (user, target) pair of the group's users (an item task's training loss)."""
+    logp = F.log_softmax(model.logits(head, torch.from_numpy(data.inputs[users])), dim=-1)
+    terms = [logp[r, torch.from_numpy(data.labels[data.ptr[u]:data.ptr[u + 1]]).long()]
+             for r, u in enumerate(users)]
+    return -torch.cat(terms).mean()
+
+
+@pytest.mark.parametrize("size", [4, 3])
+def test_fisher_batch_squares_the_gradient_of_each_group_of_users(size):
+    """fisher_batch=k: F = mean over seeded groups of k users of the squared group-loss gradient; ceil(n/k) batches."""
+    h = Harness("ewc", **{"ewc.fisher_batch": str(size)})
+    m = h.method
+    replay = np.random.default_rng()
+    replay.bit_generator.state = m.rng.bit_generator.state  # the order the method will draw first
+    h.learn("T1")
+    d1 = h.ev.train_data("T1")
+    want, groups = _grouped_fisher(h.pretrained(), "T1", _next_item_group_loss, d1, replay.permutation(d1.n_users),
+                                   size)
+    assert groups == math.ceil(d1.n_users / size) and groups < d1.n_users
+    assert m.fisher.keys() == want.keys()
+    for n in want:
+        assert torch.allclose(m.fisher[n], want[n], rtol=1e-4, atol=1e-10), n
+    assert m.fisher_stats["T1"]["batches"] == groups and m.fisher_stats["T1"]["users"] == d1.n_users
+    # an item task, straight from its start (no fitting): each group's loss is the mean over all its pairs
+    t2, d2 = h.ev.info("T2"), h.ev.train_data("T2")
+    m.tasks.append(t2)
+    m.begin_task(t2)
+    replay.bit_generator.state = m.rng.bit_generator.state
+    got = m.task_fisher(t2, d2)
+    want2, groups2 = _grouped_fisher(m.model, "T2", _pair_group_loss, d2, replay.permutation(d2.n_users), size)
+    assert groups2 == math.ceil(d2.n_users / size)
+    for n in want2:
+        assert torch.allclose(got[n], want2[n], rtol=1e-4, atol=1e-10), n
+    assert m.fisher_stats["T2"]["batches"] == groups2
+    per_user, _ = _grouped_fisher(m.model, "T2", _pair_group_loss, d2, np.arange(d2.n_users), 1)
+    assert float(got["blocks.0.conv1.weight"].sum()) < float(per_user["blocks.0.conv1.weight"].sum())  # averaged first

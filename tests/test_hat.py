@@ -214,3 +214,21 @@ def test_t1_stage_teracon_drops_regulariser_and_compensation_in_t1_only(stage):
     g2 = m.gates("T2", anneal(0, 2, m.cfg.smax))
     ce2 = torch.nn.functional.cross_entropy(m.head("T2")(m._represent(b2.x, g2, False)), b2.y)
     assert float(m.loss(t2, b2)) == pytest.approx(float(ce2 + m.cfg.lam * m.regulariser(g2)), rel=1e-6)
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_item_emb_after_t1_keeps_the_item_table_bit_identical_through_t2(freeze):
+    """freeze_item_emb_after_t1: true keeps the T1 item table bit-identical and untrainable in T2; false lets it move."""
+    h = Harness("hat", **{"hat.freeze_item_emb_after_t1": str(freeze).lower(), "train.t1_epochs": 1, "train.epochs": 1})
+    m = h.method
+    init = m.net.backbone.item_emb.weight.detach().clone()
+    h.learn("T1")
+    after_t1 = m.net.backbone.item_emb.weight.detach().clone()
+    assert not torch.equal(after_t1, init), "T1 must train the item table whatever the knob (it freezes *after* T1)"
+    h.learn("T2")
+    emb = m.net.backbone.item_emb.weight
+    trainable = {id(p) for p in m.trainable_parameters(h.ev.info("T2"))}
+    assert (id(emb) in trainable) == (not freeze)
+    assert torch.equal(emb.detach(), after_t1) == freeze
+    # the rest of the backbone trains in T2 either way (the knob freezes the item table only)
+    assert id(m.net.backbone.blocks[0].conv1.weight) in trainable

@@ -120,3 +120,35 @@ def _t1_drift(lam: str) -> float:
 def test_distillation_reduces_drift_of_old_outputs():
     free, kept = _t1_drift("0"), _t1_drift("5")
     assert kept < 0.5 * free, (kept, free)
+
+
+def test_warmup_false_runs_only_the_joint_phase_with_distillation_from_the_first_step():
+    """warmup=false: one fit, phase "train", and the first step's loss is CE + λ·H(softmax(z̃_T1/T)) (distillation on)."""
+    h = Harness("lwf", **{"lwf.warmup": "false", "lwf.lam": "0.5", "lwf.temperature": "2"})
+    h.learn("T1")
+    m, real = h.method, h.fit
+    calls, first = [], {}
+    real_loss = m.loss
+
+    def spy(task, batch):
+        out = real_loss(task, batch)
+        if not first:  # the first training step: the model is still the snapshot, plus the new head
+            x1 = batch.x[:, :-1]
+            with torch.no_grad():
+                ce = task_loss(m.model.logits("T2", batch.x), batch)
+                p = F.softmax(m.model.logits("T1", x1) / 2, dim=-1)
+                entropy = -(p * p.log()).sum(-1).mean()
+            first.update(loss=out.item(), ce=ce.item(), entropy=entropy.item())
+        return out
+
+    def fit(method, task, train, val, phase="train", **kw):
+        calls.append((task.name, phase, method.phase, method.model.backbone.blocks[0].conv1.weight.requires_grad))
+        return real(method, task, train, val, phase=phase, max_epochs=1)
+
+    m.loss = spy
+    h.fit = fit
+    h.learn("T2")
+    assert calls == [("T2", "train", "train", True)]
+    assert first["entropy"] > 0.1
+    assert first["loss"] == pytest.approx(first["ce"] + 0.5 * first["entropy"], rel=1e-5)
+    assert abs(first["loss"] - first["ce"]) > 0.05

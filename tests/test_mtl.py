@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import math
+from collections import Counter
 
 import pytest
 import torch
@@ -147,3 +149,37 @@ def test_an_interrupted_joint_phase_resumes_after_its_last_epoch_with_identical_
     assert strip(resumed["fits"]) == strip(whole["fits"]) and len(resumed["fits"][-1]["epochs"]) == 4
     assert resumed["fits"][-1]["val_per_task"] == whole["fits"][-1]["val_per_task"]
     assert not list(cells.glob(f"{spec.hash}*.ckpt"))
+
+
+def test_smaller_tasks_restart_and_reshuffle_within_an_epoch_covering_every_pair_each_pass():
+    """In one epoch a smaller task restarts reshuffled after each pass, and every full pass uses each pair exactly once."""
+    h = Harness("mtl")
+    m = h.method
+    m.tasks = [h.ev.info(n) for n in LATER]
+    for t in m.tasks:
+        m.model.add_head(t.name, t.n_labels)
+    trains = [h.ev.train_data(n) for n in LATER]
+    size = h.cfg.train.batch
+    n_b = {d.task.name: math.ceil(d.n_pairs / size) for d in trains}  # batches per pass (docs/protocol.md §4.2)
+    seen = {n: [] for n in LATER}  # per task, the (sequence, target) pairs of every step, in order
+
+    def record(step):
+        for n, b in zip(LATER, step):
+            seen[n].append([(b.x[r].numpy().tobytes(), int(y)) for r, y in zip(b.rows.tolist(), b.y)])
+        return m.joint_loss(step)
+
+    m.train_epoch(trains, torch.optim.Adam(m.model.parameters()), record)
+    n_steps = max(n_b.values())
+    small = [n for n in LATER if 2 * n_b[n] <= n_steps]
+    assert small, n_b  # the test needs a task that makes at least two passes in one epoch
+    for d in trains:
+        n = d.task.name
+        pairs = Counter((d.inputs[u].tobytes(), int(y)) for u in range(d.n_users)
+                        for y in d.labels[d.ptr[u]:d.ptr[u + 1]])
+        steps = seen[n]
+        assert len(steps) == n_steps and all(len(s) <= size for s in steps)
+        passes = [sum(steps[i:i + n_b[n]], []) for i in range(0, n_steps - n_b[n] + 1, n_b[n])]  # full passes only
+        assert len(passes) == n_steps // n_b[n]
+        assert all(Counter(p) == pairs for p in passes), f"{n}: a pass misses or repeats a pair"
+        if n in small:
+            assert len(passes) >= 2 and passes[1] != passes[0], f"{n}: restarted without reshuffling"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,51 @@ def test_runs_end_to_end_with_zero_bwt_in_any_order(run_mini):
         m = len(r["tasks"])
         assert all((r["R"][j][i] is not None) == (i <= j) for j in range(m) for i in range(m))
         assert all(r["R"][j][i] == r["R"][i][i] for j in range(m) for i in range(j + 1))  # no forgetting
+
+
+def test_t2_patches_train_and_block_0_is_conv_patch_ln_relu_residual_by_hand():
+    """T2's patches train, the base does not; block 0 = E + ReLU(LN2_T2(P(conv2(ReLU(LN1(P(conv1 E))))))) by hand."""
+    h = Harness("peterrec")
+    h.learn("T1")
+    m, real = h.method, h.fit
+    base0, init = _state(m.base), {}
+
+    def fit(method, task, train, val, **kw):
+        init.update(_state(method.adapters[task.name]))
+        return real(method, task, train, val, **kw)
+
+    h.fit = fit
+    h.learn("T2")
+    a = m.adapters["T2"]
+    assert _same(_state(m.base), base0)
+    now = _state(a)
+    for i in range(len(a.patches)):
+        for k in (f"patches.{i}.up.weight", f"patches.{i}.down.weight"):
+            assert not torch.equal(now[k], init[k]), f"{k} never trained"
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a clearly non-identity patch and LN2 copy, so every term shows
+        for p in (a.patches[0].up.weight, a.patches[1].up.weight, a.ln2[0].weight, a.ln2[0].bias):
+            p.copy_(torch.randn(p.shape, generator=g))
+    bb = m.base.backbone
+    one = copy.deepcopy(bb)
+    one.blocks = one.blocks[:1]  # the backbone cut after block 0
+    x = h.x("T2", 8)
+    got = one(x, a.hooks())
+    blk, d = bb.blocks[0], bb.cfg.dilations[0]
+
+    def conv(inp, c, dil):  # causal dilated conv, written with F.conv1d on the kernel in Conv1d's layout
+        w = c.conv1d_layout(c.weight)
+        out = F.conv1d(F.pad(inp.transpose(1, 2), ((w.shape[-1] - 1) * dil, 0)), w, c.bias, dilation=dil)
+        return out.transpose(1, 2)
+
+    def patch(p, z):
+        return z + F.linear(F.gelu(F.linear(z, p.down.weight, p.down.bias)), p.up.weight, p.up.bias)
+
+    def ln(z, norm):
+        return F.layer_norm(z, z.shape[-1:], norm.weight, norm.bias, bb.cfg.ln_eps)
+
+    e = bb.item_emb.weight[x]
+    h1 = F.relu(ln(patch(a.patches[0], conv(e, blk.conv1, d)), blk.ln1))  # LN1: the shared, frozen one
+    want = e + F.relu(ln(patch(a.patches[1], conv(h1, blk.conv2, 2 * d)), a.ln2[0]))
+    assert torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+    assert (got - one(x)).abs().max() > 1e-2  # the unpatched base block differs

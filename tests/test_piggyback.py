@@ -134,3 +134,30 @@ def test_any_order_and_noise_task_with_zero_forgetting(run_mini, order, noise):
     assert all(R[j][i] is not None for j in range(len(R)) for i in range(j + 1))
     assert all(R[-1][i] == R[i][i] for i in range(len(R)))  # per-task masks: nothing old changes
     assert set(r["method_report"]["storage_bytes"]) == {t["name"] for t in r["tasks"][1:]}
+
+
+@pytest.mark.parametrize("mask_lr", ["0.02", "none"])
+def test_mask_lr_is_the_scores_lr_and_the_head_keeps_the_task_lr(mask_lr):
+    """mask_lr: the optimiser holds the scores at mask_lr (none: task lr) and the head at the task lr, and steps them so."""
+    h = Harness("piggyback", **{"piggyback.mask_lr": mask_lr})
+    m = h.learn("T1")
+    task = h.ev.info("T2")
+    assert task.kind == "recommend" and h.cfg.train.t2_lr is None
+    task_lr = h.cfg.train.lr  # a recommend task's lr (docs/protocol.md §4.3)
+    score_lr = task_lr if mask_lr == "none" else float(mask_lr)
+    assert score_lr == task_lr or abs(score_lr - task_lr) > 1e-3
+    m.tasks.append(task)
+    m.begin_task(task)
+    opt = m.make_optimizer(task)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    scores, head = list(m.masks["T2"].scores), list(m.model.heads["T2"].parameters())
+    assert len(scores) == len(m.model.backbone.convs()) and len(head) == 2
+    assert lr_of == {**{id(s): score_lr for s in scores}, **{id(p): task_lr for p in head}}
+    before = [p.detach().clone() for p in scores + head]
+    opt.zero_grad()
+    m.loss(task, h.batch("T2")).backward()
+    opt.step()
+    steps = [(p.detach() - b).abs() for p, b in zip(scores + head, before)]
+    # Adam's first step is lr * g / (|g| + eps): lr wherever the gradient is well above eps
+    for step, p, want in zip(steps, scores + head, [score_lr] * len(scores) + [task_lr] * 2):
+        assert step.max().item() == pytest.approx(want, rel=1e-3), p.shape

@@ -91,18 +91,28 @@ def test_regulariser_falls_when_gates_close_and_ignores_units_old_tasks_hold():
     assert float(m.regulariser(g)) == pytest.approx(float(g.mean()))  # first task: mean of all gates
 
 
-@pytest.mark.parametrize("comp", [True, False])
-def test_gradient_compensation_and_clamp(comp):
-    h, m = _t1(**{"hat.grad_comp": str(comp), "hat.clamp": "0.5"})
+def _t2_step_gradients(h, m, zero_emb: bool = False):
+    """Start T2 (optionally with its gate embedding at 0), backpropagate one batch (index 2 of 8)
+    and run `before_step`; returns T2's embedding and its gradient before `before_step`."""
     task = h.ev.info("T2")
     m.tasks.append(task)
     m.begin_task(task)
+    if zero_emb:
+        with torch.no_grad():
+            m.net.emb["T2"].zero_()
     x = h.x("T2", 16)
     batch = Batch(x, torch.zeros(16, dtype=torch.long), torch.arange(16), index=2, n_batches=8)
     m.loss(task, batch).backward()
     e = m.net.emb["T2"]
     raw = e.grad.clone()
     m.before_step(task)
+    return e, raw
+
+
+@pytest.mark.parametrize("comp", [True, False])
+def test_gradient_compensation_and_clamp(comp):
+    h, m = _t1(**{"hat.grad_comp": str(comp), "hat.clamp": "0.5"})
+    e, raw = _t2_step_gradients(h, m)
     s, smax = anneal(2, 8, m.cfg.smax), m.cfg.smax
     # The paper's factor, derived here from autograd rather than its closed form: the embedding's
     # gradient is rescaled as if its gate were sigma(e) stretched to smax, i.e. by
@@ -118,24 +128,14 @@ def test_gradient_compensation_and_clamp(comp):
     assert torch.allclose(e.grad[ok], want[ok], rtol=1e-4, atol=1e-9)
     if comp:
         assert not torch.allclose(e.grad, raw)  # the factor is far from 1 at this early step
-    m.after_step(task)
+    m.after_step(h.ev.info("T2"))
     assert float(e.detach().abs().max()) <= 0.5
 
 
 def test_gradient_compensation_at_zero_is_smax_over_s():
     """Where the embedding is 0 the compensation is exactly smax / s (both sigmoid slopes meet)."""
     h, m = _t1(**{"hat.grad_comp": "true"})
-    task = h.ev.info("T2")
-    m.tasks.append(task)
-    m.begin_task(task)
-    with torch.no_grad():
-        m.net.emb["T2"].zero_()
-    x = h.x("T2", 16)
-    batch = Batch(x, torch.zeros(16, dtype=torch.long), torch.arange(16), index=2, n_batches=8)
-    m.loss(task, batch).backward()
-    e = m.net.emb["T2"]
-    raw = e.grad.clone()
-    m.before_step(task)
+    e, raw = _t2_step_gradients(h, m, zero_emb=True)
     ratio = anneal(2, 8, m.cfg.smax)
     nonzero = raw != 0
     assert nonzero.any()

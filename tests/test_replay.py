@@ -62,18 +62,24 @@ def test_stored_logits_are_the_models_output_when_stored_and_never_recomputed():
     assert torch.equal(m.buffers["T2"].logits, m.score("T2", x2))
 
 
-@pytest.mark.parametrize("alpha,beta", [(0.0, 0.0), (0.7, 0.0), (0.0, 0.4), (0.7, 0.4)])
-def test_loss_is_ce_plus_the_mean_over_old_tasks_of_the_weighted_replay_terms(alpha, beta):
-    h = Harness("replay", **{"replay.users": "20", "replay.batch_users": "1000", "replay.alpha": str(alpha),
-                             "replay.beta": str(beta)})
-    m = h.learn("T1", "T2")
-    with torch.no_grad():  # so the stored logits differ from the current ones
+def _start_t3_after_moving_the_backbone(h, m):
+    """Nudge the backbone (so the stored logits differ from the current ones), begin T3; returns
+    T3's info and its first training batch."""
+    with torch.no_grad():
         for p in m.model.backbone.parameters():
             p.add_(0.05 * torch.randn_like(p))
     t3 = h.ev.info("T3")
     m.tasks.append(t3)
     m.begin_task(t3)
-    b = h.batch("T3")
+    return t3, h.batch("T3")
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.0, 0.0), (0.7, 0.0), (0.0, 0.4), (0.7, 0.4)])
+def test_loss_is_ce_plus_the_mean_over_old_tasks_of_the_weighted_replay_terms(alpha, beta):
+    h = Harness("replay", **{"replay.users": "20", "replay.batch_users": "1000", "replay.alpha": str(alpha),
+                             "replay.beta": str(beta)})
+    m = h.learn("T1", "T2")
+    t3, b = _start_t3_after_moving_the_backbone(h, m)
     want = task_loss(m.model.logits("T3", b.x), b)
     terms = []
     for name in ("T1", "T2"):  # batch_users >= buffer: every stored user, in some order (means are order-free)
@@ -106,13 +112,7 @@ def test_each_step_draws_two_distinct_samples_of_batch_users_without_replacement
     m = h.learn("T1")
     t2 = h.ev.info("T2")  # T2's buffer without training T2 (a no-op fit): the buffer is what matters here
     m.learn_task(t2, h.ev.train_data("T2"), h.ev.val_data("T2"), lambda *a, **kw: None)
-    with torch.no_grad():  # so the stored logits differ from the current ones
-        for p in m.model.backbone.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    t3 = h.ev.info("T3")
-    m.tasks.append(t3)
-    m.begin_task(t3)
-    b = h.batch("T3")
+    t3, b = _start_t3_after_moving_the_backbone(h, m)
     mse_x, ce_batches = {}, {}
     real_logits, real_head_loss = m.forward_logits, m.head_loss
 

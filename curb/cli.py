@@ -284,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(e.g. train.pairs_per_user, split.level, teracon.sampling), and compare every value (arm) with the "
         "--against arm per method and task: score, lift over pop, relative difference with a paired bootstrap "
         "interval, a paired sign-flip test over the same users and seeds (Holm per task) and its verdict. Arms "
-        "that score different test users are shown side by side without a test. docs/protocol.md §4.8 is built "
-        "with this command.")
+        "that score different test users are shown side by side without a test; a setting that has only the "
+        "--against arm still gets its scores and lift over pop. docs/protocol.md §4.8 is built with this command.")
     cp.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     cp.add_argument("--by", required=True, metavar="KEY", help="config key whose values are the arms (section.field)")
     cp.add_argument("--against", required=True, metavar="VALUE", help="the reference arm ('none' for a None value)")

@@ -242,9 +242,12 @@ def cmd_compare(args: "argparse.Namespace") -> int:
         results = [r for r in results if r["spec"]["method"] in keep]
     if not results:
         raise ResultError(f"no result files under {args.run_dir}")
-    groups = [g for g in group_results(results, args.by) if len(g.arms()) > 1]
+    # A setting with the reference arm alone still gets its table (scores and lift over pop), so a
+    # single run's "× pop" comes from the same command.
+    groups = [g for g in group_results(results, args.by) if len(g.arms()) > 1 or g.arms() == [args.against]]
     if not groups:
-        raise CurbError(f"no setting under {args.run_dir} has cells with more than one value of {args.by}")
+        raise CurbError(f"no setting under {args.run_dir} has cells with {args.by}={args.against} or more than one "
+                        f"value of {args.by}")
     text = []
     for g in groups:
         if args.against not in g.arms():

@@ -115,8 +115,16 @@ def test_cli_compares_a_run_folder_and_names_missing_arms(tmp_path, capsys):
     assert "▽ lower" in text and "-50.0%" in text and "reference" in text
     assert main(["compare", str(tmp_path), "--by", "train.pairs_per_user", "--against", "4"]) == 0
     assert "no train.pairs_per_user=4 cells (arms: 8, none)" in capsys.readouterr().out
-    assert main(["compare", str(tmp_path), "--by", "split.level", "--against", "user"]) == 2
-    assert "more than one value of split.level" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path), "--by", "split.level", "--against", "pair"]) == 2
+    assert "split.level=pair or more than one value of split.level" in capsys.readouterr().err
+    # The reference arm alone: its scores and lift over pop, nothing to test against.
+    assert main(["compare", str(tmp_path), "--by", "split.level", "--against", "user", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| sinmo")]
+    assert rows and all("| user " in line and "reference" in line and "lower" not in line for line in rows)
+    sinmo, pop = _load("sinmo"), _load("pop")
+    lift = np.mean([s["final"]["T2"] / p["final"]["T2"] for s, p in zip(sinmo, pop)])
+    t2 = next(line for line in rows if "| T2" in line)
+    assert f"{lift:.2f} ±" in t2
 
 
 def test_note_names_the_code_each_arm_ran_only_when_it_differs():

@@ -311,11 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import signal
-
     import torch
 
-    from .grid import GridError, auto_threads, read_plan, run_grid, stop_signal
+    from .grid import GridError, auto_threads, read_plan, run_grid
     from .report import final_table
     from .results import load_result
 
@@ -349,7 +347,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                         "--out must be a folder shared by this machine and every worker") from None
     failed = [o for o in outcomes if o["status"] == "failed"]
     busy = [o for o in outcomes if o["status"] == "busy"]
-    stopped = [o for o in outcomes if o["status"] == "interrupted"]
     if results:
         print()
         print(final_table(results))
@@ -359,11 +356,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"(record: {out}/.cells/{o['hash']}.failed.json)", file=sys.stderr)
     for o in busy:
         print(f"curb: cell {o['label']} not started: {o['error']}; rerun once that process has ended", file=sys.stderr)
-    if stopped:
-        print(f"curb: interrupted; {len(stopped)} cell(s) not finished: rerun the same command to resume "
-              "(a cell continues after its last finished round)", file=sys.stderr)
-        return 128 + (stop_signal() or signal.SIGINT)
-    return 1 if failed or busy else 0
+    return _stopped_code(outcomes) or (1 if failed or busy else 0)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -380,6 +373,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_trials(args.out, specs, of)
     outcomes = run_grid(specs, args.out, data_dir=args.data_dir, jobs=args.jobs, threads=args.threads)
+    if code := _stopped_code(outcomes):
+        return code
     missing = [o["label"] for o in outcomes if o["status"] != "done"]
     if missing:
         print(f"curb: {len(missing)} trial cell(s) not finished ({', '.join(missing[:4])}...); rerun to resume; "
@@ -464,6 +459,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stopped_code(outcomes: list[dict]) -> int | None:
+    """After a grid that a stop request (Ctrl-C, SIGTERM) cut short: say how to resume and return
+    the shell's code for that signal, so nothing that follows the grid in a command runs."""
+    import signal
+
+    from .grid import stop_signal
+
+    stopped = [o for o in outcomes if o["status"] == "interrupted"]
+    if not stopped:
+        return None
+    print(f"curb: interrupted; {len(stopped)} cell(s) not finished: rerun the same command to resume "
+          "(a cell continues after its last finished round)", file=sys.stderr)
+    return 128 + (stop_signal() or signal.SIGINT)
+
+
 def _names(text: str, valid: Sequence[str], what: str) -> list[str]:
     names = list(valid) if text.strip() == "all" else [n.strip() for n in text.split(",") if n.strip()]
     bad = [n for n in names if n not in valid]
@@ -511,6 +521,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     with run_lock(prepare_out(out)):
         outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs,
                             threads=args.threads)
+        if code := _stopped_code(outcomes):  # a stop request ends the command: no study, no report
+            return code
         with torch_threads(args.threads):  # same thread rule as the cells
             for n in names:
                 if EXPERIMENTS[n].run is not None:

@@ -52,10 +52,11 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
-def _interrupt_after_first_checkpoint(out: Path, sig: int) -> tuple[int, str]:
-    """Start `curb run` on SLOW_SPEC, send `sig` once the first task checkpoint exists."""
+def _interrupt_after_first_checkpoint(out: Path, sig: int, *command: str) -> tuple[int, str]:
+    """Start `curb run` (or `command`, e.g. `reproduce overall`) on SLOW_SPEC, send `sig` once the
+    first task checkpoint exists."""
     ckpt = CellFiles.of(out, SLOW_SPEC.hash).checkpoint
-    p = _cli("run", "--methods", "fineall", "--dataset", "synthetic-mini", "--out", str(out), *SLOW)
+    p = _cli(*(command or ("run",)), "--methods", "fineall", "--dataset", "synthetic-mini", "--out", str(out), *SLOW)
     while not ckpt.exists() and p.poll() is None:
         time.sleep(0.005)
     assert p.poll() is None, "the run ended before its first checkpoint could be seen"
@@ -113,6 +114,18 @@ def test_sigterm_finishes_the_step_keeps_the_checkpoint_and_exits_cleanly(tmp_pa
     with one_thread():
         r = run_cell(SLOW_SPEC, tmp_path, **QUIET)
     assert r["resumed_at"] and numbers(r) == numbers(reference)
+
+
+def test_a_stopped_reproduce_ends_with_its_grid(tmp_path):
+    """A stop request during `curb reproduce`'s cells ends the command there: the cold-start study
+    that follows the grid does not start and no report is written over a half-run grid."""
+    code, output = _interrupt_after_first_checkpoint(tmp_path, signal.SIGTERM, "reproduce", "overall,cold-start",
+                                                     "--seeds", "0", "--no-figures", "--set", "ncf.eval_negatives=20")
+    assert code == 128 + signal.SIGTERM, output
+    assert "rerun the same command to resume" in output and "Traceback" not in output
+    assert CellFiles.of(tmp_path, SLOW_SPEC.hash).checkpoint.exists()
+    assert not (tmp_path / "report").exists()
+    assert [p for p in tmp_path.rglob("*") if "cold-start" in p.name] == []
 
 
 def _stop_after_task(out: Path, spec: CellSpec, k: int):

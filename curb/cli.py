@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<dataset>)")
     rp.add_argument("--data-dir", type=Path, default=None, help="folder holding the raw files")
     rp.add_argument("--device", type=_device, default="cpu", help="cpu or cuda[:N]")
-    rp.add_argument("--jobs", type=_positive_int, default=1, help="cells run at once in local worker processes")
+    rp.add_argument("--jobs", type=_positive_int, default=1,
+                    help="cells run at once in local worker processes (the cold-start study: seeds at once)")
     rp.add_argument("--threads", type=_positive_int, default=1, help="torch threads per cell")
     rp.add_argument("--dry-run", action="store_true", help="list the cells and how many are done; run nothing")
     rp.add_argument("--no-figures", action="store_true", help="tables only")
@@ -526,7 +527,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         with torch_threads(args.threads):  # same thread rule as the cells
             for n in names:
                 if EXPERIMENTS[n].run is not None:
-                    EXPERIMENTS[n].run(exp, out, args.device, print)
+                    EXPERIMENTS[n].run(exp, out, args.device, print, args.jobs)
         written = write_report(out, out / "report", only=[*names, "overall"], figures=not args.no_figures)
     print((out / "report" / "README.md").read_text())
     print(f"report: {written[0]} ({len(written) - 2} table files, {written[-1].name}, figures in "

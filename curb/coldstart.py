@@ -517,18 +517,98 @@ def run_one(spec: ColdStartSpec, data: NCFData, cfg: NCFConfig, reps: np.ndarray
     return path
 
 
+@dataclass(frozen=True)
+class _Study:
+    """What every seed of one cold-start study shares (picklable: a worker process runs a seed)."""
+
+    dataset: str
+    methods: tuple[str, ...]
+    snapshots: tuple[str, ...]
+    out: Path
+    data_dir: Path | None
+    preset: str | None
+    holdout: str
+    view: str
+    cell_overrides: tuple[tuple[str, str], ...]
+    ncf_overrides: tuple[tuple[str, str], ...]
+    random_init: bool
+    device: str
+    force: bool
+    task: Task  # the held-out task, NCF's data
+    n_users: int
+    dataset_info: dict
+    stream_fingerprint: str  # of the stream without the held-out task
+
+    def spec(self, init: str, after: str | None, seed: int) -> ColdStartSpec:
+        own = {k: v for k, v in self.cell_overrides if k.split(".", 1)[0] in (*SHARED_SECTIONS, init)}
+        return ColdStartSpec(self.dataset, init, after, self.view if after else "latest", self.holdout, seed,
+                             self.preset, tuple(sorted(own.items())), self.ncf_overrides)
+
+    def done(self, spec: ColdStartSpec, echo: Callable[[str], None]) -> Path | None:
+        """The path of `spec`'s valid result, None when it must be computed."""
+        p = self.out / spec.relpath()
+        if self.force or not p.exists():
+            return None
+        try:
+            r = load_result(p, spec.hash)
+        except ResultError as e:
+            echo(f"  {e}; recomputing")
+            return None
+        if r["dataset"]["fingerprint"] != self.dataset_info["fingerprint"]:
+            raise ResultError(f"{p} was computed on different data; use another --out")
+        return p
+
+
+def _study_seed(study: _Study, seed: int, echo: Callable[[str], None], threads: int | None = None) -> list[Path]:
+    """One seed of the study: NCF from random init, then from each method's representations (the
+    continual cell on the shortened stream is run first where its snapshots are missing)."""
+    if threads is not None:  # a worker process: the same thread count as the serial study
+        torch.set_num_threads(threads)
+    cfg = ncf_config(dict(study.ncf_overrides))
+    data = ncf_data(study.task, study.n_users, cfg, seed)
+    runs = runs_dir(study.out, study.dataset, study.holdout)
+    paths: list[Path] = []
+    if study.random_init:
+        spec = study.spec("random", None, seed)
+        paths.append(study.done(spec, echo) or run_one(spec, data, cfg, None, {"dataset": study.dataset_info},
+                                                       study.out, study.device, echo))
+    for method in study.methods:
+        specs = [study.spec(method, k, seed) for k in study.snapshots]
+        todo = [s for s in specs if study.done(s, echo) is None]
+        paths += [study.out / s.relpath() for s in specs if s not in todo]
+        if not todo:
+            continue
+        cell = todo[0].cell()
+        reps = capture_representations(cell, study.holdout, runs, [s.after for s in todo], study.view,
+                                       study.data_dir, study.device, echo, study.force)
+        try:
+            cell_result = load_result(runs / cell.relpath())
+        except ResultError:  # representations reused after the cell's result was removed
+            cell_result = {"final": None, "R": None, "tasks": []}
+        for s in todo:
+            vectors = load_representation(reps[s.after], cell, study.stream_fingerprint, s.after, study.view)
+            prov = {"dataset": study.dataset_info, "representation": {
+                "cell": cell.as_dict(), "cell_hash": cell.hash, "after": s.after, "view": study.view,
+                "file": str(reps[s.after].relative_to(study.out)), "cell_final": cell_result["final"],
+                "cell_R": cell_result["R"], "cell_tasks": [t["name"] for t in cell_result["tasks"]]}}
+            paths.append(run_one(s, data, cfg, vectors, prov, study.out, study.device, echo))
+    return paths
+
+
 def run_cold_start(dataset: str, methods: Sequence[str] = DEFAULT_METHODS, seeds: Sequence[int] = (0,),
                    snapshots: Sequence[str] | None = None, out: Path = Path("runs"), data_dir: Path | None = None,
                    preset: str | None = None, *, holdout: str = "T3", view: str = "latest",
                    overrides: Mapping[str, str] | None = None, random_init: bool = True, device: str = "cpu",
-                   echo: Callable[[str], None] = print, force: bool = False) -> list[Path]:
+                   echo: Callable[[str], None] = print, force: bool = False, jobs: int = 1) -> list[Path]:
     """The cold-start study: per seed, NCF with random user init and with each method's
     representation after each snapshot task; returns the result paths (existing valid results
     are reused unless `force`). `overrides`: `ncf.<key>` for the NCF protocol, the rest
-    (`train.`, `backbone.`, `split.`, `<method>.`) for the continual cells."""
+    (`train.`, `backbone.`, `split.`, `<method>.`) for the continual cells. `jobs` > 1 runs
+    that many seeds at once, each in its own process with this process's torch thread count
+    (the numbers do not depend on it: every draw is seeded); their lines go to stdout."""
     out = Path(out)
     ncf_ov, cell_ov = _split_overrides(overrides or {})
-    cfg = ncf_config(ncf_ov)
+    ncf_config(ncf_ov)  # bad ncf.<key> values fail here, before any work
     full = build_stream(CellSpec("pop", dataset, preset=preset), data_dir)
     if full.time_aware:  # a snapshot's vocabulary would not cover the held-out task's later items
         raise ConfigError(f"the cold-start study needs a static stream; {dataset!r} is time-aware (its rows hold items "
@@ -540,58 +620,22 @@ def run_cold_start(dataset: str, methods: Sequence[str] = DEFAULT_METHODS, seeds
     snaps = resolve_snapshots(short, snapshots)
     if view != "latest" and view not in short.task_names:
         raise ConfigError(f"view {view!r} is not a task of the stream without {holdout}: {short.task_names}")
-    runs = runs_dir(out, dataset, holdout)
     dataset_info = {"name": dataset, "fingerprint": full.fingerprint(), "stream_fingerprint": short.fingerprint(),
                     "holdout": {"name": holdout, "n_labels": task.n_labels, "users": task.targets.n_users,
                                 "pairs": task.targets.n_pairs, "description": task.description},
                     "stream_tasks": short.task_names, "n_users": full.n_users, "meta": dict(full.meta)}
-    ncf_items = tuple(sorted(ncf_ov.items()))
-    paths: list[Path] = []
-    for seed in seeds:
-        data = ncf_data(task, full.n_users, cfg, seed)
+    study = _Study(dataset, tuple(methods), tuple(snaps), out, data_dir, preset, holdout, view,
+                   tuple(sorted(cell_ov.items())), tuple(sorted(ncf_ov.items())), random_init, device, force,
+                   task, full.n_users, dataset_info, short.fingerprint())
+    if jobs > 1 and len(seeds) > 1:
+        from joblib import Parallel, delayed
 
-        def spec_for(init: str, after: str | None) -> ColdStartSpec:
-            own = {k: v for k, v in cell_ov.items() if k.split(".", 1)[0] in (*SHARED_SECTIONS, init)}
-            return ColdStartSpec(dataset, init, after, view if after else "latest", holdout, seed, preset,
-                                 tuple(sorted(own.items())), ncf_items)
-
-        def done(spec: ColdStartSpec) -> Path | None:
-            p = out / spec.relpath()
-            if force or not p.exists():
-                return None
-            try:
-                r = load_result(p, spec.hash)
-            except ResultError as e:
-                echo(f"  {e}; recomputing")
-                return None
-            if r["dataset"]["fingerprint"] != dataset_info["fingerprint"]:
-                raise ResultError(f"{p} was computed on different data; use another --out")
-            return p
-
-        if random_init:
-            spec = spec_for("random", None)
-            paths.append(done(spec) or run_one(spec, data, cfg, None, {"dataset": dataset_info}, out, device, echo))
-        for method in methods:
-            specs = [spec_for(method, k) for k in snaps]
-            todo = [s for s in specs if done(s) is None]
-            paths += [out / s.relpath() for s in specs if s not in todo]
-            if not todo:
-                continue
-            cell = todo[0].cell()
-            reps = capture_representations(cell, holdout, runs, [s.after for s in todo], view, data_dir, device,
-                                           echo, force)
-            try:
-                cell_result = load_result(runs / cell.relpath())
-            except ResultError:  # representations reused after the cell's result was removed
-                cell_result = {"final": None, "R": None, "tasks": []}
-            for s in todo:
-                vectors = load_representation(reps[s.after], cell, short.fingerprint(), s.after, view)
-                prov = {"dataset": dataset_info, "representation": {
-                    "cell": cell.as_dict(), "cell_hash": cell.hash, "after": s.after, "view": view,
-                    "file": str(reps[s.after].relative_to(out)), "cell_final": cell_result["final"],
-                    "cell_R": cell_result["R"], "cell_tasks": [t["name"] for t in cell_result["tasks"]]}}
-                paths.append(run_one(s, data, cfg, vectors, prov, out, device, echo))
-    return paths
+        threads = torch.get_num_threads()
+        per_seed = Parallel(n_jobs=min(jobs, len(seeds)))(delayed(_study_seed)(study, seed, print, threads)
+                                                          for seed in seeds)
+    else:
+        per_seed = [_study_seed(study, seed, echo) for seed in seeds]
+    return [p for paths in per_seed for p in paths]
 
 
 # ----------------------------------------------------------------------------------- reading results

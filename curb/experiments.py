@@ -65,7 +65,7 @@ class Experiment:
     summary: str
     cells: Callable[[ExperimentArgs], list[CellSpec]]
     # Studies that are not grids of cells (cold start: downstream NCF runs) run through this
-    # after the cells: (args, run folder, device, echo) -> result paths.
+    # after the cells: (args, run folder, device, echo, jobs) -> result paths.
     run: Callable[..., list[Path]] | None = None
 
 
@@ -146,11 +146,11 @@ def _text_init(a: ExperimentArgs) -> list[CellSpec]:
     return a.grid(("pop", *TEXT_INIT_METHODS)) + with_text_init(a).grid(TEXT_INIT_METHODS)
 
 
-def _cold_start(a: ExperimentArgs, out: Path, device: str, echo: Callable[[str], None]) -> list[Path]:
+def _cold_start(a: ExperimentArgs, out: Path, device: str, echo: Callable[[str], None], jobs: int = 1) -> list[Path]:
     from .coldstart import DEFAULT_METHODS, run_cold_start
 
     return run_cold_start(a.dataset, a.methods or DEFAULT_METHODS, a.seeds, None, out, a.data_dir, a.preset,
-                          overrides=dict(a.overrides) | dict(a.ncf), device=device, echo=echo)
+                          overrides=dict(a.overrides) | dict(a.ncf), device=device, echo=echo, jobs=jobs)
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (

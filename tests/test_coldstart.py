@@ -252,6 +252,29 @@ def test_captured_rows_are_each_users_representation(tmp_path):
     assert [t["name"] for t in result["tasks"]] == ["T1", "T2", "T4", "T5"]  # T3 never learned
 
 
+def test_seeds_run_in_parallel_give_the_numbers_of_the_serial_study(tmp_path):
+    """`jobs=2` runs each seed (its continual cell and NCF runs) in a worker process: same files,
+    same numbers as one seed after the other in this process."""
+    ov = {"ncf.eval_negatives": "19", "ncf.epochs": "2", "train.epochs": "1", "train.t1_epochs": "1"}
+    runs, echoed = {}, {}
+    for jobs in (1, 2):
+        echoed[jobs] = []
+        paths = run_cold_start("synthetic-mini", ("fineall",), (0, 1), ("T2",), tmp_path / f"jobs{jobs}",
+                               echo=echoed[jobs].append, overrides=ov, jobs=jobs)
+        runs[jobs] = {p.relative_to(tmp_path / f"jobs{jobs}"): load_result(p) for p in paths}
+    assert echoed[1] and echoed[2] == []  # the workers print to stdout: no seed ran in this process
+    assert list(runs[1]) == list(runs[2]) and len(runs[1]) == 2 * 2  # random and fineall-after-T2, per seed
+    for path, serial in runs[1].items():
+        parallel = runs[2][path]
+        assert parallel["groups"] == serial["groups"]
+        assert [e["loss"] for e in parallel["fit"]["epochs"]] == [e["loss"] for e in serial["fit"]["epochs"]]
+        assert parallel["representation"] == serial["representation"]
+    seeds = {path: r["spec"]["seed"] for path, r in runs[1].items()}
+    assert sorted(seeds.values()) == [0, 0, 1, 1]
+    assert runs[1][next(p for p, s in seeds.items() if s == 0)]["groups"] != \
+        runs[1][next(p for p, s in seeds.items() if s == 1)]["groups"]  # the seeds really differ
+
+
 def test_run_cold_start_end_to_end_writes_and_reuses_results(tmp_path):
     ov = {"ncf.eval_negatives": "19", "ncf.epochs": "2", "train.epochs": "1", "train.t1_epochs": "1"}
     paths = run_cold_start("synthetic-mini", ("fineall",), (0,), None, tmp_path, echo=lambda *_: None, overrides=ov)

@@ -536,8 +536,7 @@ class _Study:
     force: bool
     task: Task  # the held-out task, NCF's data
     n_users: int
-    dataset_info: dict
-    stream_fingerprint: str  # of the stream without the held-out task
+    dataset_info: dict  # its "stream_fingerprint": the stream without the held-out task
 
     def spec(self, init: str, after: str | None, seed: int) -> ColdStartSpec:
         own = {k: v for k, v in self.cell_overrides if k.split(".", 1)[0] in (*SHARED_SECTIONS, init)}
@@ -586,7 +585,8 @@ def _study_seed(study: _Study, seed: int, echo: Callable[[str], None], threads: 
         except ResultError:  # representations reused after the cell's result was removed
             cell_result = {"final": None, "R": None, "tasks": []}
         for s in todo:
-            vectors = load_representation(reps[s.after], cell, study.stream_fingerprint, s.after, study.view)
+            vectors = load_representation(reps[s.after], cell, study.dataset_info["stream_fingerprint"], s.after,
+                                          study.view)
             prov = {"dataset": study.dataset_info, "representation": {
                 "cell": cell.as_dict(), "cell_hash": cell.hash, "after": s.after, "view": study.view,
                 "file": str(reps[s.after].relative_to(study.out)), "cell_final": cell_result["final"],
@@ -626,7 +626,7 @@ def run_cold_start(dataset: str, methods: Sequence[str] = DEFAULT_METHODS, seeds
                     "stream_tasks": short.task_names, "n_users": full.n_users, "meta": dict(full.meta)}
     study = _Study(dataset, tuple(methods), tuple(snaps), out, data_dir, preset, holdout, view,
                    tuple(sorted(cell_ov.items())), tuple(sorted(ncf_ov.items())), random_init, device, force,
-                   task, full.n_users, dataset_info, short.fingerprint())
+                   task, full.n_users, dataset_info)
     if jobs > 1 and len(seeds) > 1:
         from joblib import Parallel, delayed
 

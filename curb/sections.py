@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections import defaultdict
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -191,10 +192,26 @@ def noisy_table(st: Setting) -> Table | None:
                       "learned like any task and not reported.")
 
 
-def epoch_seconds(r: dict, task: str) -> Value:
-    """Mean training seconds per epoch of `task`'s main phase (from the fit logs)."""
-    secs = [e["seconds"] for f in r["fits"] if f["task"] == task and f["phase"] == "train" for e in f["epochs"]]
-    return float(np.mean(secs)) if secs else None
+def _train_epochs(r: dict, task: str) -> list[dict]:
+    return [e for f in r["fits"] if f["task"] == task and f["phase"] == "train" for e in f["epochs"]]
+
+
+def epoch_seconds(r: dict, task: str, clock: str = "wall") -> Value:
+    """Mean training seconds per epoch of `task`'s main phase (from the fit logs): wall-clock, or
+    with `clock="cpu"` the process's CPU time (None where a round did not record it)."""
+    key = "cpu_seconds" if clock == "cpu" else "seconds"
+    secs = [e.get(key) for e in _train_epochs(r, task)]
+    return float(np.mean(secs)) if secs and None not in secs else None
+
+
+def timing_clock(results: Iterable[dict], tasks: Sequence[str]) -> str:
+    """"cpu" when every round of `tasks` in every result recorded its CPU time, else "wall".
+
+    Cells that shared the cores with different loads take different wall-clock time for the same
+    work; the CPU time of a one-thread cell does not depend on the load. A comparison reads one
+    clock for all its cells, CPU time only when every cell has it."""
+    rounds = [e for r in results for t in tasks for e in _train_epochs(r, t)]
+    return "cpu" if rounds and all(e.get("cpu_seconds") is not None for e in rounds) else "wall"
 
 
 def sampling_tables(st: Setting) -> list[Table]:
@@ -207,19 +224,21 @@ def sampling_tables(st: Setting) -> list[Table]:
     rank = {"min": 0, "relation": 1, "none": 2}
     variants_sorted = sorted(variants, key=lambda v: (rank.get(label(v), 3), label(v)))
     scores, speed = [], []
+    clock = timing_clock(st.select(method="teracon", order=None, variant=None), names[1:])
+    secs = lambda r, n: epoch_seconds(r, n, clock)
     for o in ("default", "reversed"):
         base = st.select(method="teracon", order=o, variant=(("teracon.sampling", "none"),))
-        base_s = finite(sum(finite(epoch_seconds(r, n) for n in names[1:])) for r in base)
+        base_s = finite(sum(finite(secs(r, n) for n in names[1:])) for r in base)
         for v in variants_sorted:
             rs = st.select(method="teracon", order=o, variant=v)
             if not rs:
                 continue
             scores.append([o, label(v), *[[final(r, n) for r in rs] for n in names], [mean_final(r) for r in rs]])
-            total = [sum(finite(epoch_seconds(r, n) for n in names[1:])) for r in rs]
+            total = [sum(finite(secs(r, n) for n in names[1:])) for r in rs]
             frac = [float(np.mean(finite(x for s in r["method_report"]["stages"].values()
                                           for x in s["sampled_fraction_mean"].values()))) * 100 for r in rs]
             ratio = f"{np.mean(total) / np.mean(base_s):.2f}" if base_s else "-"
-            speed.append([o, label(v), *[[epoch_seconds(r, n) for r in rs] for n in names[1:]], total, ratio, frac])
+            speed.append([o, label(v), *[[secs(r, n) for r in rs] for n in names[1:]], total, ratio, frac])
     if st.select(method="pop"):
         scores.insert(0, ["any", "pop", *[[final(r, n) for r in st.select(method="pop")] for n in names],
                           [mean_final(r) for r in st.select(method="pop")]])
@@ -229,10 +248,15 @@ def sampling_tables(st: Setting) -> list[Table]:
               ["order", "ρ", *names, "mean"], scores, best=[None, None, *["max"] * (k + 1)],
               note="ρ: `min` = ρ_min = 1 − σ(c) for every past task; `relation` = Eq. 15 (default); "
                    "`none` = ρ = 1 (all users, no sampling)."),
-        Table("sampling-time", f"Sampling (TERACON): training seconds per epoch, {st.label}",
+        Table("sampling-time", f"Sampling (TERACON): training {'CPU ' if clock == 'cpu' else ''}seconds per epoch, "
+              f"{st.label}",
               ["order", "ρ", *[f"{n} s/epoch" for n in names[1:]], "sum s/epoch", "time vs ρ=1", "users sampled %"],
               speed, digits=[0, 0, *[1] * (k - 1), 1, 0, 2],
-              note="Seconds are hardware-specific (see each result's env); compare the ratios."),
+              note="Seconds are hardware-specific (see each result's env); compare the ratios. "
+                   + ("CPU time of each cell's process, which does not depend on what else shared the cores."
+                      if clock == "cpu" else
+                      "Wall-clock time (not every cell recorded its CPU time): it grows with the load each cell "
+                      "ran under, so compare cells that ran under the same load.")),
     ]
 
 

@@ -84,6 +84,10 @@ class EpochLog:
     steps: int
     val_loss: float | None = None  # validation cross-entropy (the default selection criterion)
     passes: int = 1
+    # The process's CPU time for the round's training. With one thread per cell it is the work
+    # itself, whatever else shares the cores, so speed comparisons between cells that ran under
+    # different loads read it instead of `seconds` (None: written before curb recorded it).
+    cpu_seconds: float | None = None
 
 
 @dataclass
@@ -179,18 +183,18 @@ def select(method: Method, opt: torch.optim.Optimizer, log: FitLog, one_pass: Ca
         log = FitLog.from_dict(resume["log"])
         start = len(log.epochs)
     for epoch in range(start, sel.max_rounds):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss_sum, steps, passes = 0.0, 0, 0
         while passes == 0 or steps < sel.round_steps:
             loss, n = one_pass()
             loss_sum, steps, passes = loss_sum + loss * n, steps + n, passes + 1
             if n == 0:
                 break  # nothing trainable in a pass (every step non-finite): do not spin
-        secs = time.perf_counter() - t0
+        secs, cpu = time.perf_counter() - t0, time.process_time() - c0
         val = validate()
         crit = -val["loss"] if sel.select == "loss" else val["val"]
         log.epochs.append(EpochLog(epoch, loss_sum / max(steps, 1), val["val"], secs, steps,
-                                   val.get("loss"), passes))
+                                   val.get("loss"), passes, cpu))
         if progress is not None:
             shown = f" val loss {val['loss']:.4f}" if "loss" in val else ""
             progress(f"{log.task} {log.phase} round {epoch + 1}: loss {loss_sum / max(steps, 1):.4f} "

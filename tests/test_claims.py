@@ -21,7 +21,7 @@ IDS = {t: np.arange(N_USERS) + 1000 * i for i, t in enumerate(TASKS)}
 
 def cell(method: str, seed: int, *, lift: float = 0.0, forget: float = 0.0, order: str = "default",
          noise: int | None = None, overrides: dict | None = None, per_user: bool = True, joint: bool = False,
-         seconds: float = 1.0, t1_val: float = 0.1, draw: str | None = None) -> dict:
+         seconds: float = 1.0, cpu: float | None = None, t1_val: float = 0.1, draw: str | None = None) -> dict:
     """A result dict like the runner's: per-user sums drawn around RATE + lift (`draw` names the
     random stream, by default the cell's identity), diag = final + forget (so BWT < 0 when
     forget > 0); `joint`: no T1 score and no diagonal, as MTL."""
@@ -40,7 +40,7 @@ def cell(method: str, seed: int, *, lift: float = 0.0, forget: float = 0.0, orde
     bwt = [None if joint or n == "noise" or i == len(names) - 1 else (final[n] - diag[n]) / diag[n] * 100
            for i, n in enumerate(names)]
     fits = [{"task": n, "phase": "train", "epochs": [{"epoch": 0, "val": t1_val if n == "T1" else 0.2,
-                                                      "seconds": seconds}]} for n in names]
+                                                      "seconds": seconds, "cpu_seconds": cpu}]} for n in names]
     return {"spec": spec.as_dict(), "spec_hash": spec.hash, "dataset": {"base_fingerprint": "abc"},
             "tasks": [{"name": n, "metric": "acc"} for n in names], "final": {**final, **({} if noise is None else {"noise": 0.01})},
             "transfer": {"bwt": bwt}, "fits": fits, **({"per_user": packed} if per_user else {})}
@@ -160,6 +160,19 @@ def test_sampling_equivalence_and_speed():
     better = [cell("teracon", s, order=o, overrides={"teracon.sampling": "none"}, seconds=3.0, lift=0.1)
               for o in ("default", "reversed") for s in SEEDS]
     assert verdicts(relation + better)["e"].verdict == "refuted"  # rho = 1 scores far above the margin
+
+
+def test_sampling_speed_reads_cpu_time_when_every_cell_has_it():
+    """Relation-aware cells that ran on a busier machine: their wall time says 1.5x, their CPU time
+    3x. The claim reads CPU time when every compared cell recorded it, wall time otherwise."""
+    relation = [cell("teracon", s, order=o, seconds=2.0, cpu=1.0) for o in ("default", "reversed") for s in SEEDS]
+    full = [cell("teracon", s, order=o, overrides={"teracon.sampling": "none"}, seconds=3.0 + 0.1 * s,
+                 cpu=3.0 + 0.1 * s, draw=f"teracon{o}NoneNone") for o in ("default", "reversed") for s in SEEDS]
+    e = verdicts(relation + full)["e"]
+    assert e.verdict == "confirmed" and "log(cpu time" in e.test and "wall-clock" not in e.evidence
+    full[0] = cell("teracon", 0, overrides={"teracon.sampling": "none"}, seconds=3.0, draw="teracondefaultNoneNone")
+    e = verdicts(relation + full)["e"]  # one cell without CPU time: every cell is read on the wall clock
+    assert e.verdict == "refuted" and "log(wall time" in e.test and "wall-clock" in e.evidence
 
 
 def test_order_robustness():

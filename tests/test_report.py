@@ -4,6 +4,7 @@ them with `python tests/data/regen_golden.py` after an intended rendering change
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -137,6 +138,25 @@ def test_sampling_time_table_is_relative_to_rho_one(setting):
     assert ratio["none"] == "1.00"
     used = {r[1]: mean_std(r[-1])[0] for r in times.rows if r[0] == "default"}
     assert used["none"] == pytest.approx(100.0) and used["min"] < used["none"]
+
+
+def test_sampling_time_table_reads_cpu_time_when_every_teracon_cell_has_it(setting):
+    """With CPU time in every TERACON round the table shows it (here half the wall time, as on a
+    machine shared with one other process); one cell without it sends the table back to wall time."""
+    def with_cpu(r: dict) -> dict:
+        fits = [{**f, "epochs": [{**e, "cpu_seconds": e["seconds"] / 2} for e in f["epochs"]]} for f in r["fits"]]
+        return {**r, "fits": fits}
+
+    teracon = lambda r: r["spec"]["method"] == "teracon"
+    cpu = dataclasses.replace(setting, results=[with_cpu(r) if teracon(r) else r for r in setting.results])
+    (_, wall_table), (_, cpu_table) = sampling_tables(setting), sampling_tables(cpu)
+    assert "CPU seconds" in cpu_table.title and "CPU seconds" not in wall_table.title
+    for w, c in zip(wall_table.rows, cpu_table.rows):
+        assert mean_std(c[2])[0] == pytest.approx(mean_std(w[2])[0] / 2) and c[-2] == w[-2]  # same ratios
+    first = next(i for i, r in enumerate(cpu.results) if teracon(r))
+    mixed = dataclasses.replace(cpu, results=[setting.results[first] if i == first else r
+                                              for i, r in enumerate(cpu.results)])
+    assert sampling_tables(mixed)[1].title == wall_table.title
 
 
 def test_latex_is_booktabs_bolds_and_escapes(setting):

@@ -3,6 +3,8 @@ rounds for small tasks, per-kind learning rates, and epoch checkpoints inside ev
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -67,6 +69,36 @@ def test_round_steps_make_small_tasks_pass_several_times_per_round():
                  Selection(select="loss", max_rounds=3, patience=5, round_steps=12))
     assert [e.passes for e in log.epochs] == [3, 3, 3] and [e.steps for e in log.epochs] == [15, 15, 15]
     assert len(calls) == 9 and log.best_epoch == 2 and log.best_criterion == pytest.approx(-0.3)
+
+
+def test_a_round_records_cpu_time_apart_from_the_time_it_waited():
+    """A round that waits (as a cell does while other processes hold the cores) takes wall time
+    but no CPU time; one that computes takes both. Logs written before cpu_seconds load as None."""
+    class Dummy:
+        def snapshot(self):
+            return {}
+
+        def restore(self, s):
+            pass
+
+    def wait():
+        time.sleep(0.3)
+        return 1.0, 1
+
+    def compute():
+        end = time.process_time() + 0.2
+        while time.process_time() < end:
+            pass
+        return 1.0, 1
+
+    rounds = iter([wait, compute])
+    log = select(Dummy(), None, FitLog("T2", "train"), lambda: next(rounds)(), lambda: {"val": 0.1, "loss": 1.0},
+                 Selection(select="loss", max_rounds=2, patience=5))
+    waited, computed = log.epochs
+    assert waited.seconds >= 0.3 and waited.cpu_seconds < 0.1
+    assert computed.cpu_seconds >= 0.2 and computed.seconds >= 0.2
+    old = {**log.as_dict(), "epochs": [{k: v for k, v in e.__dict__.items() if k != "cpu_seconds"} for e in log.epochs]}
+    assert [e.cpu_seconds for e in FitLog.from_dict(old).epochs] == [None, None]
 
 
 def test_selection_by_loss_and_by_metric_pick_different_rounds():
@@ -166,7 +198,10 @@ def test_a_stop_inside_a_phase_resumes_after_its_last_round_with_identical_numbe
     task = "T2" if mid_t2 else "T1"
     assert any(f"resuming {task} " in s and "after round 1" in s for s in said), said
     assert resumed["R"] == whole["R"] and resumed["per_user"] == whole["per_user"]
-    strip = lambda fits: [[{k: v for k, v in e.items() if k != "seconds"} for e in f["epochs"]] for f in fits]
+    clocks = ("seconds", "cpu_seconds")
+    strip = lambda fits: [[{k: v for k, v in e.items() if k not in clocks} for e in f["epochs"]] for f in fits]
     assert strip(resumed["fits"]) == strip(whole["fits"])
+    rounds = [e for f in resumed["fits"] for e in f["epochs"]]
+    assert rounds and all(e["cpu_seconds"] > 0 for e in rounds)  # every round records its CPU time, resumed ones too
     assert resumed["method_report"] == whole["method_report"]
     assert not list((out / ".cells").glob("*.ckpt"))

@@ -103,3 +103,9 @@ class Harness:
         """Same learned tasks and bit-identical test scores on every one of them."""
         sa, sb = self.scores(a), self.scores(b)
         return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def fits_without_clocks(fits: list[dict]) -> list[list[dict]]:
+    """Every round of a result's `fits` without its wall and CPU seconds: what a resumed run must
+    reproduce exactly (the clocks differ from run to run)."""
+    return [[{k: v for k, v in e.items() if k not in ("seconds", "cpu_seconds")} for e in f["epochs"]] for f in fits]

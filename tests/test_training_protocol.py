@@ -12,6 +12,7 @@ import torch
 from curb.method import TaskData, TaskInfo, TrainConfig
 from curb.runner import CellFiles, CellInterrupted, CellSpec, run_cell
 from curb.training import FitLog, Selection, batches, pair_order, select
+from harness import fits_without_clocks
 
 
 def _data(counts: list[int], seq_len: int = 6, n_labels: int = 50, seed: int = 0) -> TaskData:
@@ -198,9 +199,7 @@ def test_a_stop_inside_a_phase_resumes_after_its_last_round_with_identical_numbe
     task = "T2" if mid_t2 else "T1"
     assert any(f"resuming {task} " in s and "after round 1" in s for s in said), said
     assert resumed["R"] == whole["R"] and resumed["per_user"] == whole["per_user"]
-    clocks = ("seconds", "cpu_seconds")
-    strip = lambda fits: [[{k: v for k, v in e.items() if k not in clocks} for e in f["epochs"]] for f in fits]
-    assert strip(resumed["fits"]) == strip(whole["fits"])
+    assert fits_without_clocks(resumed["fits"]) == fits_without_clocks(whole["fits"])
     rounds = [e for f in resumed["fits"] for e in f["epochs"]]
     assert rounds and all(e["cpu_seconds"] > 0 for e in rounds)  # every round records its CPU time, resumed ones too
     assert resumed["method_report"] == whole["method_report"]

@@ -530,7 +530,8 @@ class _Study:
     holdout: str
     view: str
     cell_overrides: tuple[tuple[str, str], ...]
-    ncf_overrides: tuple[tuple[str, str], ...]
+    ncf_overrides: tuple[tuple[str, str], ...]  # as recorded in each result's spec
+    cfg: NCFConfig  # resolved from them
     random_init: bool
     device: str
     force: bool
@@ -563,7 +564,7 @@ def _study_seed(study: _Study, seed: int, echo: Callable[[str], None], threads: 
     continual cell on the shortened stream is run first where its snapshots are missing)."""
     if threads is not None:  # a worker process: the same thread count as the serial study
         torch.set_num_threads(threads)
-    cfg = ncf_config(dict(study.ncf_overrides))
+    cfg = study.cfg
     data = ncf_data(study.task, study.n_users, cfg, seed)
     runs = runs_dir(study.out, study.dataset, study.holdout)
     paths: list[Path] = []
@@ -608,7 +609,7 @@ def run_cold_start(dataset: str, methods: Sequence[str] = DEFAULT_METHODS, seeds
     (the numbers do not depend on it: every draw is seeded); their lines go to stdout."""
     out = Path(out)
     ncf_ov, cell_ov = _split_overrides(overrides or {})
-    ncf_config(ncf_ov)  # bad ncf.<key> values fail here, before any work
+    cfg = ncf_config(ncf_ov)  # bad ncf.<key> values fail here, before any work
     full = build_stream(CellSpec("pop", dataset, preset=preset), data_dir)
     if full.time_aware:  # a snapshot's vocabulary would not cover the held-out task's later items
         raise ConfigError(f"the cold-start study needs a static stream; {dataset!r} is time-aware (its rows hold items "
@@ -625,7 +626,7 @@ def run_cold_start(dataset: str, methods: Sequence[str] = DEFAULT_METHODS, seeds
                                 "pairs": task.targets.n_pairs, "description": task.description},
                     "stream_tasks": short.task_names, "n_users": full.n_users, "meta": dict(full.meta)}
     study = _Study(dataset, tuple(methods), tuple(snaps), out, data_dir, preset, holdout, view,
-                   tuple(sorted(cell_ov.items())), tuple(sorted(ncf_ov.items())), random_init, device, force,
+                   tuple(sorted(cell_ov.items())), tuple(sorted(ncf_ov.items())), cfg, random_init, device, force,
                    task, full.n_users, dataset_info)
     if jobs > 1 and len(seeds) > 1:
         from joblib import Parallel, delayed

@@ -26,7 +26,7 @@ import numpy as np
 from . import stats
 from .records import SHARED_SECTIONS, RecordedSpec
 from .resultsets import transfer_mean
-from .sections import epoch_seconds, t1_curve, timing_clock
+from .sections import relative_epoch_seconds, t1_curve, timing_clock
 from .tables import Cell, Table
 
 ALPHA = 0.05
@@ -372,7 +372,7 @@ def _sampling(ev: Evidence, rng: np.random.Generator) -> Finding:
         score_test = f"TOST by paired t over {len(keys)} cells (no per-user scores)"
     else:
         return Finding("no data", evidence + ": one cell pair and no per-user scores")
-    clock = timing_clock([*relation.values(), *full.values()], tasks[1:])
+    clock = timing_clock([*relation.values(), *full.values()], tasks)
     ratios = [r for k in keys if (r := _time_ratio(full[k], relation[k], tasks[1:], clock)) is not None]
     if len(ratios) < 2:
         return Finding("no data", evidence + ": fewer than 2 cell pairs with training times")
@@ -388,19 +388,19 @@ def _sampling(ev: Evidence, rng: np.random.Generator) -> Finding:
         verdict = "not confirmed"
     return Finding(verdict, evidence,
                    f"{score_test}, margin ±{EQUIVALENCE_MARGIN:.0%} of the rho=1 score; speed: t-test of log({clock} time "
-                   f"rho=1 / {clock} time relation) > log {SPEEDUP:g} over cells; both must hold (p = the larger)",
+                   f"rho=1 / {clock} time relation) > log {SPEEDUP:g} over cells, each cell's time in units of its own T1 "
+                   "epoch (the same work in both, so cells from machines of different speed compare); both must "
+                   "hold (p = the larger)",
                    f"Δ = {ci.estimate:+.4f}, 90 % CI [{ci.low:+.4f}, {ci.high:+.4f}], margin ±{margin:.4f}; "
                    f"speed-up {math.exp(float(np.mean(np.log(ratios)))):.2f}x (geometric mean)",
                    max(equiv.p, speed.p))
 
 
 def _time_ratio(slow: dict, fast: dict, tasks: list[str], clock: str) -> float | None:
-    """sum of seconds per epoch over `tasks` on `clock`, slow / fast (None when a log is missing)."""
-    a = [epoch_seconds(slow, t, clock) for t in tasks]
-    b = [epoch_seconds(fast, t, clock) for t in tasks]
-    if not tasks or any(v is None for v in a + b) or sum(b) <= 0:
-        return None
-    return sum(a) / sum(b)
+    """Seconds per epoch summed over `tasks` on `clock`, each cell's in units of its own T1 epoch
+    (the same work in both), slow / fast; None when a log is missing."""
+    a, b = relative_epoch_seconds(slow, tasks, clock), relative_epoch_seconds(fast, tasks, clock)
+    return a / b if a is not None and b else None
 
 
 def _order_robustness(ev: Evidence, rng: np.random.Generator) -> Finding:

@@ -371,6 +371,9 @@ def _env(device: torch.device) -> dict:
         "machine": platform.machine(), "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_model(),
         "threads": torch.get_num_threads(),
+        # the vector instructions CPU kernels use: two "AMD EPYC" machines can differ in it, and float
+        # reductions (hence the numbers, docs/scaling.md "Determinism") with it
+        **({"cpu_capability": torch.backends.cpu.get_cpu_capability()} if device.type == "cpu" else {}),
     }
 
 

@@ -204,6 +204,17 @@ def epoch_seconds(r: dict, task: str, clock: str = "wall") -> Value:
     return float(np.mean(secs)) if secs and None not in secs else None
 
 
+def relative_epoch_seconds(r: dict, tasks: Sequence[str], clock: str = "wall") -> Value:
+    """Training seconds per epoch summed over `tasks`, in units of the cell's own first-task epoch.
+
+    Two cells whose first task is the same work (TERACON's T1 stage, whatever its later sampling)
+    then compare even when they ran on machines of different speed, or under different steady
+    loads: a board's cells can come from several machines, and raw seconds would measure the machine."""
+    first = epoch_seconds(r, r["tasks"][0]["name"], clock)
+    secs = [epoch_seconds(r, t, clock) for t in tasks]
+    return sum(secs) / first if first and tasks and None not in secs else None
+
+
 def timing_clock(results: Iterable[dict], tasks: Sequence[str]) -> str:
     """"cpu" when every round of `tasks` in every result recorded its CPU time, else "wall".
 
@@ -224,11 +235,11 @@ def sampling_tables(st: Setting) -> list[Table]:
     rank = {"min": 0, "relation": 1, "none": 2}
     variants_sorted = sorted(variants, key=lambda v: (rank.get(label(v), 3), label(v)))
     scores, speed = [], []
-    clock = timing_clock(st.select(method="teracon", order=None, variant=None), names[1:])
+    clock = timing_clock(st.select(method="teracon", order=None, variant=None), names)
     secs = lambda r, n: epoch_seconds(r, n, clock)
+    relative = lambda rs: finite(relative_epoch_seconds(r, names[1:], clock) for r in rs)
     for o in ("default", "reversed"):
-        base = st.select(method="teracon", order=o, variant=(("teracon.sampling", "none"),))
-        base_s = finite(sum(finite(secs(r, n) for n in names[1:])) for r in base)
+        base = relative(st.select(method="teracon", order=o, variant=(("teracon.sampling", "none"),)))
         for v in variants_sorted:
             rs = st.select(method="teracon", order=o, variant=v)
             if not rs:
@@ -237,7 +248,7 @@ def sampling_tables(st: Setting) -> list[Table]:
             total = [sum(finite(secs(r, n) for n in names[1:])) for r in rs]
             frac = [float(np.mean(finite(x for s in r["method_report"]["stages"].values()
                                           for x in s["sampled_fraction_mean"].values()))) * 100 for r in rs]
-            ratio = f"{np.mean(total) / np.mean(base_s):.2f}" if base_s else "-"
+            ratio = f"{np.mean(relative(rs)) / np.mean(base):.2f}" if base and relative(rs) else "-"
             speed.append([o, label(v), *[[secs(r, n) for r in rs] for n in names[1:]], total, ratio, frac])
     if st.select(method="pop"):
         scores.insert(0, ["any", "pop", *[[final(r, n) for r in st.select(method="pop")] for n in names],
@@ -252,7 +263,9 @@ def sampling_tables(st: Setting) -> list[Table]:
               f"{st.label}",
               ["order", "ρ", *[f"{n} s/epoch" for n in names[1:]], "sum s/epoch", "time vs ρ=1", "users sampled %"],
               speed, digits=[0, 0, *[1] * (k - 1), 1, 0, 2],
-              note="Seconds are hardware-specific (see each result's env); compare the ratios. "
+              note="Seconds are hardware-specific (see each result's env); compare the ratios. `time vs ρ=1` "
+                   "divides each cell's summed seconds per epoch by its own T1 epoch (the same work at every ρ), "
+                   "so cells computed on machines of different speed compare. "
                    + ("CPU time of each cell's process, which does not depend on what else shared the cores."
                       if clock == "cpu" else
                       "Wall-clock time (not every cell recorded its CPU time): it grows with the load each cell "

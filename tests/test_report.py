@@ -140,6 +140,23 @@ def test_sampling_time_table_is_relative_to_rho_one(setting):
     assert used["none"] == pytest.approx(100.0) and used["min"] < used["none"]
 
 
+def test_sampling_time_ratio_does_not_move_with_the_machine_a_cell_ran_on(setting):
+    """Relation-aware cells as if computed on a machine twice as fast: their seconds per epoch
+    halve, but `time vs ρ=1` (each cell's seconds in units of its own T1 epoch) stays."""
+    def faster(r: dict) -> dict:
+        fits = [{**f, "epochs": [{**e, "seconds": e["seconds"] / 2} for e in f["epochs"]]} for f in r["fits"]]
+        return {**r, "fits": fits}
+
+    relation = lambda r: r["spec"]["method"] == "teracon" and not r["spec"]["overrides"]
+    moved = dataclasses.replace(setting, results=[faster(r) if relation(r) else r for r in setting.results])
+    before, after = sampling_tables(setting)[1], sampling_tables(moved)[1]
+    for b, a in zip(before.rows, after.rows):
+        assert a[-2] == b[-2]
+        if b[1] == "relation":
+            assert mean_std(a[2])[0] == pytest.approx(mean_std(b[2])[0] / 2)
+    assert "own T1 epoch" in after.note
+
+
 def test_sampling_time_table_reads_cpu_time_when_every_teracon_cell_has_it(setting):
     """With CPU time in every TERACON round the table shows it (here half the wall time, as on a
     machine shared with one other process); one cell without it sends the table back to wall time."""

@@ -38,6 +38,15 @@ def test_result_holds_R_fwt_bwt_config_and_reuses_t1(run_mini):
     assert any(f["phase"] == "pretrained (cached)" for f in fine["fits"])
 
 
+def test_result_env_names_the_cpu_instruction_set_its_kernels_used(run_mini):
+    """Two machines of one CPU model name can differ in it, and with it the numbers (docs/scaling.md)."""
+    import torch
+
+    env = run_mini("sinmo")["env"]
+    assert env["device"] == "cpu" and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert env["cpu_capability"] in {"DEFAULT", "AVX2", "AVX512", "ZVECTOR", "VSX", "NEON", "SVE128", "SVE256"}
+
+
 def test_fwt_reference_ignores_the_methods_own_overrides(run_mini):
     """A variant (teracon.sampling=none) finds SinMo; a shared override (train.epochs) must match."""
     sinmo = run_mini("sinmo", **{"train.epochs": "1"})

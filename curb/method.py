@@ -272,8 +272,10 @@ class Method:
 
     def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
                        batch: Batch | None = None) -> Tensor:
-        """Logits of task `task` for inputs x: [B, C] at the last position, or [B, n, C]."""
-        raise NotImplementedError
+        """Logits of task `task` for inputs x: [B, C] at the last position, or [B, n, C]. By default
+        `head(represent(...))`, the form of every built-in method but `pop`: one definition, so
+        the logits and the representation downstream models read cannot drift apart."""
+        return self.head(task)(self.represent(task, x, train=train, all_positions=all_positions, batch=batch))
 
     def represent(self, task: str, x: Tensor, *, train: bool = False, all_positions: bool = False,
                   batch: Batch | None = None) -> Tensor:
@@ -288,8 +290,9 @@ class Method:
         """The head of task `task` (logits = head(represent(...))): the sampled T1 softmax
         (`train.t1_negatives`) reads only some of its rows."""
         raise NotImplementedError(
-            f"method {self.name!r} cannot train T1 with a sampled softmax (train.t1_negatives): it does not "
-            "implement Method.head() and Method.represent(); leave train.t1_negatives at none")
+            f"method {self.name!r} does not implement Method.head() and Method.represent(): implement them "
+            "(logits = head(represent(x))) or override Method.forward_logits(); without them it cannot train "
+            "T1 with a sampled softmax (train.t1_negatives: leave it at none)")
 
     def loss(self, task: TaskInfo, batch: Batch) -> Tensor:
         if batch.rows is None and self.setup.train.t1_negatives is not None:  # sampled T1: through the head
@@ -448,14 +451,10 @@ class Method:
 
 
 class OneModelViews:
-    """`forward_logits`, `represent` and `head` of a method whose whole state is one plain model
-    `self.model` (a backbone and one head per task): FineTune and its descendants, MTL."""
+    """`represent` and `head` (hence the default `forward_logits`) of a method whose whole state is
+    one plain model `self.model` (a backbone and one head per task): FineTune and its descendants, MTL."""
 
     model: Any
-
-    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
-                       batch: Batch | None = None) -> Tensor:
-        return self.head(task)(self.represent(task, x, all_positions=all_positions))
 
     def head(self, task: str) -> nn.Linear:
         return self.model.heads[task]

@@ -188,10 +188,6 @@ class Conure(Method):
             self._masks = ((j, self.phase), out)
         return self._masks[1]
 
-    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
-                       batch=None) -> Tensor:
-        return self.head(task)(self.represent(task, x, all_positions=all_positions))
-
     def head(self, task: str) -> nn.Linear:
         return self.net.heads[task]
 

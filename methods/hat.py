@@ -142,10 +142,6 @@ class Hat(Method):
             self.net.emb[task.name].clamp_(-self.cfg.clamp, self.cfg.clamp)
 
     # ------------------------------------------------------------------ forward
-    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
-                       batch: Batch | None = None) -> Tensor:
-        return self.head(task)(self.represent(task, x, train=train, all_positions=all_positions, batch=batch))
-
     def head(self, task: str) -> nn.Linear:
         return self.net.heads[task]
 

@@ -108,10 +108,6 @@ class PeterRec(Method):
     def before_step(self, task: TaskInfo) -> None:
         self.new_rows.mask_grad(self.base.backbone)
 
-    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
-                       batch: Batch | None = None) -> Tensor:
-        return self.head(task)(self.represent(task, x, all_positions=all_positions))
-
     def head(self, task: str) -> nn.Linear:
         return self.adapters[task].head if task in self.adapters else self.base.heads[task]
 

@@ -147,10 +147,6 @@ class Piggyback(Method):
         self.new_rows.mask_grad(self.model.backbone)
 
     # ------------------------------------------------------------------ forward
-    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
-                       batch=None) -> Tensor:
-        return self.head(task)(self.represent(task, x, all_positions=all_positions))
-
     def head(self, task: str) -> nn.Linear:
         return self.model.heads[task]
 

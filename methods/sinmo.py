@@ -43,9 +43,6 @@ class SinMo(Method):
     def trainable_parameters(self, task: TaskInfo):
         return self.models[task.name].parameters()
 
-    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False, batch=None) -> Tensor:
-        return self.head(task)(self.represent(task, x, all_positions=all_positions))
-
     def head(self, task: str) -> nn.Linear:
         return self.models[task].heads[task]
 

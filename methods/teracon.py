@@ -251,10 +251,6 @@ class Teracon(Method):
         self._eval_masks.clear()
 
     # ------------------------------------------------------------------ forward and loss
-    def forward_logits(self, task: str, x: Tensor, *, train: bool, all_positions: bool = False,
-                       batch: Batch | None = None) -> Tensor:
-        return self.head(task)(self.represent(task, x, train=train, all_positions=all_positions, batch=batch))
-
     def head(self, task: str) -> nn.Linear:
         return self.net.heads[task]
 

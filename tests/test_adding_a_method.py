@@ -53,3 +53,34 @@ def test_example_trains_only_its_heads(probe_cls, run_mini, tmp_path):
     for k, v in pre.backbone.state_dict().items():
         assert torch.equal(v, m.model.backbone.state_dict()[k]), k
     assert not torch.equal(m.model.heads["T2"].bias, torch.full_like(m.model.heads["T2"].bias, 0.1))
+
+
+def test_forward_logits_defaults_to_head_of_represent_and_says_what_is_missing():
+    """A method may write `represent` and `head` instead of `forward_logits`; one with neither
+    is told which to write, not handed a bare NotImplementedError."""
+    from torch import nn
+
+    from curb.method import Method
+
+    class Views(Method):
+        def __init__(self):  # no Setup needed: only the views are exercised
+            self.lin = nn.Linear(3, 4)
+
+        def represent(self, task, x, *, train=False, all_positions=False, batch=None):
+            return x * 2.0
+
+        def head(self, task):
+            return self.lin
+
+    x = torch.randn(5, 3)
+    v = Views()
+    assert torch.equal(v.forward_logits("T2", x, train=False), v.lin(x * 2.0))
+
+    class Nothing(Method):
+        name = "nothing"
+
+        def __init__(self):
+            pass
+
+    with pytest.raises(NotImplementedError, match=r"implement them .*or override Method\.forward_logits"):
+        Nothing().forward_logits("T2", x, train=False)

@@ -248,7 +248,8 @@ def sampling_tables(st: Setting) -> list[Table]:
             total = [sum(finite(secs(r, n) for n in names[1:])) for r in rs]
             frac = [float(np.mean(finite(x for s in r["method_report"]["stages"].values()
                                           for x in s["sampled_fraction_mean"].values()))) * 100 for r in rs]
-            ratio = f"{np.mean(relative(rs)) / np.mean(base):.2f}" if base and relative(rs) else "-"
+            rel = relative(rs)
+            ratio = f"{np.mean(rel) / np.mean(base):.2f}" if base and rel else "-"
             speed.append([o, label(v), *[[secs(r, n) for r in rs] for n in names[1:]], total, ratio, frac])
     if st.select(method="pop"):
         scores.insert(0, ["any", "pop", *[[final(r, n) for r in st.select(method="pop")] for n in names],

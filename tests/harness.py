@@ -109,3 +109,36 @@ def fits_without_clocks(fits: list[dict]) -> list[list[dict]]:
     """Every round of a result's `fits` without its wall and CPU seconds: what a resumed run must
     reproduce exactly (the clocks differ from run to run)."""
     return [[{k: v for k, v in e.items() if k not in ("seconds", "cpu_seconds")} for e in f["epochs"]] for f in fits]
+
+
+class Spy:
+    """Stands in for a loss function (monkeypatched): records each call's positional arguments
+    (tensors detached) and result, and returns the real loss, so training goes on unchanged."""
+
+    def __init__(self, real):
+        self.real, self.calls, self.outs = real, [], []
+
+    def __call__(self, *args, **kw):
+        self.calls.append(tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args))
+        out = self.real(*args, **kw)
+        self.outs.append(out.detach().clone())
+        return out
+
+
+def assert_cap_keeps_the_first_users(m: Method, task, batch: Batch, spy: Spy, cap: int) -> None:
+    """`kr_max_users=cap` (TERACON, DITTO): each of the two past tasks' distillation MSE terms of
+    one step on `batch` reads `cap` users, and they are the first `cap` rows of the same step
+    uncapped (same draw: the method's generator is rewound), which reads every user."""
+    state = copy.deepcopy(m.rng.bit_generator.state)
+    m.loss(task, batch)
+    capped = list(spy.calls)
+    assert [(len(x), len(y)) for x, y in capped] == [(cap, cap)] * 2
+    assert m._stats.users.tolist() == [cap, cap]
+    spy.calls.clear()
+    m.cfg.kr_max_users = None
+    m.rng.bit_generator.state = state
+    m.loss(task, batch)
+    n = len(batch.x)
+    assert n > cap and [(len(x), len(y)) for x, y in spy.calls] == [(n, n)] * 2
+    for (xc, yc), (xu, yu) in zip(capped, spy.calls):
+        assert torch.allclose(xc, xu[:cap], atol=1e-6) and torch.allclose(yc, yu[:cap], atol=1e-6)

@@ -15,22 +15,9 @@ import torch.nn.functional as F
 import curb.methods.ditto as dt
 from curb.method import anneal, full_sequences, inputs_for, task_loss
 from curb.methods.teracon import relation_rate
-from harness import Harness
+from harness import Harness, Spy, assert_cap_keeps_the_first_users
 
 TIME = "synthetic-time-mini"
-
-
-class _Spy:
-    """Records the arguments and results of every call of a loss function and returns the real loss."""
-
-    def __init__(self, real):
-        self.real, self.calls, self.outs = real, [], []
-
-    def __call__(self, *args, **kw):
-        self.calls.append(tuple(a.detach().clone() if isinstance(a, torch.Tensor) else a for a in args))
-        out = self.real(*args, **kw)
-        self.outs.append(out.detach().clone())
-        return out
 
 
 def _start(h: Harness, name: str):
@@ -72,7 +59,7 @@ def test_forward_transfer_distils_the_users_most_similar_to_the_old_item_distrib
                                           "ditto.beta": "0", "ditto.gamma": "0"})
     h.learn("T1", "T2")
     m, t3 = _start(h, "T3")
-    spy = _Spy(F.mse_loss)
+    spy = Spy(F.mse_loss)
     monkeypatch.setattr(dt.F, "mse_loss", spy)
     b = h.batch("T3")
     full = full_sequences(b)
@@ -109,7 +96,7 @@ def test_backward_transfer_trains_the_next_item_task_on_users_with_the_most_new_
                                           "ditto.sampling": "fixed:0.1"})
     h.learn("T1")
     m, t2 = _start(h, "T2")
-    spy = _Spy(F.cross_entropy)
+    spy = Spy(F.cross_entropy)
     monkeypatch.setattr(dt.F, "cross_entropy", spy)
     b = h.batch("T2")
     full = full_sequences(b)
@@ -222,7 +209,7 @@ def test_later_task_loss_is_ce_plus_alpha_rho_weighted_fkt_plus_beta_bkt_plus_ga
     h = Harness("ditto", dataset=TIME, **{"ditto.alpha": "0.3", "ditto.beta": "0.55", "ditto.gamma": "1.7",
                                           "ditto.min_users": "1"})
     m, t3 = _start_unfitted(h, "T3", shake=0.05)
-    mse, nxt, con = _Spy(F.mse_loss), _Spy(m.next_item_loss), _Spy(m.contrast)
+    mse, nxt, con = Spy(F.mse_loss), Spy(m.next_item_loss), Spy(m.contrast)
     monkeypatch.setattr(dt.F, "mse_loss", mse)
     monkeypatch.setattr(m, "next_item_loss", nxt)
     monkeypatch.setattr(m, "contrast", con)
@@ -283,18 +270,9 @@ def test_kr_max_users_caps_the_distilled_users_of_every_past_task(monkeypatch):
     h = Harness("ditto", **{"ditto.kr_max_users": "2", "ditto.sampling": "none"})  # static: every user eligible
     m, t3 = _start_unfitted(h, "T3", shake=0.05)
     b = h.batch("T3")
-    spy = _Spy(F.mse_loss)
+    spy = Spy(F.mse_loss)
     monkeypatch.setattr(dt.F, "mse_loss", spy)
-    m.loss(t3, b)
-    capped = list(spy.calls)
-    assert [(len(x), len(y)) for x, y in capped] == [(2, 2)] * 2
-    assert m._stats.users.tolist() == [2, 2]
-    spy.calls.clear()
-    m.cfg.kr_max_users = None
-    m.loss(t3, b)
-    assert len(b.x) > 2 and [(len(x), len(y)) for x, y in spy.calls] == [(len(b.x), len(b.x))] * 2
-    for (xc, yc), (xu, yu) in zip(capped, spy.calls):  # the cap keeps the top of the similarity ranking
-        assert torch.allclose(xc, xu[:2], atol=1e-6) and torch.equal(yc, yu[:2])
+    assert_cap_keeps_the_first_users(m, t3, b, spy, cap=2)  # the first of the similarity ranking
 
 
 def test_kr_max_users_caps_the_next_item_transfer_users_too():

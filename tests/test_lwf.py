@@ -12,21 +12,7 @@ import torch.nn.functional as F
 import curb.methods.lwf as lwf
 from curb.method import task_loss
 from curb.training import train_epoch
-from harness import Harness
-
-
-class _Spy:
-    """Records (student, teacher) logits of every distillation term."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, student, teacher, temperature):
-        self.calls.append((student.detach().clone(), teacher.detach().clone(), temperature))
-        return lwf_real(student, teacher, temperature)
-
-
-lwf_real = lwf.soft_cross_entropy
+from harness import Harness, Spy
 
 
 def _start(h: Harness, name: str):
@@ -46,7 +32,7 @@ def test_distillation_targets_are_the_frozen_snapshots_outputs_on_the_batch(monk
     m, t3 = _start(h, "T3")
     for k, v in before.state_dict().items():  # the snapshot is the model before T3, bit for bit
         assert torch.equal(m.old.state_dict()[k], v)
-    spy = _Spy()
+    spy = Spy(lwf.soft_cross_entropy)
     monkeypatch.setattr(lwf, "soft_cross_entropy", spy)
     b = h.batch("T3")
     m.loss(t3, b)

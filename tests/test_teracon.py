@@ -15,7 +15,7 @@ from curb.config import ConfigError
 from curb.method import anneal, task_loss
 from curb.runner import CellSpec, resolve_config
 from curb.training import train_epoch
-from harness import Harness
+from harness import Harness, Spy, assert_cap_keeps_the_first_users
 
 
 @pytest.fixture
@@ -31,19 +31,6 @@ def _manual_mask(net, task, others, s):
     w, b = net.rel[task].weight, net.rel[task].bias
     g = sum(w[:, r, None] * rows[r] for r in range(len(rows))) + b[:, None]
     return torch.sigmoid(s * g)
-
-
-class _MseSpy:
-    """Records (student, pseudo-label) pairs of the retention loss."""
-
-    real = staticmethod(F.mse_loss)
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, inp, target, *a, **k):
-        self.calls.append((inp.detach().clone(), target.detach().clone()))
-        return self.real(inp, target, *a, **k)
 
 
 def test_masks_are_relation_aware_and_depend_on_other_tasks(make):
@@ -119,7 +106,7 @@ def test_pseudo_labels_come_from_the_frozen_pre_task_model(make, monkeypatch):
     assert not any(p.requires_grad for p in teacher.parameters())
     # On a new batch the pseudo-labels equal the pre-task model's T1 logits (plain mask, annealed s,
     # input without the last item) on exactly the sampled users.
-    spy = _MseSpy()
+    spy = Spy(F.mse_loss)
     monkeypatch.setattr(tc.F, "mse_loss", spy)
     b = h.batch("T2", index=2)
     replay = np.random.default_rng()
@@ -148,7 +135,7 @@ def test_rho_is_eq15_and_sampling_draws_that_fraction(make, monkeypatch):
     m = h.method
     m.tasks.append(t3)
     m.begin_task(t3)
-    spy = _MseSpy()
+    spy = Spy(F.mse_loss)
     monkeypatch.setattr(tc.F, "mse_loss", spy)
     assert m.rho == [0.9, 0.9]  # rho_init at the start of a stage
     b0, b1 = h.batch("T3", 0), h.batch("T3", 1)
@@ -178,7 +165,7 @@ def test_rho_is_eq15_and_sampling_draws_that_fraction(make, monkeypatch):
     assert [len(x) for x, _ in spy.calls] == [max(1, math.floor(len(b1.x) * r)) for r in (0.2, 0.6)]
     s1 = anneal(b1.index, b1.n_batches, m.cfg.smax)
     ce = task_loss(m.net.logits("T3", b1.x, m.mask("T3", s1)), b1)
-    mse = [_MseSpy.real(x, y) for x, y in spy.calls]
+    mse = [spy.real(x, y) for x, y in spy.calls]
     assert all(v > 0.5 for v in mse)
     assert ((total - ce) / 0.7).item() == pytest.approx((0.25 * mse[0] + 0.75 * mse[1]).item(), rel=1e-4)
 
@@ -186,11 +173,11 @@ def test_rho_is_eq15_and_sampling_draws_that_fraction(make, monkeypatch):
 def test_kr_never_averages_over_zero_users(make, monkeypatch):
     h = make(**{"train.batch": "8"})  # ~2 users per batch: floor(B * 0.0025) would be 0
     h.learn("T1", "T2")
-    spy = _MseSpy()
+    spy = Spy(F.mse_loss)
     monkeypatch.setattr(tc.F, "mse_loss", spy)
     h.learn("T3")
     assert spy.calls and all(len(x) >= 1 for x, _ in spy.calls)
-    assert all(torch.isfinite(_MseSpy.real(x, y)) for x, y in list(spy.calls))
+    assert all(torch.isfinite(spy.real(x, y)) for x, y in spy.calls)
     st = h.method.stage_stats["T3"]
     assert st["steps"] > 0 and all(v >= 1 for v in st["sampled_users_mean"].values())
 
@@ -301,7 +288,7 @@ def test_kr_student_mask_knob(make, monkeypatch, choice):
     m = h.method
     m.tasks.append(t3)
     m.begin_task(t3)
-    spy = _MseSpy()
+    spy = Spy(F.mse_loss)
     monkeypatch.setattr(tc.F, "mse_loss", spy)
     replay = np.random.default_rng()
     replay.bit_generator.state = m.rng.bit_generator.state
@@ -409,17 +396,6 @@ def test_kr_max_users_caps_the_retained_rows_of_every_past_task(make, monkeypatc
     t3, b = h.ev.info("T3"), h.batch("T3")
     m.tasks.append(t3)
     m.begin_task(t3)
-    spy = _MseSpy()
+    spy = Spy(F.mse_loss)
     monkeypatch.setattr(tc.F, "mse_loss", spy)
-    state = copy.deepcopy(m.rng.bit_generator.state)
-    m.loss(t3, b)
-    capped = list(spy.calls)
-    assert [(len(x), len(y)) for x, y in capped] == [(2, 2)] * 2
-    assert m._stats.users.tolist() == [2, 2]
-    spy.calls.clear()
-    m.cfg.kr_max_users = None
-    m.rng.bit_generator.state = state
-    m.loss(t3, b)
-    assert len(b.x) > 2 and [(len(x), len(y)) for x, y in spy.calls] == [(len(b.x), len(b.x))] * 2
-    for (xc, yc), (xu, yu) in zip(capped, spy.calls):
-        assert torch.allclose(xc, xu[:2], atol=1e-6) and torch.allclose(yc, yu[:2], atol=1e-6)
+    assert_cap_keeps_the_first_users(m, t3, b, spy, cap=2)

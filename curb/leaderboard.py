@@ -220,7 +220,7 @@ def board_page(board: Board, st: Setting, figures_dir: Path | None) -> Page:
     presets = sorted({r["config"]["preset"] for r in st.results})  # the dataset's default when the board names none
     intro: list[Block] = [
         f"Benchmark version **{board.version}** · dataset `{board.dataset}` · preset `{'`, `'.join(presets)}`"
-        f" · seeds {', '.join(map(str, seeds))} · {len(st.results)} result files in `{board.results.name}/` · "
+        f" · seeds {', '.join(map(str, seeds))} · {st.n_files} result files in `{board.results.name}/` · "
         "built by `curb leaderboard build` from those files only.", *paragraphs(board.description)]
     if board.command:
         intro += ["Reproduce the rows:", Code(board.command)]

@@ -43,6 +43,12 @@ class Setting:
         return "-".join(parts)
 
     @property
+    def n_files(self) -> int:
+        """Result files a page of this setting reads: its own, its text-initialised twin's and the
+        cold-start study's (a board's header counts them all)."""
+        return len(self.results) + (len(self.text_init.results) if self.text_init else 0) + len(self.cold_start)
+
+    @property
     def file_tag(self) -> str:
         """The label as a file-name stem (no dots: they would read as a suffix)."""
         return re.sub(r"[^A-Za-z0-9=+_-]", "_", self.label)

@@ -231,6 +231,17 @@ def _board(tmp_path: Path) -> Path:
     return tmp_path / "boards.toml"
 
 
+def test_board_header_counts_every_file_the_board_reads_text_init_twin_and_cold_start_included():
+    board = read_boards(DATA / "mini-boards.toml")[0]
+    st = board_setting(board)
+    assert st.text_init is None and not st.cold_start and st.n_files == len(st.results) == 44
+    twin = dataclasses.replace(st, overrides=(*st.overrides, ("backbone.item_init", "text")), results=st.results[:5])
+    with_twin = dataclasses.replace(st, text_init=twin)
+    assert dataclasses.replace(with_twin, cold_start=[{}, {}]).n_files == 44 + 5 + 2
+    header = markdown(board_page(board, with_twin, None)).splitlines()[2]
+    assert "· 49 result files in `mini-run/` ·" in header
+
+
 def test_leaderboard_check_fails_on_changed_results_tables_or_missing_figures(tmp_path):
     boards = _board(tmp_path)
     assert check(boards) == []

@@ -275,7 +275,8 @@ def site_files(site_dir: Path, boards: list[Board], settings: dict[str, Setting]
 
 
 # ---------------------------------------------------------------------------------- build / check
-def _render_all(boards_file: Path, figures: bool) -> dict[Path, str]:
+def _render_all(boards_file: Path, figures: bool) -> tuple[list[Board], dict[Path, str]]:
+    """The boards of `boards_file` and every file they render to (path -> text)."""
     root = Path(boards_file).parent
     boards = read_boards(boards_file)
     files, settings, pages = {}, {}, {}
@@ -294,7 +295,7 @@ def _render_all(boards_file: Path, figures: bool) -> dict[Path, str]:
             return f"{m.group(1)}\n{ranked_table(settings[m.group(2)]).markdown()}\n{m.group(3)}"
 
         files[readme] = _MARK.sub(table, readme.read_text())
-    return files
+    return boards, files
 
 
 def _links(path: Path, text: str) -> list[str]:
@@ -309,23 +310,23 @@ def _linked(files: dict[Path, str]) -> set[Path]:
     return {(path.parent / link).resolve() for path, text in files.items() for link in _links(path, text)}
 
 
-def _leftover_figures(boards_file: Path, files: dict[Path, str]) -> list[Path]:
+def _leftover_figures(root: Path, boards: list[Board], files: dict[Path, str]) -> list[Path]:
     """Files in a board's figures/ that no README or page links to (a board's setting or
     figure set changed): they would be published without being shown or checked."""
-    root, linked = Path(boards_file).parent, _linked(files)
-    return sorted(f for b in read_boards(boards_file) for f in (root / b.key / "figures").glob("*")
+    linked = _linked(files)
+    return sorted(f for b in boards for f in (root / b.key / "figures").glob("*")
                   if f.is_file() and f.resolve() not in linked)
 
 
 def build(boards_file: Path = BOARDS_FILE, echo: Callable[[str], None] = print, figures: bool = True) -> list[Path]:
     """Write every board's README, results.csv and figures, the index and the site; with figures,
     also remove the figure files no page links to any more."""
-    files = _render_all(boards_file, figures)
+    boards, files = _render_all(boards_file, figures)
     for path, text in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         echo(f"wrote {path}")
-    for f in _leftover_figures(boards_file, files) if figures else ():
+    for f in _leftover_figures(Path(boards_file).parent, boards, files) if figures else ():
         f.unlink()
         echo(f"removed {f} (no page links to it)")
     return list(files)
@@ -335,9 +336,9 @@ def check(boards_file: Path = BOARDS_FILE) -> list[str]:
     """Differences between the committed leaderboards and a rebuild from their results (empty: all current)."""
     problems = []
     root = Path(boards_file).parent.resolve()
-    files = _render_all(boards_file, figures=False)
+    boards, files = _render_all(boards_file, figures=False)
     problems += [f"{f}: linked from no page (a leftover; `curb leaderboard build` removes it)"
-                 for f in _leftover_figures(boards_file, files)]
+                 for f in _leftover_figures(root, boards, files)]
     for path, text in files.items():
         if not path.exists():
             problems.append(f"{path}: missing (run `curb leaderboard build`)")

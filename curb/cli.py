@@ -154,6 +154,11 @@ def _grid_specs(args: argparse.Namespace) -> list:
     return specs
 
 
+ADOPT_HELP = ("a folder of finished results (e.g. `curb tune`'s --out): a cell whose computation is already there "
+              "(same method, data, seed, order, noise, preset and resolved configuration, the tuned trial of a "
+              "--tuned cell, say) takes that result instead of training again; the file records where it came from")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="curb",
@@ -186,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="Dask scheduler address, e.g. tcp://127.0.0.1:8786 or tls://host:8786 (docs/scaling.md)")
     r.add_argument("--force", action="store_true", help="recompute cells even when a valid result or checkpoint exists")
+    r.add_argument("--adopt", type=Path, default=None, metavar="DIR", help=ADOPT_HELP)
 
     pl = sub.add_parser(
         "plan", help="write a grid of cells as a JSONL plan for `curb run --plan`",
@@ -232,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--jobs", type=_positive_int, default=1,
                     help="cells run at once in local worker processes (the cold-start study: seeds at once)")
     rp.add_argument("--threads", type=_positive_int, default=1, help="torch threads per cell")
+    rp.add_argument("--adopt", type=Path, default=None, metavar="DIR", help=ADOPT_HELP)
     rp.add_argument("--dry-run", action="store_true", help="list the cells and how many are done; run nothing")
     rp.add_argument("--no-figures", action="store_true", help="tables only")
 
@@ -340,7 +347,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     threads = auto_threads(args.jobs) if args.threads == "auto" else args.threads
     t0 = time.perf_counter()
     outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs, threads=threads,
-                        backend=args.backend, scheduler=args.scheduler, force=args.force)
+                        backend=args.backend, scheduler=args.scheduler, force=args.force, adopt=args.adopt)
     try:
         results = [load_result(out / o["path"]) for o in outcomes if o["status"] == "done"]
     except ResultError as e:
@@ -521,7 +528,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     # The studies that are not grids write into OUT after the cells: the folder stays held throughout.
     with run_lock(prepare_out(out)):
         outcomes = run_grid(specs, out, data_dir=args.data_dir, device=args.device, jobs=args.jobs,
-                            threads=args.threads)
+                            threads=args.threads, adopt=args.adopt)
         if code := _stopped_code(outcomes):  # a stop request ends the command: no study, no report
             return code
         with torch_threads(args.threads):  # same thread rule as the cells

@@ -193,6 +193,7 @@ class Job:
     stop_file: str
     in_process: bool = False  # run in the calling process: print progress, parent owns signals
     force: bool = False
+    adopt: str | None = None  # a folder of finished results whose twins of a cell are adopted (run_cell)
 
 
 _CELL_LOCK = threading.Lock()  # one cell per process: torch/numpy RNGs and thread counts are global
@@ -246,7 +247,7 @@ def _run_claimed(job: Job, spec: CellSpec, files: CellFiles, marker: dict) -> di
              f"{job.device}")
         try:
             run_cell(spec, Path(job.out), Path(job.data_dir) if job.data_dir else None, job.device, echo=echo,
-                     force=job.force, should_stop=_Stop.requested)
+                     force=job.force, should_stop=_Stop.requested, adopt=Path(job.adopt) if job.adopt else None)
         except KeyboardInterrupt:  # CellInterrupted, or a second signal
             echo("--- interrupted; resumes from its last checkpoint")
             return {"status": "interrupted", "seconds": time.perf_counter() - t0}
@@ -427,8 +428,9 @@ def _dask_map(client, scheduler: str, resources: dict | None, fn: Callable, item
 
 def run_grid(specs: list[CellSpec], out: Path, *, data_dir: Path | None = None, device: str = "cpu",
              jobs: int = 1, threads: int = 1, backend: str = "local", scheduler: str | None = None,
-             force: bool = False, echo: Callable[[str], None] = print) -> list[dict]:
-    """Run every cell (skipping valid results, resuming checkpoints); returns outcome dicts.
+             force: bool = False, adopt: Path | None = None, echo: Callable[[str], None] = print) -> list[dict]:
+    """Run every cell (skipping valid results, adopting twins from `adopt`, resuming checkpoints);
+    returns outcome dicts.
 
     Stops early (outcomes marked "interrupted") when SIGINT/SIGTERM arrives: running cells
     finish their current step and keep their last checkpoint; queued cells do not start. The
@@ -440,13 +442,16 @@ def run_grid(specs: list[CellSpec], out: Path, *, data_dir: Path | None = None, 
         raise GridError(f"unknown backend {backend!r}; valid backends: local, dask")
     for spec in specs:  # fail fast on bad config before any training
         resolve_config(spec)
+    if adopt is not None and not Path(adopt).is_dir():
+        raise GridError(f"--adopt {adopt}: no such folder (it should hold finished results, e.g. `curb tune`'s --out)")
     out = prepare_out(out).resolve()
     with run_lock(out):
-        return _run_locked(specs, out, data_dir, device, jobs, threads, backend, scheduler, force, echo)
+        return _run_locked(specs, out, data_dir, device, jobs, threads, backend, scheduler, force, adopt, echo)
 
 
 def _run_locked(specs: list[CellSpec], out: Path, data_dir: Path | None, device: str, jobs: int, threads: int,
-                backend: str, scheduler: str | None, force: bool, echo: Callable[[str], None]) -> list[dict]:
+                backend: str, scheduler: str | None, force: bool, adopt: Path | None,
+                echo: Callable[[str], None]) -> list[dict]:
     if backend == "local" and jobs * threads > usable_cores():
         echo(f"warning: {jobs} jobs x {threads} threads exceed the {usable_cores()} usable cores (oversubscribed)")
     record_plan(out, specs)
@@ -455,7 +460,9 @@ def _run_locked(specs: list[CellSpec], out: Path, data_dir: Path | None, device:
         echo(f"removed {len(stale)} temporary file(s) left by killed writes (e.g. {stale[0]})")
     stop_file = out / ".cells" / f"stop-{uuid.uuid4().hex[:12]}"
     data = str(Path(data_dir).resolve()) if data_dir is not None else None
-    make = lambda s: Job(s.as_dict(), str(out), data, device, threads, str(stop_file), backend == "local" and jobs == 1, force)
+    adopt_dir = str(Path(adopt).resolve()) if adopt is not None else None
+    make = lambda s: Job(s.as_dict(), str(out), data, device, threads, str(stop_file), backend == "local" and jobs == 1,
+                         force, adopt_dir)
     _Stop.reset(stop_file)
     outcomes: list[dict] = []
     try:

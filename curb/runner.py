@@ -452,11 +452,60 @@ def per_user_block(users: dict[str, dict]) -> dict:
             for name, u in users.items() if "scores" in u}
 
 
+def cell_transfer(spec: CellSpec, out: Path, R: list[list[float | None]], names: list[str], base_fingerprint: str,
+                  joint: bool) -> dict | None:
+    """BWT/FWT of a cell's R matrix; FWT against the matching SinMo cell in `out` (None for a joint method)."""
+    if joint:
+        return None
+    tr = transfer(R, find_sinmo_diag(out, spec, names, base_fingerprint))
+    if spec.method == "sinmo":
+        tr["fwt"] = [None] + [0.0] * (len(names) - 1)
+    return tr
+
+
+def find_twin(folder: Path, spec: CellSpec, fingerprint: str, device: torch.device) -> tuple[Path, dict] | None:
+    """A finished result in `folder` that is already this cell's computation under another name:
+    same method, data (fingerprint), seed, order, noise, preset, protocol, device type and torch
+    thread count, and the same resolved configuration apart from the `tuned` tag that named it.
+    A tuning trial and the tuned grid's cell of its seed are such twins (the tuned file records
+    the trial's own override strings, so both resolve to one configuration)."""
+    want = {**resolve_config(spec).as_dict(), "tuned": None}
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    for p in sorted((Path(folder) / spec.relpath().parent).glob(f"seed{spec.seed}-*.json")):
+        try:
+            r = load_result(p)
+        except ResultError:
+            continue
+        same_spec = all(r["spec"].get(k) == getattr(spec, k) for k in ("method", "dataset", "order", "noise", "seed",
+                                                                         "preset"))
+        env = r.get("env", {})
+        if (same_spec and r.get("protocol") == PROTOCOL and r["dataset"]["fingerprint"] == fingerprint
+                and env.get("device") == device.type and (threads is None or env.get("threads") == threads)
+                and not config_changes({**r["config"], "tuned": None}, want)):
+            return p, r
+    return None
+
+
+def adopt_twin(spec: CellSpec, out: Path, twin: tuple[Path, dict], joint: bool) -> dict:
+    """The twin's result as this cell's: its numbers, logs, timings and environment unchanged, the
+    spec and `tuned` tag this cell's, transfer re-derived against this folder's SinMo cell, and an
+    `adopted` record naming the source file (relative to `out`) and its checksum."""
+    src, r = twin
+    names = [t["name"] for t in r["tasks"]]
+    result = {k: v for k, v in r.items() if k not in ("checksum", "schema")}
+    result.update(spec=spec.as_dict(), spec_hash=spec.hash, config={**r["config"], "tuned": resolve_config(spec).tuned},
+                  transfer=cell_transfer(spec, out, r["R"], names, r["dataset"]["base_fingerprint"], joint),
+                  adopted={"from": os.path.relpath(src, out), "spec_hash": r["spec_hash"], "checksum": r["checksum"],
+                           "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    return result
+
+
 def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: str = "cpu",
              echo: Callable[[str], None] = print, force: bool = False,
              should_stop: Callable[[], bool] | None = None,
              transform: Callable[[TaskStream], TaskStream] | None = None,
-             on_task_end: Callable[[Method, str, TaskStream], None] | None = None) -> dict:
+             on_task_end: Callable[[Method, str, TaskStream], None] | None = None,
+             adopt: Path | None = None) -> dict:
     """Run one cell (or return its existing valid result) and write `<out>/<spec.relpath()>`.
 
     After every task the cell is checkpointed (method state, metrics so far, fit logs, timings,
@@ -471,6 +520,9 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     them). `on_task_end(method, task, stream)` runs after each task is learned and scored, before
     its checkpoint (the joint path calls it once with the last task); it must not touch random
     state. Neither runs for a result that already exists, nor for tasks a resumed cell skips.
+
+    `adopt`: a folder of finished results (e.g. `curb tune`'s); a result there that is this cell's
+    computation (`find_twin`) is written as this cell's result (`adopt_twin`) instead of training.
     """
     out = Path(out)
     path = out / spec.relpath()
@@ -503,6 +555,13 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     stop = should_stop or (lambda: False)
     dev = torch.device(device)
     cls = get_method(spec.method)
+    twin = find_twin(adopt, spec, fingerprint, dev) if adopt is not None and not force else None
+    if twin is not None:
+        save_result(path, adopt_twin(spec, out, twin, cls.joint))
+        files.checkpoint.unlink(missing_ok=True)
+        files.clear_phases()
+        echo(f"  adopted {twin[0]}: the same computation (method, data, seed, order and resolved configuration)")
+        return load_result(path)
     if stream.time_aware and not cls.grows_items:
         raise ConfigError(f"method {spec.method!r} cannot run on the time-aware stream {spec.dataset!r}: items enter "
                           "its vocabulary task by task and the method does not grow its item embeddings "
@@ -597,9 +656,7 @@ def run_cell(spec: CellSpec, out: Path, data_dir: Path | None = None, device: st
     val_final = {n: evaluate_data(method, evaluator.info(n), evaluator.val_data(n), cfg.train.eval_batch)
                  for n in (names[1:] if cls.joint else names)}
     base_fingerprint = stream.fingerprint(skip=("noise",))
-    tr = transfer(R, find_sinmo_diag(out, spec, names, base_fingerprint)) if not cls.joint else None
-    if spec.method == "sinmo" and tr is not None:
-        tr["fwt"] = [None] + [0.0] * (m - 1)
+    tr = cell_transfer(spec, out, R, names, base_fingerprint, cls.joint)
     result = {
         "spec": spec.as_dict(), "spec_hash": spec.hash, "protocol": PROTOCOL, "env": _env(dev),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

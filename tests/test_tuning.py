@@ -141,3 +141,31 @@ def test_dry_run_shows_the_trials_so_far_and_runs_nothing(tmp_path, capsys):
     for ln in lines:  # every lift shown is the one the written file records for that trial
         trial, lift = ln.split("|")[2].strip(), ln.split("|")[3].strip()
         assert f"# trial {trial}: val lift {lift}" in write.read_text()
+
+
+def test_a_tuned_grid_adopts_the_trial_it_chose_and_that_equals_a_fresh_run(tmp_path, monkeypatch, capsys):
+    """`--adopt` reuses the tuning trial that is the tuned cell's computation: bit-equal to running
+    it again, its provenance recorded, and refused for a cell whose configuration differs."""
+    from curb.results import load_result
+
+    monkeypatch.chdir(tmp_path)
+    trials_dir, write = _tune(tmp_path, "t", "sinmo,hat", "2")
+    grid = ["run", "--methods", "sinmo,hat", "--dataset", "synthetic-mini", "--epochs", "2", "--tuned", write.name]
+    assert main([*grid, "--out", "adopted", "--adopt", str(trials_dir)]) == 0
+    assert main([*grid, "--out", "fresh"]) == 0
+    adopted = {r["spec"]["method"]: r for _, r in iter_results(tmp_path / "adopted")}
+    fresh = {r["spec"]["method"]: r for _, r in iter_results(tmp_path / "fresh")}
+    for m in ("sinmo", "hat"):
+        a, f = adopted[m], fresh[m]
+        src = load_result(tmp_path / "adopted" / a["adopted"]["from"])
+        assert a["adopted"]["from"].startswith("../t/") and a["adopted"]["checksum"] == src["checksum"]
+        assert src["spec_hash"] != a["spec_hash"] == f["spec_hash"]  # a trial's name, adopted under the cell's
+        assert a["created"] == src["created"] and a["timings"] == src["timings"]  # not trained again
+        for key in ("R", "per_user", "val_final", "config", "transfer"):
+            assert a[key] == f[key], key
+        assert "adopted" not in f
+    assert adopted["hat"]["transfer"]["fwt"][1] is not None  # FWT re-derived against the adopted SinMo
+    assert main([*grid, "--set", "train.patience=3", "--out", "other", "--adopt", str(trials_dir)]) == 0
+    assert not any("adopted" in r for _, r in iter_results(tmp_path / "other"))
+    assert main([*grid, "--out", "x", "--adopt", "missing"]) == 2
+    assert "--adopt missing: no such folder" in capsys.readouterr().err

@@ -493,7 +493,7 @@ def adopt_twin(spec: CellSpec, out: Path, twin: tuple[Path, dict], joint: bool) 
     src, r = twin
     names = [t["name"] for t in r["tasks"]]
     result = {k: v for k, v in r.items() if k not in ("checksum", "schema")}
-    result.update(spec=spec.as_dict(), spec_hash=spec.hash, config={**r["config"], "tuned": resolve_config(spec).tuned},
+    result.update(spec=spec.as_dict(), spec_hash=spec.hash, config={**r["config"], "tuned": dict(spec.overrides).get("tuned")},
                   transfer=cell_transfer(spec, out, r["R"], names, r["dataset"]["base_fingerprint"], joint),
                   adopted={"from": os.path.relpath(src, out), "spec_hash": r["spec_hash"], "checksum": r["checksum"],
                            "at": datetime.now(timezone.utc).isoformat(timespec="seconds")})

@@ -154,18 +154,18 @@ def compare_table(group: Group, key: str, reference: str, *, seed: int = 0, n_bo
                 cells = group.cells.get((method, arm))
                 if not cells or not _scores(cells, task):
                     continue
-                lift = _lift(cells, _pop_for(pop, arm, cells, task), task)
+                base = _pop_for(pop, arm, cells, task)
                 row = [method, f"{task} ({metrics.get(task, '')})", arm, str(len(cells)), _scores(cells, task),
-                       lift, "", "", "", _train_seconds(cells)]
+                       _lift(cells, base, task), _pop_z(cells, base, task), "", "", "", _train_seconds(cells)]
                 if arm != reference and group.cells.get((method, reference)):
                     rng = np.random.default_rng([seed, zlib.crc32(f"{method}/{task}/{arm}".encode())])
                     c = contrast(cells, group.cells[(method, reference)], task, rng=rng, n_boot=n_boot, n_perm=n_perm)
                     if c is None:
-                        row[6] = "not paired (different test users)"
+                        row[7] = "not paired (different test users)"
                     else:
                         column.append((len(rows), c))
                 elif arm == reference:
-                    row[6] = "reference"
+                    row[7] = "reference"
                 rows.append(row)
         pending.append(column)
     for column in pending:
@@ -173,18 +173,20 @@ def compare_table(group: Group, key: str, reference: str, *, seed: int = 0, n_bo
         for (i, c), q in zip(column, adjusted):
             verdict = "tied" if q > alpha else ("higher" if c.test.effect > 0 else "lower")
             iv = c.relative
-            rows[i][6] = f"{iv.estimate:+.1%} [{iv.low:+.1%}, {iv.high:+.1%}]"
-            rows[i][7] = f"{q:.3g}"
-            rows[i][8] = f"{MARKS[verdict]} {verdict}"
-    headers = ["method", "task", key, "seeds", "final score", "× pop", f"vs {key}={reference}: relative [95 % CI]",
-               "p (Holm)", "verdict", "train s per cell"]
+            rows[i][7] = f"{iv.estimate:+.1%} [{iv.low:+.1%}, {iv.high:+.1%}]"
+            rows[i][8] = f"{q:.3g}"
+            rows[i][9] = f"{MARKS[verdict]} {verdict}"
+    headers = ["method", "task", key, "seeds", "final score", "× pop", "z vs pop",
+               f"vs {key}={reference}: relative [95 % CI]", "p (Holm)", "verdict", "train s per cell"]
     note = (f"Verdicts: a paired sign-flip test over the same test users and the seeds both arms ran, pooled "
             f"({n_perm} flips; the score column shows every seed of the arm), Holm-"
             f"corrected over the comparisons of each task, α = {alpha}; ≈ = not significantly different from the "
             f"reference arm. Intervals: paired percentile bootstrap over users ({n_boot} resamples). × pop: the "
-            "arm's mean score over the popularity baseline's on the same split. Train seconds: the cell's summed "
+            "arm's mean score over the popularity baseline's on the same split. z vs pop: the arm's score minus "
+            "pop's on the same users, pooled over the arm's seeds, in standard errors over users (stats.paired_z); "
+            "above 3, the arm beats popularity / the majority class by more than 3 sd. Train seconds: the cell's summed "
             "training time, which depends on the machine's load when it ran.")
-    digits = [4, 4, 4, 4, 4, 2, 4, 4, 4, 0]
+    digits = [4, 4, 4, 4, 4, 2, 0, 4, 4, 4, 0]
     return Table(f"compare-{key}", f"{group.label}: {key}", headers, rows, digits=digits,
                  note=note + code_note(group, key))
 
@@ -215,6 +217,21 @@ def _pop_for(pop: dict[str, list[dict] | None], arm: str, cells: list[dict], tas
         return pop[arm]
     users = _users(cells, task)
     return next((p for p in pop.values() if p and _users(p, task) == users and "?" not in users), None)
+
+
+def _pop_z(cells: list[dict], pop: list[dict] | None, task: str) -> str:
+    """The arm's pooled score minus pop's on the same users, in standard errors (stats.paired_z);
+    pop does not train, so its per-user scores (averaged over its cells) stand beside every seed.
+    "-" without pop or per-user scores, or when they scored different users."""
+    a, b = (_per_user(cells, task), _per_user(pop, task)) if pop else (None, None)
+    if a is None or b is None:
+        return "-"
+    try:
+        sums, counts = stats.stack_per_user([*a, *b])
+    except ValueError:
+        return "-"
+    base = np.broadcast_to(sums[len(a):].mean(axis=0), sums[:len(a)].shape)
+    return f"{stats.paired_z(sums[:len(a)], base, counts):+.1f}"
 
 
 def _lift(cells: list[dict], pop: list[dict] | None, task: str) -> list[float] | str:

@@ -253,6 +253,31 @@ def paired_test(a: np.ndarray, b: np.ndarray, counts: np.ndarray, *, n_perm: int
     return task_mean_test([a], [b], [counts], n_perm=n_perm, rng=rng, alternative=alternative)
 
 
+def paired_z(a: np.ndarray, b: np.ndarray, counts: np.ndarray) -> float:
+    """score(a) - score(b) over its standard error, users as units: the size of a difference in
+    standard errors ("beats the majority class by more than 3 sd"), where `paired_test` gives its p.
+
+    a, b: [n_seeds, n_users] (or [n_users]) per-user sums on the same users and seeds. A user's
+    unit is its difference summed over its pairs and averaged over seeds (the seeds of a user move
+    together, as in `paired_test`); the pooled difference is a ratio of sums, so its standard error
+    is the delta-method one of a ratio estimator: sqrt(n / (n - 1) * sum_u r_u^2) / sum(counts)
+    with r_u = x_u - D * counts_u (for accuracy, counts = 1: mean(d) / (sd(d) / sqrt(n))).
+    0 for identical scores; +-inf for a difference with no spread at all."""
+    sa, c = _check(a, counts)
+    sb, _ = _check(b, counts)
+    if sa.shape != sb.shape:
+        raise ValueError(f"paired scores must have the same shape, got {sa.shape} and {sb.shape}")
+    if len(c) < 2:
+        raise ValueError("paired_z needs 2 or more users")
+    x = (sa - sb)[0].mean(axis=0)  # per user: its difference summed over pairs, seeds averaged
+    d = float(x.sum() / c.sum())
+    r = x - d * c
+    se = float(np.sqrt(len(c) / (len(c) - 1) * (r @ r)) / c.sum())
+    if se <= 1e-12 * max(abs(d), 1e-300):
+        return 0.0 if d == 0.0 else float(np.copysign(np.inf, d))
+    return d / se
+
+
 def paired_t(a: Sequence[float], b: Sequence[float], *, alternative: str = "two-sided") -> Comparison:
     """Paired t-test over seeds (units = seeds), for quantities that exist per cell only
     (timings, validation curves, cold-start HR, spread over orders). Identical differences

@@ -55,15 +55,15 @@ def test_identical_arm_is_tied_and_a_shifted_arm_is_not():
     results = [*_load("pop"), *sinmo, *_arm(sinmo, 8), *_arm(sinmo, 1, scale=1.5)]
     table = _table(results, reference="1")
     same = _rows(table, "sinmo", "8")  # arm 8 equals the unscaled default: 1/1.5 of the reference
-    assert len(same) == 5 and all(row[6].startswith("-33.3%") for row in same)
+    assert len(same) == 5 and all(row[7].startswith("-33.3%") for row in same)
     # T1 and T2 have 14 and 8 test users with a non-zero score: enough flips to reject
-    assert all(row[8] == "▽ lower" for row in same if row[1].startswith(("T1", "T2")))
+    assert all(row[9] == "▽ lower" for row in same if row[1].startswith(("T1", "T2")))
     for row in _rows(table, "sinmo", "none"):
-        assert row[6].startswith("-33.3%")  # 1 / 1.5 - 1, for every task
+        assert row[7].startswith("-33.3%")  # 1 / 1.5 - 1, for every task
     table = _table([*_load("pop"), *sinmo, *_arm(sinmo, 8)])
     for row in _rows(table, "sinmo", "8"):
-        assert row[6].startswith("+0.0% [+0.0%, +0.0%]") and row[8] == "≈ tied" and float(row[7]) == 1.0
-    assert {row[6] for row in _rows(table, "sinmo", "none")} == {"reference"}
+        assert row[7].startswith("+0.0% [+0.0%, +0.0%]") and row[9] == "≈ tied" and float(row[8]) == 1.0
+    assert {row[7] for row in _rows(table, "sinmo", "none")} == {"reference"}
 
 
 def test_a_contrast_does_not_move_when_other_cells_land():
@@ -78,7 +78,7 @@ def test_a_contrast_does_not_move_when_other_cells_land():
     alone = [*_load("pop"), *sinmo, *ref]
     more = [*alone, *_arm(sinmo, 8, scale=0.9)]  # arm 8 is tested before arm none
     before, after = _rows(_table(alone, "1"), "sinmo", "none"), _rows(_table(more, "1"), "sinmo", "none")
-    assert [r[6] for r in before] == [r[6] for r in after] and before[0][6] != ""
+    assert [r[7] for r in before] == [r[7] for r in after] and before[0][7] != ""
 
 
 def test_lift_uses_pop_on_the_same_users_and_arms_on_other_users_are_not_paired():
@@ -89,11 +89,24 @@ def test_lift_uses_pop_on_the_same_users_and_arms_on_other_users_are_not_paired(
             entry["users"] = "0" * 64
     table = _table([*pop, *sinmo, *other])
     for row in _rows(table, "sinmo", "8"):
-        assert row[6] == "not paired (different test users)" and row[5] == "-"
+        assert row[7] == "not paired (different test users)" and row[5] == "-"
     for row in _rows(table, "sinmo", "none"):
         task = row[1].split()[0]
         expected = [r["final"][task] / np.mean([p["final"][task] for p in pop]) for r in sinmo]
         assert row[5] == pytest.approx(expected)
+        ours = np.stack([stats.per_user(r, task).sums for r in sinmo])
+        counts = stats.per_user(pop[0], task).counts
+        base = np.broadcast_to(np.mean([stats.per_user(p, task).sums for p in pop], axis=0), ours.shape)
+        assert row[6] == f"{stats.paired_z(ours, base, counts):+.1f}"
+        assert (float(row[6]) > 0) == (np.mean([r["final"][task] for r in sinmo]) > base.sum() / (len(sinmo) * counts.sum()))
+    assert all(row[6] == "-" for row in _rows(table, "sinmo", "8"))  # pop scored other users
+
+
+def test_z_vs_pop_grows_with_the_lift():
+    sinmo = _load("sinmo")
+    table = _table([*_load("pop"), *sinmo, *_arm(sinmo, 8, scale=1.5)])
+    for plain, scaled in zip(_rows(table, "sinmo", "none"), _rows(table, "sinmo", "8")):
+        assert plain[1] == scaled[1] and float(scaled[6]) > float(plain[6])
 
 
 def test_knob_values_come_from_the_resolved_config():

@@ -145,6 +145,28 @@ def test_task_mean_test_weights_tasks_equally():
     assert res.effect == pytest.approx((1.0 + 0.5) / 2) and res.n == 310
 
 
+def test_paired_z_is_the_one_sample_z_for_accuracy_and_has_unit_spread_on_null_data():
+    """For one pair per user (accuracy) it is mean(d) / (sd(d) / sqrt(n)); with pair-weighted
+    MRR-like sums and three seeds, 300 null draws give z with mean about 0 and sd about 1 (a
+    wrong standard error, e.g. one that treats seeds or pairs as independent, is off by sqrt(3)
+    or more); a real shift gives a large positive z."""
+    rng = np.random.default_rng(8)
+    a, b = rng.integers(0, 2, 400).astype(float), rng.integers(0, 2, 400).astype(float)
+    d = a - b
+    assert stats.paired_z(a, b, np.ones(400)) == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(400)))
+    assert stats.paired_z(a, a, np.ones(400)) == 0.0
+    assert stats.paired_z(a + 1, a, np.ones(400)) == math.inf
+    zs = []
+    for _ in range(300):
+        counts, rate = _users(rng, 150)
+        zs.append(stats.paired_z(_sums(rng, counts, rate), _sums(rng, counts, rate), counts))
+    assert abs(np.mean(zs)) < 0.2 and 0.85 < np.std(zs) < 1.15
+    counts, rate = _users(rng)
+    assert stats.paired_z(_sums(rng, counts, np.minimum(rate + 0.05, 1.0)), _sums(rng, counts, rate), counts) > 3
+    with pytest.raises(ValueError, match="same shape"):
+        stats.paired_z(np.zeros((2, 5)), np.zeros((3, 5)), np.ones(5))
+
+
 def test_paired_t_matches_scipy_and_handles_zero_spread():
     a, b = [0.31, 0.35, 0.30, 0.36], [0.30, 0.31, 0.29, 0.33]
     res = stats.paired_t(a, b)

@@ -183,8 +183,9 @@ def compare_table(group: Group, key: str, reference: str, *, seed: int = 0, n_bo
             f"corrected over the comparisons of each task, α = {alpha}; ≈ = not significantly different from the "
             f"reference arm. Intervals: paired percentile bootstrap over users ({n_boot} resamples). × pop: the "
             "arm's mean score over the popularity baseline's on the same split. z vs pop: the arm's score minus "
-            "pop's on the same users, pooled over the arm's seeds, in standard errors over users (stats.paired_z); "
-            "above 3, the arm beats popularity / the majority class by more than 3 sd. Train seconds: the cell's summed "
+            "pop's on the same users, pooled over the arm's seeds, in standard errors over users "
+            "(stats.paired_z); above 3, the arm beats popularity / the majority class by more than 3 sd. "
+            "Train seconds: the cell's summed "
             "training time, which depends on the machine's load when it ran.")
     digits = [4, 4, 4, 4, 4, 2, 0, 4, 4, 4, 0]
     return Table(f"compare-{key}", f"{group.label}: {key}", headers, rows, digits=digits,

@@ -147,9 +147,9 @@ def test_task_mean_test_weights_tasks_equally():
 
 def test_paired_z_is_the_one_sample_z_for_accuracy_and_has_unit_spread_on_null_data():
     """For one pair per user (accuracy) it is mean(d) / (sd(d) / sqrt(n)); with pair-weighted
-    MRR-like sums and three seeds, 300 null draws give z with mean about 0 and sd about 1 (a
-    wrong standard error, e.g. one that treats seeds or pairs as independent, is off by sqrt(3)
-    or more); a real shift gives a large positive z."""
+    MRR-like sums and three seeds, 300 null draws give z with mean about 0 and sd about 1 (an
+    error that counts the three seeds of a user as independent units is sqrt(3) too small, and
+    fails here); a real shift gives a large positive z."""
     rng = np.random.default_rng(8)
     a, b = rng.integers(0, 2, 400).astype(float), rng.integers(0, 2, 400).astype(float)
     d = a - b

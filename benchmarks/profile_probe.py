@@ -71,6 +71,18 @@ def accuracy(model: Probe, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
+def cross_entropy(model: Probe, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model(x), y))
+
+
+def prior_cross_entropy(train: torch.Tensor, y: torch.Tensor, n_labels: int) -> float:
+    """Cross-entropy on `y` of the training label frequencies, the same for every user: what a
+    model that learned nothing about the user scores on the validation curves of a profile task."""
+    freq = torch.bincount(train, minlength=n_labels).double() / len(train)
+    return float(-freq.log()[y].mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", type=Path, default=None)
@@ -96,21 +108,24 @@ def main() -> None:
         n_labels = int(max(int(t.max()) for t in y.values())) + 1
         majority = int(torch.bincount(y["train"], minlength=n_labels).argmax())
         base = {p: float((y[p] == majority).float().mean()) for p in ("val", "test")}
-        tests, vals, chosen = [], [], []
+        prior_ce = prior_cross_entropy(y["train"], y["val"], n_labels)
+        tests, vals, val_ces, chosen = [], [], [], []
         for seed in seeds:
             models = {l2: fit(x["train"], y["train"], stream.n_items, n_labels, l2, seed) for l2 in L2}
             val, l2 = max((accuracy(m, x["val"], y["val"]), l2) for l2, m in models.items())
             tests.append(accuracy(models[l2], x["test"], y["test"]))
             vals.append(val)
+            val_ces.append(cross_entropy(models[l2], x["val"], y["val"]))
             chosen.append(l2)
         t = np.array(tests)
         sd = float(np.sqrt(base["test"] * (1 - base["test"]) / len(y["test"])))  # binomial sd of a test accuracy
         rows.append([task.name, task.description, name, len(y["train"]), len(y["test"]),
-                     f"{base['val']:.4f} / {np.mean(vals):.4f}", f"{base['test']:.4f}",
+                     f"{base['val']:.4f} / {np.mean(vals):.4f}", f"{prior_ce:.3f} / {np.mean(val_ces):.3f}",
+                     f"{base['test']:.4f}",
                      f"{t.mean():.4f} ± {t.std(ddof=1) if len(t) > 1 else 0:.4f}",
                      f"{(t.mean() - base['test']) / sd:+.1f}", ", ".join(f"{v:g}" for v in chosen)])
     print(tabulate(rows, headers=["task", "label", "input", "train users", "test users", "validation: majority / probe",
-                                  "majority (test)",
+                                  "validation cross-entropy: class prior / probe", "majority (test)",
                                   "probe accuracy (test)", "lift in binomial sd", "chosen L2 per seed"],
                    tablefmt="github", disable_numparse=True))
 

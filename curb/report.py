@@ -21,8 +21,9 @@ from .resultsets import (Setting, final, load_settings, mean_final, method_rank,
                          transfer_mean)
 from .sections import (adaptation_data, adaptation_table, adaptation_task, capacity_table, cold_start_bars,
                        cold_start_tables, mask_similarity, metric_name, noisy_table, orders_data, orders_table,
-                       overall_table, r_matrices, ranks_table, sampling_tables, score_axis, score_data, text_init_curves,
-                       text_init_table, training_table, transfer_data, transfer_tables, validation_curves)
+                       overall_table, r_matrices, ranks_table, sampling_tables, score_axis, score_data,
+                       selection_table, text_init_curves, text_init_table, training_table, transfer_data,
+                       transfer_tables, validation_curves)
 from .tables import fmt_stat
 
 
@@ -77,7 +78,7 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
                         lambda p: plots.cd_diagram(ranked, cd, p, title=f"Average ranks, {st.label}"))
         out.append(Part("overall", [*blocks, *figs]))
     if "training" in only and (t := training_table(st)):
-        parts: list = [t]
+        parts: list = [t, *filter(None, [selection_table(st)])]
         for task in task_names(st.select()):
             data, axis = validation_curves(st, task)
             if not data.empty:

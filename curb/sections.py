@@ -324,6 +324,31 @@ def training_table(st: Setting) -> Table | None:
                       "method's rounds are shared by its tasks.")
 
 
+def selection_table(st: Setting) -> Table | None:
+    """Per method and task: the validation criterion at the selected round (the cross-entropy, or
+    the metric where a phase selected on it). On a profile task a reader sets it beside the class
+    prior's cross-entropy (`benchmarks/profile_probe.py`): a model that learned nothing of the user
+    scores the prior's. A joint phase mixes its tasks' losses, so it has no per-task entry."""
+    names = task_names(st.select())
+    rows, select = [], set()
+    for m in st.methods():
+        if m == "pop":
+            continue
+        fits = [[f if (f := main_fit(r, n)) and f["task"] == n else None for r in st.select(method=m)] for n in names]
+        select |= {f.get("select", "metric") for col in fits for f in col if f}
+        rows.append([m, *[[(-f["best_criterion"] if f.get("select") == "loss" else f["best_val"])
+                           if f else None for f in col] for col in fits]])
+    if not select:
+        return None
+    crit = {frozenset({"loss"}): "cross-entropy", frozenset({"metric"}): "metric"}.get(
+        frozenset(select), "criterion (cross-entropy, or the metric where a phase selected on it)")
+    lower = " (lower is better)" if "loss" in select else ""
+    return Table("selection", f"Model selection: validation {crit} at the selected round, {st.label}",
+                 ["method", *names], rows, best=[None] * (len(names) + 1), digits=[0, *[4] * len(names)],
+                 note=f"Mean ± std over seeds{lower}. A joint method's phase mixes its tasks' losses, so it has "
+                      "no per-task entry (-).")
+
+
 def validation_curves(st: Setting, task: str) -> tuple[pd.DataFrame, str]:
     """Per-round validation criterion of `task` for every method (default order, clean) and the
     axis label: the cross-entropy where it was recorded, else the task's metric."""

@@ -414,19 +414,24 @@ def test_adaptation_curve_is_t4_after_t1_to_t3_from_the_fit_logs(setting):
 
 def test_training_section_shows_selected_rounds_validation_curves_and_capacity(run_mini, tmp_path):
     """The report's training section re-reads each task's selecting phase: the selected round,
-    the per-round validation cross-entropy and HAT's held units are the numbers in the result."""
+    the validation cross-entropy there, the per-round validation cross-entropy and HAT's held
+    units are the numbers in the result; a joint phase gets no per-task cross-entropy."""
     from curb.resultsets import load_settings
-    from curb.sections import capacity_table, training_table, validation_curves
+    from curb.sections import capacity_table, selection_table, training_table, validation_curves
 
-    hat, sinmo = run_mini("hat"), run_mini("sinmo")
+    hat, sinmo, mtl = run_mini("hat"), run_mini("sinmo"), run_mini("mtl")
     st = load_settings(tmp_path / "runs")[0]
-    t = training_table(st)
-    rows = {row[0]: row for row in t.rows}
+    rows = {row[0]: row for row in training_table(st).rows}
+    chosen = {row[0]: row for row in selection_table(st).rows}
     names = [x["name"] for x in hat["tasks"]]
     for r in (hat, sinmo):
         for i, n in enumerate(names):
             f = [f for f in r["fits"] if f["task"] == n][-1]
             assert rows[r["spec"]["method"]][1 + i] == [f["best_epoch"] + 1]
+            assert chosen[r["spec"]["method"]][1 + i] == [min(e["val_loss"] for e in f["epochs"])]
+    assert [f["task"] for f in mtl["fits"]] == ["+".join(names[1:])]  # one joint phase, no T1 fit here
+    assert chosen["mtl"][1:] == [[None]] * len(names)
+    assert "pop" not in chosen and selection_table(st).title.startswith("Model selection: validation cross-entropy")
     curves, axis = validation_curves(st, "T2")
     assert axis == "validation cross-entropy on T2"
     fit = [f for f in hat["fits"] if f["task"] == "T2"][-1]

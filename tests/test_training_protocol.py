@@ -97,7 +97,9 @@ def test_a_round_records_cpu_time_apart_from_the_time_it_waited():
                  Selection(select="loss", max_rounds=2, patience=5))
     waited, computed = log.epochs
     assert waited.seconds >= 0.3 and waited.cpu_seconds < 0.1
-    assert computed.cpu_seconds >= 0.2 and computed.seconds >= 0.2
+    # The two clocks are read at slightly different instants, so a busy round's wall time can come
+    # out a few microseconds under its CPU time: the bound allows 10 ms for that.
+    assert computed.cpu_seconds >= 0.2 and computed.seconds >= 0.19
     old = {**log.as_dict(), "epochs": [{k: v for k, v in e.__dict__.items() if k != "cpu_seconds"} for e in log.epochs]}
     assert [e.cpu_seconds for e in FitLog.from_dict(old).epochs] == [None, None]
 

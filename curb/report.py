@@ -78,7 +78,9 @@ def build_sections(st: Setting, figures_dir: Path | None, only: Sequence[str] = 
                         lambda p: plots.cd_diagram(ranked, cd, p, title=f"Average ranks, {st.label}"))
         out.append(Part("overall", [*blocks, *figs]))
     if "training" in only and (t := training_table(st)):
-        parts: list = [t, *filter(None, [selection_table(st)])]
+        parts: list = [t]
+        if s := selection_table(st):
+            parts.append(s)
         for task in task_names(st.select()):
             data, axis = validation_curves(st, task)
             if not data.empty:
